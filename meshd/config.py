@@ -1,0 +1,203 @@
+"""Configuration: one frozen dataclass per concern, every default with its unit and reason.
+
+Presets: ``lan()`` for real networks (the defaults), ``test()`` for fast tests on one
+machine. A TOML file (``meshd start --config FILE``) may override any field, section
+by section (``[membership]``, ``[transport]``, ``[discovery]``, ``[store]``, ``[node]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from meshd.errors import ConfigError
+
+#: Default base TCP port. ROUTER = base, PUB = base + 1, intro = base + 2.
+DEFAULT_PORT = 7790
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipConfig:
+    #: s. How often a node publishes a heartbeat. 0.2 s keeps crash detection near 1 s
+    #: while costing each node N-1 tiny messages per interval (30 nodes: ~150 msg/s).
+    heartbeat_interval: float = 0.2
+    #: s. Silence (no message of any kind) after which a peer is suspected and probed.
+    #: Three heartbeats: one lost or late heartbeat never triggers a probe.
+    suspect_after: float = 0.6
+    #: s. Wait for the direct PING's ACK before asking others to probe.
+    probe_timeout: float = 0.2
+    #: count. Peers asked to probe a suspect indirectly (SWIM's k). 3 survives one bad link.
+    indirect_probes: int = 3
+    #: s. Wait for indirect ACKs before declaring the suspect dead.
+    indirect_timeout: float = 0.35
+    #: s. A DEAD verdict gossiped by another node is ignored if we heard the peer
+    #: ourselves within this window (protects a busy but alive host from one bad link).
+    dead_guard: float = 0.6
+    #: s. Minimum gap between two SYNC_REQs to the same peer (anti-entropy rate limit).
+    sync_interval: float = 1.0
+    #: s. Dead and left members are kept (shown in status, used for rejoin) this long.
+    forget_after: float = 24 * 3600.0
+    #: s. A member learned only from mDNS/a static seed and never heard from is dropped
+    #: from the candidate list after this long (mDNS records of crashed hosts linger ~19 min).
+    candidate_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    #: messages. Send/receive high-water mark per peer link; beyond it a slow peer's
+    #: messages are dropped (PUB) or refused (ROUTER_MANDATORY -> EAGAIN), never queued forever.
+    hwm: int = 10_000
+    #: ms. ZMTP heartbeat interval: notices a silently cut TCP link (see LAB.md).
+    zmq_heartbeat_ivl: int = 500
+    #: ms. ZMTP heartbeat timeout: a link with no traffic for this long is reset.
+    zmq_heartbeat_timeout: int = 1500
+    #: ms. TCP connect timeout, so a dead address does not hold a connect attempt for minutes.
+    connect_timeout: int = 1000
+    #: ms. First reconnect delay, and the cap of its exponential backoff.
+    reconnect_ivl: int = 50
+    reconnect_ivl_max: int = 2000
+    #: ms. Linger on close: pending messages to a dead peer must not hold shutdown.
+    linger: int = 0
+    #: s. How long the ZAP handler holds a CURVE handshake from a not-yet-known key,
+    #: waiting for discovery or gossip to vouch for it, before refusing it.
+    admission_wait: float = 2.0
+    #: s. Timeout of one INTRO exchange with a static seed.
+    intro_timeout: float = 2.0
+    #: bytes. Largest frame accepted on a mesh link.
+    max_frame: int = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    #: Announce and browse over mDNS. Off with --no-mdns (static peers only).
+    mdns: bool = True
+    #: Interfaces to announce on; empty means every usable one (not loopback-only,
+    #: not docker/veth/virtual bridges).
+    interfaces: tuple[str, ...] = ()
+    #: Skip zeroconf's 3-probe name conflict check (1.5 s). Safe: instance names embed
+    #: the node id, so they are unique by construction.
+    cooperating_responders: bool = True
+    #: s. Retry period for static seed peers that did not answer yet.
+    seed_retry: float = 1.0
+    #: Include loopback when choosing interfaces (single-machine demos and tests).
+    allow_loopback: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    #: bytes. LMDB map size: the most the store may ever hold. 1 GiB is sparse on disk.
+    map_size: int = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    role: str = "observer"
+    name: str = ""
+    #: None: take the role's default priority.
+    priority: int | None = None
+    state_dir: Path | None = None
+    #: Address to bind; 0.0.0.0 listens on every interface.
+    listen_host: str = "0.0.0.0"
+    listen_port: int = DEFAULT_PORT
+    peers: tuple[str, ...] = ()
+    join_token: str | None = None
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    node: NodeConfig = field(default_factory=NodeConfig)
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+
+
+def lan() -> Config:
+    """Defaults for a real LAN."""
+    return Config()
+
+
+def test() -> Config:
+    """Fast timings for tests on one machine; loopback allowed."""
+    return Config(
+        discovery=DiscoveryConfig(allow_loopback=True, seed_retry=0.3),
+        store=StoreConfig(map_size=64 << 20),
+    )
+
+
+def default_state_dir() -> Path:
+    """``$XDG_STATE_HOME/meshd``, else ``~/.local/state/meshd``; root (the service) uses
+    ``/var/lib/meshd``."""
+    env = os.environ.get("MESHD_STATE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0 and not os.environ.get("HOME", "").startswith("/root"):
+        return Path("/var/lib/meshd")
+    xdg = os.environ.get("XDG_STATE_HOME")
+    if xdg:
+        return Path(xdg) / "meshd"
+    return Path.home() / ".local" / "state" / "meshd"
+
+
+_SECTIONS = {
+    "node": NodeConfig,
+    "membership": MembershipConfig,
+    "transport": TransportConfig,
+    "discovery": DiscoveryConfig,
+    "store": StoreConfig,
+}
+
+
+def _coerce(section: str, cls: type[Any], values: dict[str, Any]) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(
+                f"unknown setting [{section}] {key}; known: {', '.join(sorted(known))}"
+            )
+        default = getattr(cls(), key)
+        if isinstance(default, tuple):
+            if not isinstance(value, list):
+                raise ConfigError(f"[{section}] {key} must be a list")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"[{section}] {key} must be true or false")
+        elif isinstance(default, float):
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                raise ConfigError(f"[{section}] {key} must be a number")
+            value = float(value)
+        elif isinstance(default, int) and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ConfigError(f"[{section}] {key} must be an integer")
+        elif key == "state_dir":
+            value = Path(str(value))
+        out[key] = value
+    return out
+
+
+def load_file(path: Path, base: Config | None = None) -> Config:
+    """Overlay a TOML config file on ``base`` (default ``lan()``)."""
+    cfg = base or lan()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    updates: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in _SECTIONS:
+            raise ConfigError(
+                f"unknown section [{section}] in {path}; known: {', '.join(sorted(_SECTIONS))}"
+            )
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] in {path} must be a table")
+        cls = _SECTIONS[section]
+        updates[section] = replace(getattr(cfg, section), **_coerce(section, cls, values))
+    return replace(cfg, **updates)

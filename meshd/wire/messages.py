@@ -1,0 +1,222 @@
+"""Typed messages of the mesh protocol (see ``proto/PROTOCOL.md``).
+
+Every message is a frozen dataclass. The envelope carries the protocol version,
+type code, message id, sender node id, wall timestamp, correlation id and term;
+the body is one of the payload classes below. Type codes are append-only: a code,
+once released, never changes meaning; retired codes are never reused.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Union
+
+PROTOCOL_VERSION = 1
+
+#: Largest frame a node accepts on a mesh link (bytes). Big enough for a full
+#: membership SYNC of a few hundred nodes; chunked transfers (skill packs) stay below it.
+MAX_FRAME_BYTES = 1024 * 1024
+
+#: Length of a message id in bytes (random, unique per sender).
+MSG_ID_BYTES = 16
+
+#: Node ids are 32 lowercase hex characters (BLAKE2b-128 of the Ed25519 public key).
+NODE_ID_CHARS = 32
+
+
+class MsgType(enum.IntEnum):
+    """Message type codes. APPEND-ONLY: never renumber, never reuse a retired code."""
+
+    HELLO = 1
+    HEARTBEAT = 2
+    PING = 3
+    ACK = 4
+    PING_REQ = 5
+    SYNC_REQ = 6
+    SYNC = 7
+    MEMBER_UPDATE = 8
+    LEAVE = 9
+    INTRO = 10
+    INTRO_ACK = 11
+    ERROR = 12
+
+
+class MemberState(enum.StrEnum):
+    """A peer as one node sees it. ``left`` is a graceful exit, ``dead`` a detected failure."""
+
+    ALIVE = "alive"
+    SUSPECT = "suspect"
+    DEAD = "dead"
+    LEFT = "left"
+
+
+@dataclass(frozen=True, slots=True)
+class MemberInfo:
+    """What a node says about itself: identity, admission proof, how to reach it.
+
+    ``incarnation`` is owned by the node itself: it only ever increases, and a node
+    bumps it to refute a suspicion or after a restart. ``proof`` is the admission
+    HMAC (see ``meshd.identity``); it binds the node's Ed25519 key to the mesh and is
+    not secret.
+    """
+
+    node_id: str
+    name: str
+    role: str
+    priority: int
+    ed25519_pk: bytes
+    curve_pk: bytes
+    proof: bytes
+    addresses: tuple[str, ...]
+    router_port: int
+    pub_port: int
+    intro_port: int
+    incarnation: int = 0
+    protocol_version: int = PROTOCOL_VERSION
+    tier: int = 0
+    started_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class MemberRecord:
+    """One member and the state the sender believes it is in (for gossip and sync)."""
+
+    info: MemberInfo
+    state: MemberState
+
+
+# ---- payloads ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """First message on a new direct link, both ways. Body: the sender's own info."""
+
+    info: MemberInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Published periodically on PUB. ``digest`` summarises the sender's member view so
+    a receiver whose view differs can ask for a SYNC (anti-entropy)."""
+
+    incarnation: int
+    digest: bytes
+    members: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Direct liveness probe. Answered by ACK with ``correlation_id`` = the ping's id."""
+
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Reply to PING or PING_REQ. ``target`` is the probed node (empty for a plain ping);
+    ``ok`` is False when an indirect probe got no answer from the target."""
+
+    seq: int
+    target: str = ""
+    ok: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Ask a helper to probe ``target`` on our behalf (SWIM indirect probe)."""
+
+    seq: int
+    target: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncReq:
+    """Ask a peer for its full member list (sent when digests differ)."""
+
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """Full member list of the sender (including itself)."""
+
+    members: tuple[MemberRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberUpdate:
+    """Gossip of changed members, published on PUB (and sent directly when it matters)."""
+
+    members: tuple[MemberRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    """Graceful exit: receivers mark the sender ``left`` at once."""
+
+    incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class Intro:
+    """First contact through the intro socket (static seeds, peers learned by gossip)."""
+
+    info: MemberInfo
+
+
+@dataclass(frozen=True, slots=True)
+class IntroAck:
+    """Reply to INTRO: the seed's own info and every member it knows, so one seed is enough."""
+
+    info: MemberInfo
+    members: tuple[MemberRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """A refusal or failure report. ``code`` is a stable token, ``message`` for humans."""
+
+    code: str
+    message: str
+
+
+Payload = Union[
+    Hello, Heartbeat, Ping, Ack, PingReq, SyncReq, Sync, MemberUpdate, Leave, Intro, IntroAck, Error
+]
+
+PAYLOAD_TYPES: dict[type[object], MsgType] = {
+    Hello: MsgType.HELLO,
+    Heartbeat: MsgType.HEARTBEAT,
+    Ping: MsgType.PING,
+    Ack: MsgType.ACK,
+    PingReq: MsgType.PING_REQ,
+    SyncReq: MsgType.SYNC_REQ,
+    Sync: MsgType.SYNC,
+    MemberUpdate: MsgType.MEMBER_UPDATE,
+    Leave: MsgType.LEAVE,
+    Intro: MsgType.INTRO,
+    IntroAck: MsgType.INTRO_ACK,
+    Error: MsgType.ERROR,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """The one envelope every message travels in.
+
+    ``timestamp_ms`` is the sender's wall clock (informational only: never used for
+    timeouts). ``correlation_id`` links a reply to its request. ``term`` is the
+    election term the sender is in (0 until elections exist; carried everywhere so
+    lead-only messages can be fenced).
+    """
+
+    msg_type: MsgType
+    msg_id: bytes
+    sender: str
+    timestamp_ms: int
+    payload: Payload
+    correlation_id: bytes | None = None
+    term: int = 0
+    version: int = field(default=PROTOCOL_VERSION)
