@@ -1,0 +1,3 @@
+from meshd.cli.meshd_app import main
+
+main()

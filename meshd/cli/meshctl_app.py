@@ -1,0 +1,98 @@
+"""``meshctl``: operate a mesh through the local daemon. A thin layer over meshd.client."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from meshd.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, fail
+from meshd.client import Client
+from meshd.errors import ControlError, DaemonNotRunning
+
+app = typer.Typer(
+    name="meshctl",
+    help="Operate a meshd mesh through the daemon running on this host.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="State dir of the daemon to talk to (default: $MESHD_STATE_DIR, "
+        "$XDG_STATE_HOME/meshd, ~/.local/state/meshd, or /var/lib/meshd for root).",
+    ),
+]
+
+_state: dict[str, Path | None] = {"dir": None}
+
+
+@app.callback()
+def _main(state_dir: StateDir = None) -> None:
+    _state["dir"] = state_dir
+
+
+def _call(fn: Any) -> Any:
+    try:
+        with Client(_state["dir"]) as client:
+            return fn(client)
+    except DaemonNotRunning as exc:
+        fail("meshctl", str(exc), EXIT_NOT_RUNNING)
+    except ControlError as exc:
+        fail("meshctl", str(exc), EXIT_FAILURE)
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (schema in README).")] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Refresh in place until Ctrl-C.")] = False,
+    interval: Annotated[
+        float, typer.Option("--interval", min=0.1, max=3600, help="Refresh period (s).")
+    ] = 1.0,
+) -> None:
+    """Show the mesh as this node sees it: every member, its state and when it was last heard."""
+    from meshd.cli.render import status_table
+
+    if not watch:
+        result = _call(lambda c: c.status())
+        if as_json:
+            print(json.dumps(result, indent=2, sort_keys=True))
+        else:
+            print(status_table(result))
+        return
+    try:
+        with Client(_state["dir"]) as client:
+            while True:
+                result = client.status()
+                text = (
+                    json.dumps(result, indent=2, sort_keys=True)
+                    if as_json
+                    else status_table(result)
+                )
+                if sys.stdout.isatty():
+                    sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+                else:
+                    sys.stdout.write(text + "\n\n")
+                sys.stdout.flush()
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+    except DaemonNotRunning as exc:
+        fail("meshctl", str(exc), EXIT_NOT_RUNNING)
+    except ControlError as exc:
+        fail("meshctl", str(exc), EXIT_FAILURE)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,637 @@
+"""The daemon: wires the pure state machines to sockets, discovery, store and clock.
+
+Nothing else in the package mixes I/O and logic. The membership machine decides; this
+module only carries its effects out (send, publish, connect, persist) and feeds it what
+the network delivers, with ``now`` from the injected clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import random
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from meshd import __version__, log
+from meshd.clock import Clock, SystemClock
+from meshd.config import Config
+from meshd.control_proto import SOCKET_NAME
+from meshd.errors import AdmissionError, ConfigError, DecodeError
+from meshd.identity import (
+    Identity,
+    MeshKey,
+    ensure_state_dir,
+    load_mesh_key,
+    load_or_create_identity,
+    save_mesh_key,
+)
+from meshd.membership import (
+    Connect,
+    Disconnect,
+    Effect,
+    MemberChanged,
+    Membership,
+    Publish,
+    Send,
+)
+from meshd.net.control import ControlServer
+from meshd.net.transport import Transport
+from meshd.roles import Role
+from meshd.store.db import StateLock, Store, StoredPeer
+from meshd.wire import codec
+from meshd.wire.messages import (
+    PAYLOAD_TYPES,
+    Envelope,
+    Hello,
+    Intro,
+    IntroAck,
+    MemberInfo,
+    MemberRecord,
+    MemberState,
+    MsgType,
+    Payload,
+)
+
+_log = log.get("meshd.node")
+
+#: s. How often the full member view is written to LMDB (state changes are written at once).
+PERSIST_INTERVAL = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSetup:
+    identity: Identity
+    mesh: MeshKey
+    created_mesh: bool
+    created_identity: bool
+
+
+def prepare_state(state_dir: Path, join_token: str | None) -> MeshSetup:
+    """Create or load identity and mesh key (``meshd init`` and first ``meshd start``)."""
+    ensure_state_dir(state_dir)
+    identity, created_identity = load_or_create_identity(state_dir)
+    current = load_mesh_key(state_dir)
+    if join_token is not None:
+        wanted = MeshKey.from_token(join_token)
+        if current is not None and current != wanted:
+            raise ConfigError(
+                f"state dir {state_dir} already belongs to mesh {current.mesh_id}; the token is "
+                f"for mesh {wanted.mesh_id}. Use another --state-dir, or remove "
+                f"{state_dir / 'mesh.key'} to leave the old mesh for good"
+            )
+        if current is None:
+            save_mesh_key(state_dir, wanted)
+        return MeshSetup(identity, wanted, False, created_identity)
+    if current is None:
+        mesh = MeshKey.generate()
+        save_mesh_key(state_dir, mesh)
+        return MeshSetup(identity, mesh, True, created_identity)
+    return MeshSetup(identity, current, False, created_identity)
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT``; a clear ConfigError otherwise."""
+    host, port_s = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+    if not host:
+        raise ConfigError(f"{text!r}: missing host (use HOST:PORT)")
+    try:
+        port = int(port_s) if port_s else default_port
+    except ValueError:
+        raise ConfigError(f"{text!r}: port {port_s!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{text!r}: port must be 0..65535")
+    return host, port
+
+
+class Node:
+    def __init__(
+        self,
+        config: Config,
+        state_dir: Path,
+        role: Role,
+        clock: Clock | None = None,
+        on_ready: Callable[[Node], None] | None = None,
+    ) -> None:
+        self.cfg = config
+        self.state_dir = state_dir
+        self.role = role
+        self.clock = clock or SystemClock()
+        self.on_ready = on_ready
+        self.started_wall = self.clock.wall()
+        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._routing: dict[str, bytes] = {}
+        self._connected_addr: dict[str, str] = {}
+        self._last_seen_wall: dict[str, float] = {}
+        self._dirty: dict[str, MemberRecord] = {}
+        self.events: list[dict[str, Any]] = []
+        self.discovery: Any = None
+
+    # -- life cycle ------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        ensure_state_dir(self.state_dir)
+        self.lock = StateLock(self.state_dir)
+        self.lock.acquire()
+        try:
+            await self._start_locked()
+        except BaseException:
+            await self._teardown()
+            raise
+
+    async def _start_locked(self) -> None:
+        cfg = self.cfg
+        setup = prepare_state(self.state_dir, cfg.node.join_token)
+        self.identity, self.mesh = setup.identity, setup.mesh
+        self.created_mesh = setup.created_mesh
+        self.store = Store(self.state_dir, cfg.store.map_size)
+        self.store.set_meta("mesh_id", self.mesh.mesh_id)
+        incarnation = self.store.next_incarnation()
+
+        self.transport = Transport(
+            self.identity, self.mesh, cfg.transport, self._on_frame, self._on_intro
+        )
+        rp, pp, ip = await self.transport.start(cfg.node.listen_host, cfg.node.listen_port)
+
+        from meshd.net.discovery import choose_interfaces
+
+        self.interfaces = choose_interfaces(cfg.discovery) if cfg.discovery.mdns else []
+        addresses = self._advertised_addresses()
+        name = cfg.node.name or _default_name(self.identity.node_id)
+        priority = cfg.node.priority if cfg.node.priority is not None else self.role.priority
+        self.self_info = MemberInfo(
+            node_id=self.identity.node_id,
+            name=name,
+            role=self.role.name,
+            priority=priority,
+            tier=self.role.tier,
+            ed25519_pk=self.identity.ed25519_pk,
+            curve_pk=self.identity.curve_pk,
+            proof=self.mesh.proof_for(self.identity.ed25519_pk),
+            addresses=addresses,
+            router_port=rp,
+            pub_port=pp,
+            intro_port=ip,
+            incarnation=incarnation,
+            started_at=self.started_wall,
+        )
+        seed = int.from_bytes(os.urandom(8), "big")
+        self.machine = Membership(
+            self.self_info,
+            cfg.membership,
+            self.clock.monotonic(),
+            random.Random(seed),
+            verify=self.mesh.verify,
+        )
+        stored = self.store.load_peers()
+        for peer in stored:
+            if peer.last_seen is not None:
+                self._last_seen_wall[peer.record.info.node_id] = peer.last_seen
+            self._admit(peer.record.info)
+        self._apply(self.machine.restore([p.record for p in stored], self.clock.monotonic()))
+
+        self.control = ControlServer(self.state_dir / SOCKET_NAME, self._control)
+        await self.control.start()
+
+        if cfg.discovery.mdns and self.interfaces:
+            from meshd.net.discovery import Discovery
+
+            self.discovery = Discovery(cfg.discovery, self.mesh.mesh_id, self._on_mdns)
+            await self.discovery.start(self.self_info, self.interfaces)
+        elif cfg.discovery.mdns:
+            _log.warning("mdns_no_interface", hint="use --interface or --peer HOST:PORT")
+
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
+        self._tasks.append(asyncio.create_task(self._persist_loop(), name="persist"))
+        for text in cfg.node.peers:
+            host, port = parse_hostport(text, cfg.node.listen_port or 7790)
+            self._tasks.append(asyncio.create_task(self._seed_loop(host, port), name="seed"))
+        _log.info(
+            "node_started",
+            node=self.identity.node_id[:12],
+            name=name,
+            role=self.role.name,
+            mesh=self.mesh.mesh_id,
+            ports=[rp, pp, ip],
+            addresses=list(addresses),
+            incarnation=incarnation,
+            peers_restored=len(stored),
+        )
+        if self.on_ready is not None:
+            self.on_ready(self)
+
+    def _advertised_addresses(self) -> tuple[str, ...]:
+        host = self.cfg.node.listen_host
+        if host not in ("0.0.0.0", "::", ""):
+            return (host,)
+        addrs = [i.ip for i in self.interfaces]
+        if not addrs:
+            from meshd.net.discovery import choose_interfaces, list_interfaces
+
+            usable = choose_interfaces(replace(self.cfg.discovery, interfaces=()))
+            addrs = [i.ip for i in usable] or [i.ip for i in list_interfaces()][:1]
+        return tuple(dict.fromkeys(addrs))[:16]
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Run until ``request_stop`` (SIGTERM/SIGINT in ``meshd start``)."""
+        await self._stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Graceful exit: tell every peer we leave, persist, close."""
+        if getattr(self, "machine", None) is not None:
+            self._apply(self.machine.leave(self.clock.monotonic()))
+            await asyncio.sleep(0.05)  # let zmq hand the LEAVE frames to the kernel
+        await self._teardown()
+
+    async def _teardown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        if self.discovery is not None:
+            with contextlib.suppress(Exception):
+                await self.discovery.close()
+            self.discovery = None
+        if getattr(self, "control", None) is not None:
+            await self.control.close()
+        if getattr(self, "machine", None) is not None and getattr(self, "store", None):
+            with contextlib.suppress(Exception):
+                self._persist_all()
+        if getattr(self, "transport", None) is not None:
+            await self.transport.close()
+        if getattr(self, "store", None) is not None:
+            self.store.close()
+            del self.store
+        self.lock.release()
+        _log.info("node_stopped")
+
+    # -- effects -----------------------------------------------------------------------
+    def _envelope(self, payload: Payload, correlation_id: bytes | None = None) -> bytes:
+        env = Envelope(
+            msg_type=PAYLOAD_TYPES[type(payload)],
+            msg_id=os.urandom(16),
+            sender=self.identity.node_id,
+            timestamp_ms=int(self.clock.wall() * 1000),
+            payload=payload,
+            correlation_id=correlation_id,
+        )
+        return codec.encode(env)
+
+    def _apply(self, effects: list[Effect]) -> None:
+        for eff in effects:
+            if isinstance(eff, Send):
+                data = self._envelope(eff.payload, eff.correlation_id)
+                self.transport.send(eff.to, data, self._routing.get(eff.to))
+            elif isinstance(eff, Publish):
+                data = self._envelope(eff.payload)
+                self.transport.publish(codec.topic_for(PAYLOAD_TYPES[type(eff.payload)]), data)
+            elif isinstance(eff, Connect):
+                self._connect(eff.info)
+            elif isinstance(eff, Disconnect):
+                self.transport.disconnect_peer(eff.node_id)
+                self._connected_addr.pop(eff.node_id, None)
+            elif isinstance(eff, MemberChanged):
+                self._member_changed(eff)
+        self._wake.set()
+
+    def _admit(self, info: MemberInfo) -> None:
+        if info.node_id != self.identity.node_id and self.mesh.verify(info):
+            self.transport.admit(info.curve_pk, info.node_id)
+
+    def _connect(self, info: MemberInfo) -> None:
+        if info.node_id == self.identity.node_id:
+            return
+        if not self.mesh.verify(info):
+            self.transport.counters.reject("admission")
+            return
+        self._admit(info)
+        host = self._pick_address(info)
+        if host is None:
+            _log.warning("peer_unreachable", peer=info.node_id[:12], reason="no address")
+            return
+        if self.transport.connect_peer(
+            info.node_id, info.curve_pk, host, info.router_port, info.pub_port
+        ):
+            self._connected_addr[info.node_id] = host
+            _log.debug("peer_link", peer=info.node_id[:12], name=info.name, address=host)
+
+    def _pick_address(self, info: MemberInfo) -> str | None:
+        """Stable choice: keep the current address while the peer still advertises it
+        (no flapping on multi-homed hosts); else prefer one on a subnet of ours."""
+        current = self._connected_addr.get(info.node_id)
+        if current is not None and current in info.addresses:
+            return current
+        for addr in info.addresses:
+            with contextlib.suppress(ValueError):
+                ip = ipaddress.ip_address(addr)
+                if any(ip in iface.network for iface in self.interfaces):
+                    return addr
+        return info.addresses[0] if info.addresses else None
+
+    def _member_changed(self, eff: MemberChanged) -> None:
+        rec = eff.record
+        node_id = rec.info.node_id
+        if node_id == self.identity.node_id:
+            self.store.save_incarnation(rec.info.incarnation)
+            self.self_info = rec.info
+            return
+        self._dirty[node_id] = rec
+        prev = eff.previous.value if eff.previous is not None else None
+        event = {
+            "type": _event_name(rec.state, eff.previous),
+            "node": node_id,
+            "name": rec.info.name,
+            "state": rec.state.value,
+            "previous": prev,
+            "reason": eff.reason,
+            "at": self.clock.wall(),
+        }
+        self.events.append(event)
+        del self.events[:-1000]
+        _log.info(
+            "member_" + rec.state.value,
+            peer=node_id[:12],
+            name=rec.info.name,
+            previous=prev,
+            reason=eff.reason,
+        )
+        self._flush_dirty()
+
+    # -- incoming ----------------------------------------------------------------------
+    def _on_frame(self, data: bytes, via: str, auth: str | None, rid: bytes | None) -> None:
+        try:
+            env = codec.decode(data, self.cfg.transport.max_frame)
+        except DecodeError as exc:
+            self.transport.counters.reject(exc.reason)
+            _log.debug("frame_rejected", via=via, reason=exc.reason, error=str(exc))
+            return
+        if auth is None or env.sender != auth:
+            # A member may only speak for itself: the sender id must be the one the CURVE
+            # handshake authenticated.
+            self.transport.counters.reject("spoofed_sender")
+            _log.warning("frame_rejected", via=via, reason="spoofed_sender", claimed=env.sender)
+            return
+        if rid is not None:
+            self._routing[env.sender] = rid
+        self._last_seen_wall[env.sender] = self.clock.wall()
+        payload = env.payload
+        if isinstance(payload, Hello):
+            try:
+                self.mesh.check(payload.info)
+            except AdmissionError as exc:
+                self.transport.counters.reject("admission")
+                _log.warning("hello_rejected", reason=str(exc))
+                return
+            if payload.info.node_id != env.sender:
+                self.transport.counters.reject("spoofed_sender")
+                return
+        elif env.msg_type in (MsgType.INTRO, MsgType.INTRO_ACK):
+            self.transport.counters.reject("wrong_socket")
+            return
+        self._apply(self.machine.receive(env.sender, payload, self.clock.monotonic(), env.msg_id))
+
+    def _on_intro(self, data: bytes, user: str | None) -> bytes | None:
+        try:
+            env = codec.decode(data, self.cfg.transport.max_frame)
+        except DecodeError as exc:
+            self.transport.counters.reject(exc.reason)
+            return None
+        payload = env.payload
+        if not isinstance(payload, Intro):
+            self.transport.counters.reject("wrong_socket")
+            return None
+        try:
+            self.mesh.check(payload.info)
+            if user is None or payload.info.curve_pk.hex() != user:
+                raise AdmissionError("INTRO key differs from the handshake key")
+            if env.sender != payload.info.node_id:
+                raise AdmissionError("INTRO sender differs from its info")
+        except AdmissionError as exc:
+            self.transport.counters.reject("admission")
+            _log.warning("intro_rejected", reason=str(exc))
+            return None
+        self._admit(payload.info)
+        self._last_seen_wall[env.sender] = self.clock.wall()
+        now = self.clock.monotonic()
+        self._apply(self.machine.receive(env.sender, Hello(payload.info), now, env.msg_id))
+        ack = IntroAck(self.machine.self_info, tuple(self.machine.snapshot()))
+        return self._envelope(ack, env.msg_id)
+
+    def _on_mdns(self, info: MemberInfo) -> None:
+        if info.node_id == self.identity.node_id:
+            return
+        if not self.mesh.verify(info):
+            self.transport.counters.reject("admission")
+            _log.warning("mdns_record_rejected", peer=info.node_id[:12], reason="bad proof")
+            return
+        self._admit(info)
+        self._apply(self.machine.discovered(info, self.clock.monotonic(), "mdns"))
+
+    # -- loops ---------------------------------------------------------------------------
+    async def _tick_loop(self) -> None:
+        while True:
+            now = self.clock.monotonic()
+            self._apply(self.machine.tick(now))
+            self._wake.clear()
+            delay = min(max(self.machine.next_deadline() - self.clock.monotonic(), 0.0), 1.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), delay)
+
+    async def _seed_loop(self, host: str, port: int) -> None:
+        """Introduce ourselves to a static seed; retry until it answers, and again
+        whenever we are alone (seed restarted, partition healed)."""
+        retry = self.cfg.discovery.seed_retry
+        intro_port = port + 2
+        first = True
+        while True:
+            alone = not any(m.state is MemberState.ALIVE for m in self.machine.members())
+            if first or alone:
+                ok = await self._introduce(host, intro_port)
+                if ok:
+                    first = False
+            await asyncio.sleep(retry if first else max(retry, 5.0))
+
+    async def _introduce(self, host: str, intro_port: int) -> bool:
+        data = self._envelope(Intro(self.machine.self_info))
+        try:
+            reply = await self.transport.intro(
+                host, intro_port, data, self.cfg.transport.intro_timeout
+            )
+        except Exception as exc:  # noqa: BLE001 - a bad seed address must not stop the node
+            _log.warning("seed_failed", seed=f"{host}:{intro_port - 2}", error=str(exc))
+            return False
+        if reply is None:
+            _log.info("seed_silent", seed=f"{host}:{intro_port - 2}")
+            return False
+        try:
+            env = codec.decode(reply, self.cfg.transport.max_frame)
+            if not isinstance(env.payload, IntroAck):
+                raise AdmissionError("seed answered with something other than INTRO_ACK")
+            self.mesh.check(env.payload.info)
+            if env.sender != env.payload.info.node_id:
+                raise AdmissionError("seed's sender id differs from its info")
+        except (DecodeError, AdmissionError) as exc:
+            self.transport.counters.reject("seed_reply")
+            _log.warning("seed_rejected", seed=f"{host}:{intro_port - 2}", error=str(exc))
+            return False
+        ack = env.payload
+        # Reach the seed where we reached it, whatever it advertises.
+        info = replace(ack.info, addresses=(host, *[a for a in ack.info.addresses if a != host]))
+        self._admit(info)
+        for rec in ack.members:
+            self._admit(rec.info)
+        self._last_seen_wall[info.node_id] = self.clock.wall()
+        now = self.clock.monotonic()
+        self._apply(self.machine.discovered(info, now, "seed"))
+        self._apply(self.machine.receive(info.node_id, IntroAck(info, ack.members), now))
+        return True
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PERSIST_INTERVAL)
+            self._persist_all()
+
+    def _flush_dirty(self) -> None:
+        if not self._dirty:
+            return
+        batch = [
+            StoredPeer(rec, self._last_seen_wall.get(node_id))
+            for node_id, rec in self._dirty.items()
+        ]
+        self._dirty.clear()
+        self.store.save_peers(batch)
+
+    def _persist_all(self) -> None:
+        for rec in self.machine.snapshot():
+            if rec.info.node_id != self.identity.node_id:
+                self._dirty[rec.info.node_id] = rec
+        self._flush_dirty()
+
+    # -- control ---------------------------------------------------------------------------
+    async def _control(self, op: str, args: dict[str, Any]) -> Any:
+        if op == "status":
+            return self.status()
+        if op == "ping":
+            return {"pong": True, "pid": os.getpid(), "node": self.identity.node_id}
+        if op == "events":
+            since = float(args.get("since", 0.0))
+            return [e for e in self.events if e["at"] > since]
+        from meshd.errors import ControlError
+
+        raise ControlError(f"unknown operation {op!r}", code="unknown_op")
+
+    def status(self) -> dict[str, Any]:
+        now_wall = self.clock.wall()
+        now = self.clock.monotonic()
+        me = self.machine.self_info
+        peers = []
+        counts = {s.value: 0 for s in MemberState}
+        for view in self.machine.members():
+            info = view.info
+            counts[view.state.value] += 1
+            peers.append(
+                {
+                    "id": info.node_id,
+                    "name": info.name,
+                    "role": info.role,
+                    "state": view.state.value,
+                    "priority": info.priority,
+                    "tier": info.tier,
+                    "address": self._connected_addr.get(info.node_id)
+                    or (info.addresses[0] if info.addresses else None),
+                    "last_seen": self._last_seen_wall.get(info.node_id),
+                    "incarnation": info.incarnation,
+                    "state_since": now_wall - (now - view.state_since),
+                }
+            )
+        c = self.transport.counters
+        return {
+            "schema": 1,
+            "self": {
+                "id": me.node_id,
+                "name": me.name,
+                "role": me.role,
+                "state": "alive",
+                "priority": me.priority,
+                "tier": me.tier,
+                "address": me.addresses[0] if me.addresses else None,
+                "addresses": list(me.addresses),
+                "ports": {"router": me.router_port, "pub": me.pub_port, "intro": me.intro_port},
+                "incarnation": me.incarnation,
+                "mesh_id": self.mesh.mesh_id,
+                "version": __version__,
+                "pid": os.getpid(),
+                "started_at": self.started_wall,
+                "uptime_s": round(now_wall - self.started_wall, 3),
+            },
+            "lead": None,
+            "lead_reason": "no election yet: lead election is not part of this version",
+            "peers": peers,
+            "counts": {**counts, "total": len(peers) + 1},
+            "counters": {
+                "frames_in": c.frames_in,
+                "frames_out": c.frames_out,
+                "dropped_out": c.dropped_out,
+                "zap_admitted": c.zap_admitted,
+                "zap_refused": c.zap_refused,
+                "rejected": dict(c.rejected),
+            },
+        }
+
+
+def _event_name(state: MemberState, previous: MemberState | None) -> str:
+    if state is MemberState.ALIVE:
+        return "AGENT_JOINED" if previous in (None, MemberState.DEAD, MemberState.LEFT) else (
+            "AGENT_ALIVE"
+        )
+    return {
+        MemberState.SUSPECT: "AGENT_SUSPECT",
+        MemberState.DEAD: "AGENT_FAILED",
+        MemberState.LEFT: "AGENT_LEFT",
+    }[state]
+
+
+def _default_name(node_id: str) -> str:
+    import socket
+
+    host = socket.gethostname().split(".")[0][:40] or "node"
+    return f"{host}-{node_id[:4]}"
+
+
+async def run_node(node: Node) -> int:
+    """Start, run until SIGTERM/SIGINT, stop gracefully. A second signal exits at once."""
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            os._exit(130)
+        node.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await node.start()
+    await node.run()
+    return 0
+
+

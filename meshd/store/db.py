@@ -1,0 +1,138 @@
+"""The local LMDB store: the node's source of truth.
+
+Tables (LMDB named databases):
+
+* ``meta``  - small node facts: mesh id, incarnation counter, created-at.
+* ``peers`` - last known record of every member (msgpack of the wire MemberRecord plus
+  ``last_seen`` wall time), so a restarted node rejoins fast without waiting for mDNS.
+
+A process lock (``meshd.lock`` with ``flock``) makes a second daemon on the same state
+dir refuse with a clear message; LMDB alone would happily let two writers share it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import msgpack
+
+from meshd.errors import StateLockedError, StoreError
+from meshd.wire.codec import member_record_from_wire, member_record_to_wire
+from meshd.wire.messages import MemberRecord
+
+LOCK_FILE = "meshd.lock"
+DB_DIR = "db"
+
+
+class StateLock:
+    """An exclusive lock on a state dir, held for the daemon's lifetime."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                pid = os.read(fd, 32).decode().strip() or "?"
+            finally:
+                os.close(fd)
+            raise StateLockedError(
+                f"another meshd (pid {pid}) is already running on state dir {self.path.parent}; "
+                "stop it first, or give this one its own --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPeer:
+    record: MemberRecord
+    last_seen: float | None
+
+
+class Store:
+    """Typed access to the node's LMDB tables. Every write is one durable transaction."""
+
+    def __init__(self, state_dir: Path, map_size: int = 1 << 30) -> None:
+        path = state_dir / DB_DIR
+        path.mkdir(mode=0o700, exist_ok=True)
+        try:
+            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=16, subdir=True)
+        except lmdb.Error as exc:
+            raise StoreError(f"cannot open the store in {path}: {exc}") from exc
+        self._meta = self.env.open_db(b"meta")
+        self._peers = self.env.open_db(b"peers")
+
+    def close(self) -> None:
+        self.env.close()
+
+    # -- meta --------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        with self.env.begin(db=self._meta) as txn:
+            raw = txn.get(key.encode())
+        return None if raw is None else msgpack.unpackb(raw, raw=False)
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.env.begin(db=self._meta, write=True) as txn:
+            txn.put(key.encode(), msgpack.packb(value, use_bin_type=True))
+
+    def next_incarnation(self) -> int:
+        """Bump and return the node's incarnation: each start outranks the last one."""
+        with self.env.begin(db=self._meta, write=True) as txn:
+            raw = txn.get(b"incarnation")
+            value = (msgpack.unpackb(raw) if raw else 0) + 1
+            txn.put(b"incarnation", msgpack.packb(value))
+        return int(value)
+
+    def save_incarnation(self, value: int) -> None:
+        """Remember a refutation bump so a restart starts above it."""
+        with self.env.begin(db=self._meta, write=True) as txn:
+            raw = txn.get(b"incarnation")
+            if raw is None or msgpack.unpackb(raw) < value:
+                txn.put(b"incarnation", msgpack.packb(value))
+
+    # -- peers -------------------------------------------------------------------
+    def save_peers(self, peers: list[StoredPeer]) -> None:
+        if not peers:
+            return
+        with self.env.begin(db=self._peers, write=True) as txn:
+            for peer in peers:
+                value = {"r": member_record_to_wire(peer.record), "seen": peer.last_seen}
+                txn.put(peer.record.info.node_id.encode(), msgpack.packb(value, use_bin_type=True))
+
+    def delete_peer(self, node_id: str) -> None:
+        with self.env.begin(db=self._peers, write=True) as txn:
+            txn.delete(node_id.encode())
+
+    def load_peers(self) -> list[StoredPeer]:
+        out: list[StoredPeer] = []
+        for key, raw in self._iter(self._peers):
+            try:
+                obj = msgpack.unpackb(raw, raw=False)
+                out.append(StoredPeer(member_record_from_wire(obj["r"]), obj.get("seen")))
+            except Exception:  # noqa: BLE001 - one bad record must not block start-up
+                # Skip it but keep it on disk: nothing stored is ever destroyed by a reader.
+                continue
+            _ = key
+        return out
+
+    def _iter(self, db: Any) -> Iterator[tuple[bytes, bytes]]:
+        with self.env.begin(db=db) as txn:
+            yield from txn.cursor().iternext(keys=True, values=True)
