@@ -201,3 +201,22 @@ def load_file(path: Path, base: Config | None = None) -> Config:
         cls = _SECTIONS[section]
         updates[section] = replace(getattr(cfg, section), **_coerce(section, cls, values))
     return replace(cfg, **updates)
+
+
+def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT``; a clear ConfigError otherwise."""
+    host, port_s = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_s = rest[1:] if rest.startswith(":") else ""
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+    if not host:
+        raise ConfigError(f"{text!r}: missing host (use HOST:PORT)")
+    try:
+        port = int(port_s) if port_s else default_port
+    except ValueError:
+        raise ConfigError(f"{text!r}: port {port_s!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{text!r}: port must be 0..65535")
+    return host, port

@@ -20,7 +20,7 @@ from typing import Any
 
 from meshd import __version__, log
 from meshd.clock import Clock, SystemClock
-from meshd.config import Config
+from meshd.config import DEFAULT_PORT, Config, parse_hostport
 from meshd.control_proto import SOCKET_NAME
 from meshd.errors import AdmissionError, ConfigError, DecodeError
 from meshd.identity import (
@@ -93,25 +93,6 @@ def prepare_state(state_dir: Path, join_token: str | None) -> MeshSetup:
         save_mesh_key(state_dir, mesh)
         return MeshSetup(identity, mesh, True, created_identity)
     return MeshSetup(identity, current, False, created_identity)
-
-
-def parse_hostport(text: str, default_port: int) -> tuple[str, int]:
-    """``HOST``, ``HOST:PORT`` or ``[V6]:PORT``; a clear ConfigError otherwise."""
-    host, port_s = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        port_s = rest[1:] if rest.startswith(":") else ""
-    elif text.count(":") == 1:
-        host, port_s = text.split(":")
-    if not host:
-        raise ConfigError(f"{text!r}: missing host (use HOST:PORT)")
-    try:
-        port = int(port_s) if port_s else default_port
-    except ValueError:
-        raise ConfigError(f"{text!r}: port {port_s!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{text!r}: port must be 0..65535")
-    return host, port
 
 
 class Node:
@@ -216,7 +197,7 @@ class Node:
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
         self._tasks.append(asyncio.create_task(self._persist_loop(), name="persist"))
         for text in cfg.node.peers:
-            host, port = parse_hostport(text, cfg.node.listen_port or 7790)
+            host, port = parse_hostport(text, cfg.node.listen_port or DEFAULT_PORT)
             self._tasks.append(asyncio.create_task(self._seed_loop(host, port), name="seed"))
         _log.info(
             "node_started",

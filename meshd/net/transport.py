@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -145,12 +146,28 @@ class Transport:
         sock.curve_secretkey = z85.encode(self.identity.curve_sk)
         return sock
 
-    @staticmethod
-    def _bind(sock: zmq.asyncio.Socket, host: str, port: int) -> int:
-        if port == 0:
-            return int(sock.bind_to_random_port(endpoint(host, 0)[:-2]))
-        sock.bind(endpoint(host, port))
-        return port
+    def _bind_all(self, host: str, port: int) -> None:
+        """Bind ROUTER, PUB and intro on port, port+1, port+2. Port 0: find a free triple
+        (seeds are addressed as HOST:PORT, the intro socket is always PORT+2)."""
+        tries = 1 if port else 64
+        rng = random.Random()
+        for attempt in range(tries):
+            base = port or rng.randrange(20000, 60000)
+            bound: list[tuple[zmq.asyncio.Socket, str]] = []
+            try:
+                for offset, sock in enumerate((self.router, self.pub, self.intro_sock)):
+                    ep = endpoint(host, base + offset)
+                    sock.bind(ep)
+                    bound.append((sock, ep))
+            except zmq.ZMQError as exc:
+                for sock, ep in bound:
+                    with contextlib.suppress(zmq.ZMQError):
+                        sock.unbind(ep)
+                if attempt == tries - 1:
+                    raise exc
+                continue
+            self.router_port, self.pub_port, self.intro_port = base, base + 1, base + 2
+            return
 
     async def start(self, host: str, port: int) -> tuple[int, int, int]:
         """Bind ROUTER/PUB/intro on ``host`` (ports base, base+1, base+2; 0 = any free)."""
@@ -167,15 +184,13 @@ class Transport:
         self.intro_sock = self._server(zmq.ROUTER, DOMAIN_INTRO, self._intro_sk)
         self.intro_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         try:
-            self.router_port = self._bind(self.router, host, port)
-            self.pub_port = self._bind(self.pub, host, port + 1 if port else 0)
-            self.intro_port = self._bind(self.intro_sock, host, port + 2 if port else 0)
+            self._bind_all(host, port)
         except zmq.ZMQError as exc:
             await self.close()
             from meshd.errors import ConfigError
 
             raise ConfigError(
-                f"cannot listen on {host}:{port}-{port + 2 if port else 0}: {exc.strerror}; "
+                f"cannot listen on {host}:{port}-{port + 2}: {exc.strerror}; "
                 "is another meshd using these ports? choose others with --listen HOST:PORT"
             ) from None
         self._tasks.append(asyncio.create_task(self._router_loop(), name="router"))

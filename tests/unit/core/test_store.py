@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshd.errors import StateLockedError
+from meshd.store.db import StateLock, Store, StoredPeer
+from meshd.wire.messages import MemberInfo, MemberRecord, MemberState
+
+
+def record(n: int, state: MemberState = MemberState.ALIVE) -> MemberRecord:
+    info = MemberInfo(
+        node_id=f"{n:032x}",
+        name=f"n{n}",
+        role="devops",
+        priority=70,
+        ed25519_pk=bytes([n]) * 32,
+        curve_pk=bytes([n + 1]) * 32,
+        proof=bytes([n + 2]) * 32,
+        addresses=("127.0.0.1",),
+        router_port=7790,
+        pub_port=7791,
+        intro_port=7792,
+        incarnation=n,
+    )
+    return MemberRecord(info, state)
+
+
+def test_peers_survive_reopen(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=8 << 20)
+    store.save_peers([StoredPeer(record(1), 123.5), StoredPeer(record(2, MemberState.DEAD), None)])
+    store.close()
+    again = Store(tmp_path, map_size=8 << 20)
+    peers = {p.record.info.node_id: p for p in again.load_peers()}
+    assert peers[f"{1:032x}"].record == record(1)
+    assert peers[f"{1:032x}"].last_seen == 123.5
+    assert peers[f"{2:032x}"].record.state is MemberState.DEAD
+    again.delete_peer(f"{1:032x}")
+    assert [p.record.info.name for p in again.load_peers()] == ["n2"]
+    again.close()
+
+
+def test_a_corrupt_peer_record_is_skipped_and_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=8 << 20)
+    store.save_peers([StoredPeer(record(1), None)])
+    with store.env.begin(db=store._peers, write=True) as txn:
+        txn.put(b"garbage", b"\xc1\xc1")
+    assert [p.record.info.name for p in store.load_peers()] == ["n1"]
+    with store.env.begin(db=store._peers) as txn:
+        assert txn.get(b"garbage") == b"\xc1\xc1"  # nothing stored is destroyed
+    store.close()
+
+
+def test_incarnation_grows_across_restarts(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=8 << 20)
+    assert store.next_incarnation() == 1
+    store.save_incarnation(7)  # a refutation bumped it while running
+    store.save_incarnation(3)  # never goes down
+    store.close()
+    store = Store(tmp_path, map_size=8 << 20)
+    assert store.next_incarnation() == 8
+    store.set_meta("mesh_id", "abc")
+    assert store.get_meta("mesh_id") == "abc"
+    assert store.get_meta("missing") is None
+    store.close()
+
+
+def test_second_lock_on_a_state_dir_is_refused(tmp_path: Path) -> None:
+    first = StateLock(tmp_path)
+    first.acquire()
+    second = StateLock(tmp_path)
+    with pytest.raises(StateLockedError, match="already running"):
+        second.acquire()
+    first.release()
+    second.acquire()  # free again once the first one is gone
+    second.release()
