@@ -44,6 +44,15 @@ class MembershipConfig:
     #: s. A member learned only from mDNS/a static seed and never heard from is dropped
     #: from the candidate list after this long (mDNS records of crashed hosts linger ~19 min).
     candidate_timeout: float = 5.0
+    #: s. A DEAD (not LEFT) member is contacted again this often (CONNECT + HELLO, with
+    #: +-50 % jitter) until forgotten. After a partition both sides hold the other dead and
+    #: have dropped the links, so without this they would never hear each other again. A
+    #: host that is really gone costs one TCP connect attempt per interval per observer.
+    reconnect_interval: float = 5.0
+    #: s. How long such a contact link (a reconnect attempt, or a link opened to tell a peer
+    #: we hold dead that it must refute) stays open when the peer does not come back. A live
+    #: LAN host answers in milliseconds; 2 s also covers transport.connect_timeout (1 s).
+    reconnect_window: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +73,7 @@ class TransportConfig:
     linger: int = 0
     #: s. How long the ZAP handler holds a CURVE handshake from a not-yet-known key,
     #: waiting for discovery or gossip to vouch for it, before refusing it.
-    admission_wait: float = 2.0
+    admission_wait: float = 5.0
     #: s. Timeout of one INTRO exchange with a static seed.
     intro_timeout: float = 2.0
     #: bytes. Largest frame accepted on a mesh link.

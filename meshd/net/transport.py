@@ -250,7 +250,9 @@ class Transport:
                 self._expire_pending(float("inf"))
             deadline = loop.time() + self.cfg.admission_wait
             self._pending.setdefault(key, []).append((reply_to, req_id, deadline))
-            loop.call_later(self.cfg.admission_wait + 0.01, self._expire_pending, loop.time())
+            loop.call_later(
+                self.cfg.admission_wait + 0.01, lambda: self._expire_pending(loop.time())
+            )
             _log.debug("zap_held", address=address.decode(errors="replace"), key=key.hex()[:12])
 
     def _expire_pending(self, now: float) -> None:
