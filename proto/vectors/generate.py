@@ -1,0 +1,446 @@
+"""Write the golden wire vectors of ``proto/PROTOCOL.md`` (deterministic, fixed inputs).
+
+Usage (from the repository root)::
+
+    python proto/vectors/generate.py          # (re)write proto/vectors/*.json
+    python proto/vectors/generate.py --check  # exit 1 if a committed file differs
+
+The vectors are golden: once committed, a change to one of them is a wire format
+change and needs a protocol version decision (see PROTOCOL.md, "Versioning"). Tests
+read the committed files; they never call this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import enum
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import msgpack  # type: ignore[import-untyped, unused-ignore]  # noqa: E402
+
+from meshd.wire import (  # noqa: E402
+    Ack,
+    Envelope,
+    Error,
+    Heartbeat,
+    Hello,
+    Intro,
+    IntroAck,
+    Leave,
+    MemberInfo,
+    MemberRecord,
+    MemberState,
+    MemberUpdate,
+    MsgType,
+    Ping,
+    PingReq,
+    Sync,
+    SyncReq,
+    encode,
+)
+
+OUT_DIR = Path(__file__).resolve().parent
+
+# ---- fixed inputs -------------------------------------------------------------------
+
+
+def node_id(label: str) -> str:
+    return hashlib.blake2b(label.encode(), digest_size=16).hexdigest()
+
+
+def fixed_bytes(label: str, size: int) -> bytes:
+    return hashlib.blake2b(label.encode(), digest_size=size).digest()
+
+
+NODE_A = node_id("node-a")
+NODE_B = node_id("node-b")
+NODE_C = node_id("node-c")
+TS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def info(label: str, nid: str, *, name: str, role: str, priority: int, tier: int) -> MemberInfo:
+    return MemberInfo(
+        node_id=nid,
+        name=name,
+        role=role,
+        priority=priority,
+        ed25519_pk=fixed_bytes(f"{label}/ed25519", 32),
+        curve_pk=fixed_bytes(f"{label}/curve", 32),
+        proof=fixed_bytes(f"{label}/proof", 32),
+        addresses=("192.168.1.10", "fe80::1c2a:3bff:fe4d:5e6f"),
+        router_port=7790,
+        pub_port=7791,
+        intro_port=7792,
+        incarnation=3,
+        tier=tier,
+        started_at=1767225000.25,
+    )
+
+
+INFO_A = info("node-a", NODE_A, name="alpha", role="worker", priority=10, tier=1)
+INFO_B = dataclasses.replace(
+    info("node-b", NODE_B, name="bravo", role="lead", priority=100, tier=0),
+    addresses=("10.0.0.2",),
+    incarnation=0,
+)
+INFO_C = dataclasses.replace(
+    info("node-c", NODE_C, name="", role="", priority=0, tier=0),
+    addresses=(),
+    router_port=17790,
+    pub_port=17791,
+    intro_port=17792,
+    incarnation=2**40,
+    started_at=0.0,
+)
+RECORDS = (
+    MemberRecord(INFO_A, MemberState.ALIVE),
+    MemberRecord(INFO_B, MemberState.SUSPECT),
+    MemberRecord(INFO_C, MemberState.DEAD),
+)
+
+
+def msg_id(n: int) -> bytes:
+    return bytes([n]) * 16
+
+
+def env(
+    msg_type: MsgType,
+    payload: Any,
+    *,
+    n: int,
+    sender: str = NODE_A,
+    corr: int | None = None,
+    term: int = 0,
+) -> Envelope:
+    return Envelope(
+        msg_type=msg_type,
+        msg_id=msg_id(n),
+        sender=sender,
+        timestamp_ms=TS + n,
+        payload=payload,
+        correlation_id=None if corr is None else msg_id(corr),
+        term=term,
+    )
+
+
+VALID: list[tuple[str, str, Envelope]] = [
+    ("hello", "HELLO from node A with full member info", env(MsgType.HELLO, Hello(INFO_A), n=1)),
+    (
+        "heartbeat",
+        "HEARTBEAT published on PUB, term 7",
+        env(MsgType.HEARTBEAT, Heartbeat(3, fixed_bytes("digest", 16), 3), n=2, term=7),
+    ),
+    ("ping", "PING seq 42", env(MsgType.PING, Ping(42), n=3)),
+    (
+        "ack",
+        "ACK to a plain PING (empty target, ok)",
+        env(MsgType.ACK, Ack(42, "", True), n=4, sender=NODE_B, corr=3),
+    ),
+    (
+        "ack_indirect_failed",
+        "ACK from a helper: indirect probe of node C got no answer",
+        env(MsgType.ACK, Ack(43, NODE_C, False), n=5, sender=NODE_B, corr=6),
+    ),
+    ("ping_req", "PING_REQ: ask B to probe C", env(MsgType.PING_REQ, PingReq(43, NODE_C), n=6)),
+    (
+        "sync_req",
+        "SYNC_REQ with the asker's digest",
+        env(MsgType.SYNC_REQ, SyncReq(fixed_bytes("digest", 16)), n=7),
+    ),
+    (
+        "sync",
+        "SYNC reply with three records (alive, suspect, dead)",
+        env(MsgType.SYNC, Sync(RECORDS), n=8, sender=NODE_B, corr=7),
+    ),
+    (
+        "sync_empty",
+        "SYNC reply with no members",
+        env(MsgType.SYNC, Sync(()), n=9, sender=NODE_B, corr=7),
+    ),
+    (
+        "member_update",
+        "MEMBER_UPDATE gossip: C left",
+        env(MsgType.MEMBER_UPDATE, MemberUpdate((MemberRecord(INFO_C, MemberState.LEFT),)), n=10),
+    ),
+    ("leave", "LEAVE at incarnation 4", env(MsgType.LEAVE, Leave(4), n=11)),
+    (
+        "intro",
+        "INTRO to a seed's intro socket",
+        env(MsgType.INTRO, Intro(INFO_C), n=12, sender=NODE_C),
+    ),
+    (
+        "intro_ack",
+        "INTRO_ACK from seed B: its info and the members it knows",
+        env(MsgType.INTRO_ACK, IntroAck(INFO_B, RECORDS[:1]), n=13, sender=NODE_B, corr=12),
+    ),
+    (
+        "error",
+        "ERROR refusing an INTRO",
+        env(
+            MsgType.ERROR,
+            Error("not_admitted", "admission proof does not verify"),
+            n=14,
+            sender=NODE_B,
+            corr=12,
+        ),
+    ),
+]
+
+# ---- JSON forms ---------------------------------------------------------------------
+
+
+def to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, enum.Enum):
+        return value.value if isinstance(value, str) else value.name
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (tuple, list)):
+        return [to_json(v) for v in value]
+    return value
+
+
+def envelope_json(e: Envelope) -> dict[str, Any]:
+    return {
+        "version": e.version,
+        "type": e.msg_type.name,
+        "msg_id": e.msg_id.hex(),
+        "sender": e.sender,
+        "timestamp_ms": e.timestamp_ms,
+        "correlation_id": None if e.correlation_id is None else e.correlation_id.hex(),
+        "term": e.term,
+        "payload": to_json(e.payload),
+    }
+
+
+def wire_of(e: Envelope) -> list[Any]:
+    """The decoded msgpack array of a valid envelope (to derive invalid frames from)."""
+    obj: list[Any] = msgpack.unpackb(encode(e), raw=False)
+    return obj
+
+
+def pack(obj: Any) -> bytes:
+    data: bytes = msgpack.packb(obj, use_bin_type=True)
+    return data
+
+
+def invalid_vectors() -> list[dict[str, Any]]:
+    by_name = {name: e for name, _, e in VALID}
+    hb = encode(by_name["heartbeat"])
+    vectors: list[dict[str, Any]] = []
+
+    def add(name: str, description: str, data: bytes, error: str, field: str | None = None) -> None:
+        v: dict[str, Any] = {"name": name, "description": description, "hex": data.hex()}
+        v["error"] = error
+        if field is not None:
+            v["field"] = field
+        vectors.append(v)
+
+    w = wire_of(by_name["heartbeat"])
+    add(
+        "invalid_version",
+        "version 2, otherwise a valid HEARTBEAT",
+        pack([2, *w[1:]]),
+        "UnsupportedVersion",
+    )
+    add(
+        "invalid_version_other_shape",
+        "version 2 with a 3-item array: version is checked first",
+        pack([2, "future", {"x": 1}]),
+        "UnsupportedVersion",
+    )
+    add(
+        "invalid_version_truncated",
+        "a version 3 frame cut after its version",
+        pack([3, *w[1:]])[:2],
+        "UnsupportedVersion",
+    )
+    add(
+        "invalid_unknown_type",
+        "type code 999 with the supported version",
+        pack([w[0], 999, *w[2:]]),
+        "UnknownMessageType",
+    )
+    add("invalid_empty", "empty frame", b"", "TruncatedFrame")
+    add(
+        "invalid_truncated", "a valid HEARTBEAT missing its last 3 bytes", hb[:-3], "TruncatedFrame"
+    )
+    add("invalid_truncated_header", "array header and version only", hb[:2], "TruncatedFrame")
+    add(
+        "invalid_trailing_bytes",
+        "a valid HEARTBEAT followed by one nil byte",
+        hb + b"\xc0",
+        "MalformedFrame",
+    )
+    add(
+        "invalid_not_array",
+        "a map instead of the envelope array",
+        pack({"v": 1}),
+        "MalformedFrame",
+        "envelope",
+    )
+    add(
+        "invalid_wrong_length",
+        "envelope array of 7 items",
+        pack(w[:7]),
+        "MalformedFrame",
+        "envelope",
+    )
+    add(
+        "invalid_bad_sender",
+        "sender in uppercase hex",
+        pack([*w[:3], w[3].upper(), *w[4:]]),
+        "MalformedFrame",
+        "sender",
+    )
+    add(
+        "invalid_short_msg_id",
+        "msg_id of 15 bytes",
+        pack([*w[:2], w[2][:15], *w[3:]]),
+        "MalformedFrame",
+        "msg_id",
+    )
+    add(
+        "invalid_msg_id_str",
+        "msg_id as a msgpack str instead of bin",
+        pack([*w[:2], w[2].hex()[:16], *w[3:]]),
+        "MalformedFrame",
+        "msg_id",
+    )
+    add("invalid_negative_term", "term -1", pack([*w[:6], -1, w[7]]), "MalformedFrame", "term")
+    body = dict(w[7])
+    del body["n"]
+    add(
+        "invalid_missing_field",
+        "HEARTBEAT body without its 'n' key",
+        pack([*w[:7], body]),
+        "MalformedFrame",
+        "body.n",
+    )
+    a = wire_of(by_name["ack"])
+    add(
+        "invalid_bool_as_int",
+        "ACK with ok = 1 (int) instead of true",
+        pack([*a[:7], {**a[7], "ok": 1}]),
+        "MalformedFrame",
+        "body.ok",
+    )
+    s = wire_of(by_name["sync"])
+    members = [dict(m) for m in s[7]["members"]]
+    members[1] = {**members[1], "s": "zombie"}
+    add(
+        "invalid_member_state",
+        "SYNC whose second record has state 'zombie'",
+        pack([*s[:7], {"members": members}]),
+        "MalformedFrame",
+        "body.members[1].s",
+    )
+    h = wire_of(by_name["hello"])
+    bad_info = {**h[7]["info"], "ck": h[7]["info"]["ck"][:31]}
+    add(
+        "invalid_key_length",
+        "HELLO whose curve key is 31 bytes",
+        pack([*h[:7], {"info": bad_info}]),
+        "MalformedFrame",
+        "body.info.ck",
+    )
+    bad_info = {**h[7]["info"], "rp": 70000}
+    add(
+        "invalid_port",
+        "HELLO whose router port is 70000",
+        pack([*h[:7], {"info": bad_info}]),
+        "MalformedFrame",
+        "body.info.rp",
+    )
+    add(
+        "invalid_int_map_key",
+        "envelope body map with an int key",
+        hb[: -len(pack(w[7]))] + b"\x81\x01\x02",
+        "MalformedFrame",
+    )
+    return vectors
+
+
+def compat_vectors() -> list[tuple[str, str, bytes, Envelope]]:
+    """Valid frames that are not in canonical form: they decode, re-encode differently."""
+    hb = next(e for n, _, e in VALID if n == "heartbeat")
+    w = wire_of(hb)
+    body = {"zz_future": [1, 2, 3], **w[7], "extra": {"nested": b"\x00"}}
+    return [
+        (
+            "heartbeat_unknown_keys",
+            "HEARTBEAT with unknown body keys before and after the known ones: ignored",
+            pack([*w[:7], body]),
+            hb,
+        )
+    ]
+
+
+def render(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+
+
+def documents() -> dict[str, str]:
+    docs: dict[str, str] = {}
+    for name, description, e in VALID:
+        docs[f"{name}.json"] = render(
+            {
+                "name": name,
+                "description": description,
+                "hex": encode(e).hex(),
+                "envelope": envelope_json(e),
+            }
+        )
+    for name, description, data, e in compat_vectors():
+        docs[f"{name}.json"] = render(
+            {
+                "name": name,
+                "description": description,
+                "hex": data.hex(),
+                "canonical_hex": encode(e).hex(),
+                "envelope": envelope_json(e),
+            }
+        )
+    for v in invalid_vectors():
+        docs[f"{v['name']}.json"] = render(v)
+    return docs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--check", action="store_true", help="compare instead of writing")
+    args = parser.parse_args(argv)
+    docs = documents()
+    if args.check:
+        stale = [n for n, text in docs.items() if _read(OUT_DIR / n) != text]
+        extra = sorted(p.name for p in OUT_DIR.glob("*.json") if p.name not in docs)
+        for n in stale:
+            print(f"differs: {n}")
+        for n in extra:
+            print(f"not generated: {n}")
+        return 1 if stale or extra else 0
+    for name, text in docs.items():
+        (OUT_DIR / name).write_text(text, encoding="utf-8")
+    print(f"wrote {len(docs)} vectors to {OUT_DIR}")
+    return 0
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
