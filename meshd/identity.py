@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -139,7 +140,7 @@ class MeshKey:
         body += "=" * (-len(body) % 8)
         try:
             raw = base64.b32decode(body)
-        except (ValueError, base64.binascii.Error):
+        except (ValueError, binascii.Error):
             raise TokenError("the join token is damaged (not base32); copy it again") from None
         if len(raw) != 36:
             raise TokenError("the join token has the wrong length; copy it again in full")

@@ -122,7 +122,6 @@ class Node:
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self) -> None:
-        cfg = self.cfg
         ensure_state_dir(self.state_dir)
         self.lock = StateLock(self.state_dir)
         self.lock.acquire()
@@ -357,7 +356,9 @@ class Node:
         self._flush_dirty()
 
     # -- incoming ----------------------------------------------------------------------
-    def _on_frame(self, data: bytes, via: str, auth: str | None, rid: bytes | None) -> None:
+    def _on_frame(
+        self, data: bytes, via: str, auth: str | None, rid: bytes | None, topic: bytes | None
+    ) -> None:
         try:
             env = codec.decode(data, self.cfg.transport.max_frame)
         except DecodeError as exc:
@@ -369,6 +370,9 @@ class Node:
             # handshake authenticated.
             self.transport.counters.reject("spoofed_sender")
             _log.warning("frame_rejected", via=via, reason="spoofed_sender", claimed=env.sender)
+            return
+        if topic is not None and topic != codec.topic_for(env.msg_type):
+            self.transport.counters.reject("topic_mismatch")
             return
         if rid is not None:
             self._routing[env.sender] = rid
@@ -456,7 +460,7 @@ class Node:
             reply = await self.transport.intro(
                 host, intro_port, data, self.cfg.transport.intro_timeout
             )
-        except Exception as exc:  # noqa: BLE001 - a bad seed address must not stop the node
+        except Exception as exc:
             _log.warning("seed_failed", seed=f"{host}:{intro_port - 2}", error=str(exc))
             return False
         if reply is None:

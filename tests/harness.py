@@ -117,7 +117,8 @@ class Daemon:
     def wait_ready(self, timeout: float = DEADLINE) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+                code = self.proc.returncode
+                raise AssertionError(f"{self.name} exited with {code}:\n{self.log()}")
             return self.status()
 
         result: dict[str, Any] = wait_for(ready, timeout, f"{self.name} to answer status")

@@ -55,7 +55,7 @@ class ControlServer:
     async def _dispatch(self, body: bytes) -> dict[str, Any]:
         try:
             req = unpack(body)
-        except Exception:  # noqa: BLE001 - any garbage is answered, never fatal
+        except Exception:
             return _error("bad_request", "request is not a msgpack map")
         if req.get("v") != CONTROL_VERSION:
             return _error("bad_version", f"control protocol version {req.get('v')!r} unsupported")
@@ -68,7 +68,7 @@ class ControlServer:
             return _error(exc.code, str(exc))
         except MeshError as exc:
             return _error("error", str(exc))
-        except Exception as exc:  # noqa: BLE001 - a bug in one op must not kill the daemon
+        except Exception as exc:
             _log.exception("control_op_failed", op=op)
             return _error("internal", f"{type(exc).__name__}: {exc}")
 

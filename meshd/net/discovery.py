@@ -162,9 +162,19 @@ class Discovery:
 
     async def update(self, info: MemberInfo) -> None:
         """Re-announce after our info changed (e.g. incarnation)."""
-        for _iface, azc, sinfo in self._zcs:
-            sinfo.properties = txt_for(info, self.mesh_id)  # type: ignore[misc]
+        updated = []
+        for iface, azc, old in self._zcs:
+            sinfo = AsyncServiceInfo(
+                SERVICE_TYPE,
+                old.name,
+                addresses=[socket.inet_aton(iface.ip)],
+                port=info.router_port,
+                properties=txt_for(info, self.mesh_id),
+                server=old.server,
+            )
             await azc.async_update_service(sinfo)
+            updated.append((iface, azc, sinfo))
+        self._zcs = updated
 
     def _on_change(
         self,
@@ -184,7 +194,7 @@ class Discovery:
         if not await sinfo.async_request(zc, 3000):
             return
         props = sinfo.properties or {}
-        if props.get(b"mesh", b"").decode() != self.mesh_id:
+        if (props.get(b"mesh") or b"").decode(errors="replace") != self.mesh_id:
             self.foreign_records += 1
             return
         try:

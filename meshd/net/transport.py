@@ -25,6 +25,7 @@ import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -40,8 +41,9 @@ DOMAIN_INTRO = b"intro"
 #: Most handshakes held at once waiting for admission; beyond it the oldest is refused.
 MAX_PENDING_ZAP = 512
 
-#: Callback for every frame read: (data, via, authenticated node id or None, routing id).
-FrameHandler = Callable[[bytes, str, "str | None", "bytes | None"], None]
+#: Callback for every frame read: (data, via, authenticated node id or None, routing id,
+#: PUB/SUB topic or None).
+FrameHandler = Callable[[bytes, str, "str | None", "bytes | None", "bytes | None"], None]
 
 _log = log.get("meshd.net")
 
@@ -78,7 +80,7 @@ def _send_now(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
     finished Future (and reschedules waiting receivers, which a raw sync send on the
     same socket would not - that could stall a reader on edge-triggered events).
     """
-    fut = sock.send_multipart(frames, flags=zmq.NOBLOCK)
+    fut = cast("asyncio.Future[object]", sock.send_multipart(frames, flags=zmq.NOBLOCK))
     if fut.done():
         exc = fut.exception()
         if exc is not None:
@@ -100,7 +102,7 @@ class Transport:
         mesh: MeshKey,
         config: TransportConfig,
         on_frame: FrameHandler,
-        on_intro: Callable[[bytes, str], bytes | None],
+        on_intro: Callable[[bytes, str | None], bytes | None],
     ) -> None:
         self.identity = identity
         self.mesh = mesh
@@ -282,10 +284,10 @@ class Transport:
             rid, body = frames
             self.counters.frames_in += 1
             try:
-                user = body.get("User-Id")
+                user: str | None = str(body.get("User-Id"))
             except zmq.ZMQError:
                 user = None
-            self.on_frame(body.bytes, "router", user, rid.bytes)
+            self.on_frame(body.bytes, "router", user, rid.bytes, None)
 
     async def _peer_loop(self, peer: _Peer, sock: zmq.asyncio.Socket, via: str) -> None:
         multipart = via == "sub"
@@ -299,13 +301,14 @@ class Transport:
                 if len(frames) != 2:  # [topic, envelope]
                     self.counters.reject("framing")
                     continue
-                body = frames[1]
+                topic, body = frames
             else:
+                topic = None
                 if len(frames) != 1:
                     self.counters.reject("framing")
                     continue
                 body = frames[0]
-            self.on_frame(body, via, peer.node_id, None)
+            self.on_frame(body, via, peer.node_id, None, topic)
 
     async def _intro_loop(self) -> None:
         while True:
@@ -317,8 +320,11 @@ class Transport:
                 self.counters.reject("framing")
                 continue
             rid, body = frames
-            user = body.get("User-Id")
-            reply = self.on_intro(body.bytes, user)
+            try:
+                intro_user: str | None = str(body.get("User-Id"))
+            except zmq.ZMQError:
+                intro_user = None
+            reply = self.on_intro(body.bytes, intro_user)
             if reply is not None:
                 try:
                     _send_now(self.intro_sock, [rid.bytes, reply])
@@ -399,7 +405,7 @@ class Transport:
         try:
             sock.connect(endpoint(host, port))
             await sock.send(data)
-            if await sock.poll(int(timeout * 1000), zmq.POLLIN):
+            if await sock.poll(timeout=int(timeout * 1000)):
                 return bytes(await sock.recv())
             return None
         finally:

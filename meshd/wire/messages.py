@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Union
 
 PROTOCOL_VERSION = 1
 
@@ -182,9 +181,10 @@ class Error:
     message: str
 
 
-Payload = Union[
-    Hello, Heartbeat, Ping, Ack, PingReq, SyncReq, Sync, MemberUpdate, Leave, Intro, IntroAck, Error
-]
+Payload = (
+    Hello | Heartbeat | Ping | Ack | PingReq | SyncReq | Sync | MemberUpdate | Leave | Intro
+    | IntroAck | Error
+)
 
 PAYLOAD_TYPES: dict[type[object], MsgType] = {
     Hello: MsgType.HELLO,

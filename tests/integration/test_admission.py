@@ -26,7 +26,9 @@ class Inbox:
         self.frames: list[tuple[bytes, str, str | None]] = []
         self.intros: list[tuple[bytes, str | None]] = []
 
-    def on_frame(self, data: bytes, via: str, auth: str | None, rid: bytes | None) -> None:
+    def on_frame(
+        self, data: bytes, via: str, auth: str | None, rid: bytes | None, topic: bytes | None
+    ) -> None:
         self.frames.append((data, via, auth))
 
     def on_intro(self, data: bytes, user: str | None) -> bytes | None:
@@ -66,7 +68,7 @@ async def test_members_exchange_direct_and_published_messages() -> None:
         link(t2, id2, t1, id1)
         assert t1.send(id2.node_id, b"direct-1-to-2")
         await until(lambda: any(f[0] == b"direct-1-to-2" for f in in2.frames))
-        data, via, auth = next(f for f in in2.frames if f[0] == b"direct-1-to-2")
+        _, via, auth = next(f for f in in2.frames if f[0] == b"direct-1-to-2")
         # The ROUTER tells us who really sent it: the node id bound to the CURVE key.
         assert via == "router" and auth == id1.node_id
 
@@ -81,7 +83,7 @@ async def test_members_exchange_direct_and_published_messages() -> None:
 
 async def test_handshake_is_held_until_the_key_is_vouched_for() -> None:
     mesh = MeshKey.generate()
-    async with transport(mesh) as (t1, in1, id1), transport(mesh) as (t2, in2, id2):
+    async with transport(mesh) as (t1, _, id1), transport(mesh) as (t2, in2, id2):
         # t1 knows t2, but t2 does not know t1 yet: the handshake waits (not refused).
         link(t1, id1, t2, id2)
         t1.send(id2.node_id, b"early")

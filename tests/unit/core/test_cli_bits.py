@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 
 from meshd.cli.render import ago, status_table
+from meshd.config import parse_hostport
 from meshd.control_proto import MAX_CONTROL_MESSAGE, header_length, pack, unpack
 from meshd.errors import ConfigError
-from meshd.config import parse_hostport
 
 
 def test_parse_hostport() -> None:

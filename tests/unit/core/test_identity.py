@@ -80,7 +80,7 @@ def test_token_round_trip_and_typos() -> None:
     # one character changed -> checksum error, not a silent different mesh
     pos = len(token) - 5
     typo = token[:pos] + ("a" if token[pos] != "a" else "b") + token[pos + 1 :]
-    with pytest.raises(TokenError, match="checksum|damaged|length"):
+    with pytest.raises(TokenError, match=r"checksum|damaged|length"):
         MeshKey.from_token(typo)
     with pytest.raises(TokenError, match="starts with"):
         MeshKey.from_token("hello")
