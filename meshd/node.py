@@ -584,8 +584,10 @@ class Node:
 
 def _event_name(state: MemberState, previous: MemberState | None) -> str:
     if state is MemberState.ALIVE:
-        return "AGENT_JOINED" if previous in (None, MemberState.DEAD, MemberState.LEFT) else (
-            "AGENT_ALIVE"
+        return (
+            "AGENT_JOINED"
+            if previous in (None, MemberState.DEAD, MemberState.LEFT)
+            else ("AGENT_ALIVE")
         )
     return {
         MemberState.SUSPECT: "AGENT_SUSPECT",
@@ -618,5 +620,3 @@ async def run_node(node: Node) -> int:
     await node.start()
     await node.run()
     return 0
-
-

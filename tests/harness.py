@@ -86,8 +86,17 @@ class Daemon:
 
     def command(self) -> list[str]:
         cmd = meshd_cmd(
-            "start", "--role", self.role, "--name", self.name,
-            "--state-dir", str(self.state_dir), "--listen", self.listen, "--log-level", "debug",
+            "start",
+            "--role",
+            self.role,
+            "--name",
+            self.name,
+            "--state-dir",
+            str(self.state_dir),
+            "--listen",
+            self.listen,
+            "--log-level",
+            "debug",
         )
         if self.token:
             cmd += ["--join", self.token]

@@ -60,8 +60,18 @@ def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> 
         for i, d in enumerate(dirs):
             port = base_port + 3 * i
             cmd = [
-                *exe, "start", "--role", ROLES[i % len(ROLES)], "--name", f"node{i + 1}",
-                "--state-dir", str(d), "--listen", f"127.0.0.1:{port}", "--join", token,
+                *exe,
+                "start",
+                "--role",
+                ROLES[i % len(ROLES)],
+                "--name",
+                f"node{i + 1}",
+                "--state-dir",
+                str(d),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--join",
+                token,
             ]
             if i:
                 cmd += ["--peer", f"127.0.0.1:{base_port}"]

@@ -79,8 +79,8 @@ def start(
 
     from meshd import config as cfgmod
     from meshd import log
-    from meshd.identity import MeshKey
     from meshd.config import parse_hostport
+    from meshd.identity import MeshKey
     from meshd.node import Node, prepare_state, run_node
     from meshd.roles import get_role
 

@@ -32,8 +32,25 @@ from meshd.wire.messages import PROTOCOL_VERSION, MemberInfo
 
 SERVICE_TYPE = "_meshd._tcp.local."
 #: Interface name prefixes skipped by default: container and VM bridges and their veths.
-VIRTUAL_PREFIXES = ("docker", "br-", "veth", "virbr", "lxcbr", "lxdbr", "cni", "flannel",
-                    "cali", "vnet", "podman", "kube", "tun", "tap", "zt", "tailscale", "wg")
+VIRTUAL_PREFIXES = (
+    "docker",
+    "br-",
+    "veth",
+    "virbr",
+    "lxcbr",
+    "lxdbr",
+    "cni",
+    "flannel",
+    "cali",
+    "vnet",
+    "podman",
+    "kube",
+    "tun",
+    "tap",
+    "zt",
+    "tailscale",
+    "wg",
+)
 
 _log = log.get("meshd.discovery")
 

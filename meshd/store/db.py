@@ -127,7 +127,7 @@ class Store:
             try:
                 obj = msgpack.unpackb(raw, raw=False)
                 out.append(StoredPeer(member_record_from_wire(obj["r"]), obj.get("seen")))
-            except Exception:  # noqa: BLE001 - one bad record must not block start-up
+            except Exception:
                 # Skip it but keep it on disk: nothing stored is ever destroyed by a reader.
                 continue
             _ = key

@@ -69,8 +69,14 @@ def test_second_daemon_on_same_state_dir_refuses(mesh: Mesh) -> None:
     a = mesh.add("a").start()
     a.wait_ready()
     out = run_meshd(
-        "start", "--role", "devops", "--state-dir", str(a.state_dir), "--no-mdns",
-        "--listen", "127.0.0.1:0",
+        "start",
+        "--role",
+        "devops",
+        "--state-dir",
+        str(a.state_dir),
+        "--no-mdns",
+        "--listen",
+        "127.0.0.1:0",
     )
     assert out.returncode == 4
     assert "already running on state dir" in out.stderr
