@@ -110,5 +110,16 @@ class Client:
         return result
 
     def ping(self) -> dict[str, Any]:
+        """Is the local daemon there? (pid and node id)"""
         result: dict[str, Any] = self.call("ping")
+        return result
+
+    def peer_ping(self, peer: str, count: int = 1, timeout: float = 2.0) -> list[float]:
+        """Round-trip times (s) of PINGs from the local daemon to a peer (name or id)."""
+        result = self.call("peer_ping", peer=peer, count=count, timeout=timeout)
+        return [float(x) for x in result["rtt_s"]]
+
+    def events(self, since: float = 0.0) -> list[dict[str, Any]]:
+        """Membership events (AGENT_JOINED, AGENT_FAILED, AGENT_LEFT, ...) after ``since``."""
+        result: list[dict[str, Any]] = self.call("events", since=since)
         return result

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import random
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +23,7 @@ from meshd import __version__, log
 from meshd.clock import Clock, SystemClock
 from meshd.config import DEFAULT_PORT, Config, parse_hostport
 from meshd.control_proto import SOCKET_NAME
-from meshd.errors import AdmissionError, ConfigError, DecodeError
+from meshd.errors import AdmissionError, ConfigError, ControlError, DecodeError
 from meshd.identity import (
     Identity,
     MeshKey,
@@ -47,6 +48,7 @@ from meshd.store.db import StateLock, Store, StoredPeer
 from meshd.wire import codec
 from meshd.wire.messages import (
     PAYLOAD_TYPES,
+    Ack,
     Envelope,
     Hello,
     Intro,
@@ -56,6 +58,7 @@ from meshd.wire.messages import (
     MemberState,
     MsgType,
     Payload,
+    Ping,
 )
 
 _log = log.get("meshd.node")
@@ -119,6 +122,8 @@ class Node:
         self._dirty: dict[str, MemberRecord] = {}
         self.events: list[dict[str, Any]] = []
         self.discovery: Any = None
+        self._pings: dict[bytes, asyncio.Future[float]] = {}
+        self.ready_wall: float | None = None
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -209,6 +214,7 @@ class Node:
             incarnation=incarnation,
             peers_restored=len(stored),
         )
+        self.ready_wall = self.clock.wall()
         if self.on_ready is not None:
             self.on_ready(self)
 
@@ -264,10 +270,12 @@ class Node:
         _log.info("node_stopped")
 
     # -- effects -----------------------------------------------------------------------
-    def _envelope(self, payload: Payload, correlation_id: bytes | None = None) -> bytes:
+    def _envelope(
+        self, payload: Payload, correlation_id: bytes | None = None, msg_id: bytes | None = None
+    ) -> bytes:
         env = Envelope(
             msg_type=PAYLOAD_TYPES[type(payload)],
-            msg_id=os.urandom(16),
+            msg_id=msg_id or os.urandom(16),
             sender=self.identity.node_id,
             timestamp_ms=int(self.clock.wall() * 1000),
             payload=payload,
@@ -391,6 +399,10 @@ class Node:
         elif env.msg_type in (MsgType.INTRO, MsgType.INTRO_ACK):
             self.transport.counters.reject("wrong_socket")
             return
+        if isinstance(payload, Ack) and env.correlation_id in self._pings:
+            fut = self._pings.pop(env.correlation_id)
+            if not fut.done():
+                fut.set_result(time.perf_counter())
         self._apply(self.machine.receive(env.sender, payload, self.clock.monotonic(), env.msg_id))
 
     def _on_intro(self, data: bytes, user: str | None) -> bytes | None:
@@ -510,17 +522,53 @@ class Node:
                 self._dirty[rec.info.node_id] = rec
         self._flush_dirty()
 
+    def resolve_peer(self, ref: str) -> MemberInfo:
+        """A peer by name, full id or unique id prefix (ControlError otherwise)."""
+        views = self.machine.members()
+        exact = [v.info for v in views if ref in (v.info.node_id, v.info.name)]
+        found = exact or [v.info for v in views if v.info.node_id.startswith(ref.lower())]
+        if len(found) == 1:
+            return found[0]
+        known = ", ".join(sorted(v.info.name for v in views)) or "none"
+        if not found:
+            raise ControlError(f"unknown peer {ref!r}; known peers: {known}", code="unknown_peer")
+        raise ControlError(f"{ref!r} matches {len(found)} peers; give more of the id", "ambiguous")
+
+    async def ping(self, ref: str, timeout: float = 2.0) -> float:
+        """Round trip of a PING to a peer through the full stack (codec, CURVE), in seconds."""
+        info = self.resolve_peer(ref)
+        msg_id = os.urandom(16)
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pings[msg_id] = fut
+        # seq 0 is never used by the failure detector's own probes.
+        data = self._envelope(Ping(seq=0), msg_id=msg_id)
+        start = time.perf_counter()
+        try:
+            self.transport.send(info.node_id, data, self._routing.get(info.node_id))
+            end = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ControlError(f"{info.name} did not answer within {timeout} s", "timeout") from None
+        finally:
+            self._pings.pop(msg_id, None)
+        return end - start
+
     # -- control ---------------------------------------------------------------------------
     async def _control(self, op: str, args: dict[str, Any]) -> Any:
         if op == "status":
             return self.status()
         if op == "ping":
             return {"pong": True, "pid": os.getpid(), "node": self.identity.node_id}
+        if op == "peer_ping":
+            count = int(args.get("count", 1))
+            if not 1 <= count <= 10_000:
+                raise ControlError("count must be 1..10000", code="bad_request")
+            rtts = [await self.ping(str(args.get("peer", "")), float(args.get("timeout", 2.0)))]
+            for _ in range(count - 1):
+                rtts.append(await self.ping(str(args["peer"]), float(args.get("timeout", 2.0))))
+            return {"peer": self.resolve_peer(str(args["peer"])).node_id, "rtt_s": rtts}
         if op == "events":
             since = float(args.get("since", 0.0))
             return [e for e in self.events if e["at"] > since]
-        from meshd.errors import ControlError
-
         raise ControlError(f"unknown operation {op!r}", code="unknown_op")
 
     def status(self) -> dict[str, Any]:
@@ -565,6 +613,7 @@ class Node:
                 "version": __version__,
                 "pid": os.getpid(),
                 "started_at": self.started_wall,
+                "ready_at": self.ready_wall,
                 "uptime_s": round(now_wall - self.started_wall, 3),
             },
             "lead": None,

@@ -90,6 +90,23 @@ def status(
         fail("meshctl", str(exc), EXIT_FAILURE)
 
 
+@app.command()
+def ping(
+    peer: Annotated[str, typer.Argument(help="Peer name, node id or unique id prefix.")],
+    count: Annotated[int, typer.Option("--count", "-c", min=1, max=10000)] = 3,
+    timeout: Annotated[float, typer.Option("--timeout", min=0.01, max=60)] = 2.0,
+) -> None:
+    """Round trip to a peer through the mesh (CURVE link, codec), like ping(8)."""
+    rtts = _call(lambda c: c.peer_ping(peer, count, timeout))
+    for i, rtt in enumerate(rtts, 1):
+        print(f"seq={i} rtt={rtt * 1000:.3f} ms")
+    ordered = sorted(rtts)
+    print(
+        f"{len(rtts)} pings: min {ordered[0] * 1000:.3f} ms, "
+        f"median {ordered[len(ordered) // 2] * 1000:.3f} ms, max {ordered[-1] * 1000:.3f} ms"
+    )
+
+
 def main() -> None:
     app()
 
