@@ -44,10 +44,11 @@ class MembershipConfig:
     #: s. A member learned only from mDNS/a static seed and never heard from is dropped
     #: from the candidate list after this long (mDNS records of crashed hosts linger ~19 min).
     candidate_timeout: float = 5.0
-    #: s. A DEAD (not LEFT) member is contacted again this often (CONNECT + HELLO, with
-    #: +-50 % jitter) until forgotten. After a partition both sides hold the other dead and
-    #: have dropped the links, so without this they would never hear each other again. A
-    #: host that is really gone costs one TCP connect attempt per interval per observer.
+    #: s. A member this node saw alive and then holds DEAD (not LEFT) is contacted again
+    #: this often (CONNECT + HELLO, +-50 % jitter) until forgotten. After a partition both
+    #: sides hold the other dead and have dropped the links, so without this they would
+    #: never hear each other again. A host that is really gone costs one TCP connect
+    #: attempt per interval per observer.
     reconnect_interval: float = 5.0
     #: s. How long such a contact link (a reconnect attempt, or a link opened to tell a peer
     #: we hold dead that it must refute) stays open when the peer does not come back. A live

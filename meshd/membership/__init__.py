@@ -1,0 +1,34 @@
+"""Membership: who is in the mesh, who is alive (pure state machine, no I/O).
+
+See :mod:`meshd.membership.machine` for the protocol and :mod:`meshd.membership.table`
+for the transition table of a peer's state.
+"""
+
+from meshd.membership.machine import (
+    Connect,
+    Disconnect,
+    Effect,
+    MemberChanged,
+    Membership,
+    MemberView,
+    Publish,
+    Send,
+    digest_of,
+)
+from meshd.membership.table import TRANSITIONS, Event, PeerState, transition
+
+__all__ = [
+    "TRANSITIONS",
+    "Connect",
+    "Disconnect",
+    "Effect",
+    "Event",
+    "MemberChanged",
+    "MemberView",
+    "Membership",
+    "PeerState",
+    "Publish",
+    "Send",
+    "digest_of",
+    "transition",
+]

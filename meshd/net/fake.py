@@ -1,0 +1,481 @@
+"""An in-memory network that drives many sans-I/O state machines on one fake clock.
+
+No sockets, no threads, no sleeps: a single event queue ordered by simulated time. Nodes
+are any objects with ``self_id``, ``receive``, ``tick`` and ``next_deadline`` (see
+:class:`SimNode`) that return effects; the network understands the effect types of
+:mod:`meshd.membership` and models the real transport's semantics:
+
+* ``Connect(info)`` opens our links to that peer: our DEALER (so we can ``Send`` to it)
+  and our SUB (so we receive what it ``Publish``es). ``Disconnect`` closes both.
+* ``Send(to, payload)`` is delivered to ``to`` after the link latency, if the sender has a
+  link to it (``require_link``; a real DEALER cannot send without one).
+* ``Publish(payload)`` reaches every node currently subscribed to the publisher.
+* Anything else (``MemberChanged``...) is appended to :attr:`FakeNetwork.log` and given to
+  the watchers.
+
+Faults: per-link latency, random loss (seeded), partitions and one-way blocks, a custom
+drop rule, crash (the node stops, no LEAVE), restart (a new :class:`Membership` for the same
+identity with incarnation + 1, optionally restoring what the old one knew), and an mDNS
+model: :meth:`FakeNetwork.announce` calls ``discovered(info, now, "mdns")`` on live nodes,
+also for crashed nodes whose records linger.
+
+Each delivery is checked (partition, drop rule, loss, target up) at delivery time; the
+link check is done at send time. Ticks happen exactly at each node's ``next_deadline()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import heapq
+import itertools
+import math
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from meshd.clock import FakeClock
+from meshd.config import MembershipConfig
+from meshd.membership import Connect, Disconnect, Membership, Publish, Send
+from meshd.wire.messages import MemberInfo
+
+__all__ = [
+    "Discoverer",
+    "FakeNetwork",
+    "Host",
+    "SimNode",
+    "fake_info",
+]
+
+
+class SimNode(Protocol):
+    """What the fake network can drive: a sans-I/O machine returning effects."""
+
+    @property
+    def self_id(self) -> str: ...
+
+    def receive(
+        self, sender: str, payload: Any, now: float, msg_id: bytes = b""
+    ) -> Sequence[object]: ...
+
+    def tick(self, now: float) -> Sequence[object]: ...
+
+    def next_deadline(self) -> float: ...
+
+
+@runtime_checkable
+class Discoverer(Protocol):
+    """A node that takes discovery announcements (for :meth:`FakeNetwork.announce`)."""
+
+    def discovered(self, info: MemberInfo, now: float, source: str) -> Sequence[object]: ...
+
+
+Watcher = Callable[[float, str, object], None]
+DropRule = Callable[[str, str, object], bool]
+
+
+def fake_info(
+    name: str, *, incarnation: int = 0, role: str = "worker", port: int = 7790
+) -> MemberInfo:
+    """A deterministic, well-formed MemberInfo for tests (id = BLAKE2b-128 of the name)."""
+    node_id = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
+    return MemberInfo(
+        node_id=node_id,
+        name=name,
+        role=role,
+        priority=0,
+        ed25519_pk=hashlib.blake2b(b"ed" + name.encode(), digest_size=32).digest(),
+        curve_pk=hashlib.blake2b(b"cv" + name.encode(), digest_size=32).digest(),
+        proof=hashlib.blake2b(b"pf" + name.encode(), digest_size=32).digest(),
+        addresses=("10.0.0.1",),
+        router_port=port,
+        pub_port=port + 1,
+        intro_port=port + 2,
+        incarnation=incarnation,
+    )
+
+
+@dataclass(eq=False)
+class Host:
+    """One node on the fake network and what the network knows about it."""
+
+    node_id: str
+    node: SimNode
+    #: The info announced over mDNS (kept after a crash: the record lingers).
+    info: MemberInfo | None = None
+    up: bool = True
+    #: Peers we hold a link to (processed Connect, no Disconnect since).
+    links: set[str] = field(default_factory=set)
+    #: Bumped on restart so timers of the previous process are dropped.
+    gen: int = 0
+    tick_at: float = math.inf
+    #: How to rebuild a Membership on restart.
+    config: MembershipConfig | None = None
+    verify: Callable[[MemberInfo], bool] | None = None
+
+
+_DELIVER = 0
+_TICK = 1
+
+
+def _accept_all(info: MemberInfo) -> bool:
+    return True
+
+
+class FakeNetwork:
+    """Many sans-I/O nodes, one clock, one event queue. Deterministic for a given seed.
+
+    ``latency``: default one-way delay in seconds (override per link with
+    :meth:`set_latency`); ``jitter``: extra uniform random delay per delivery (breaks
+    per-link FIFO, like PUB vs DEALER do); ``loss``: probability that a delivery is
+    dropped; ``require_link``: drop (and count) a Send without a prior Connect.
+    """
+
+    def __init__(
+        self,
+        clock: FakeClock | None = None,
+        *,
+        seed: int = 0,
+        latency: float = 0.001,
+        jitter: float = 0.0,
+        loss: float = 0.0,
+        require_link: bool = True,
+    ) -> None:
+        self.clock = clock or FakeClock(start=0.0)
+        self.rng = random.Random(seed)
+        self.latency = latency
+        self.jitter = jitter
+        self.loss = loss
+        self.require_link = require_link
+        #: Custom drop rule ``(sender, target, payload) -> drop?``, checked at delivery.
+        self.drop: DropRule | None = None
+        #: Counters: sent, delivered, dropped_{loss,partition,rule,down,unlinked,unknown},
+        #: and ``sent.<PayloadType>``.
+        self.stats: Counter[str] = Counter()
+        #: Non-network effects in order: ``(time, node_id, effect)``.
+        self.log: list[tuple[float, str, object]] = []
+        self.watchers: list[Watcher] = []
+        self.hosts: dict[str, Host] = {}
+        self._subscribers: dict[str, dict[str, None]] = {}
+        self._blocked: set[tuple[str, str]] = set()
+        self._link_latency: dict[tuple[str, str], float] = {}
+        self._queue: list[tuple[float, int, int, Any]] = []
+        self._seq = itertools.count()
+        self._msg_ids = itertools.count(1)
+
+    # ---- nodes -------------------------------------------------------------------------
+
+    @property
+    def now(self) -> float:
+        """Current simulated time."""
+        return self.clock.monotonic()
+
+    def add(self, node: SimNode, info: MemberInfo | None = None) -> Host:
+        """Add a running node."""
+        node_id = node.self_id
+        if node_id in self.hosts:
+            raise ValueError(f"node {node_id} already on the network")
+        host = Host(node_id, node, info)
+        self.hosts[node_id] = host
+        self._subscribers.setdefault(node_id, {})
+        self._reschedule(host)
+        return host
+
+    def add_member(
+        self,
+        info: MemberInfo,
+        config: MembershipConfig | None = None,
+        *,
+        verify: Callable[[MemberInfo], bool] | None = None,
+    ) -> Membership:
+        """Start a :class:`Membership` for ``info`` now (its rng seeded from ours)."""
+        cfg = config or MembershipConfig()
+        m = Membership(
+            info, cfg, self.now, random.Random(self.rng.getrandbits(64)), verify or _accept_all
+        )
+        host = self.add(m, info)
+        host.config = cfg
+        host.verify = verify
+        return m
+
+    def host(self, node_id: str) -> Host:
+        return self.hosts[node_id]
+
+    def node(self, node_id: str) -> SimNode:
+        return self.hosts[node_id].node
+
+    def membership(self, node_id: str) -> Membership:
+        """The node as a Membership (TypeError if it is something else)."""
+        node = self.hosts[node_id].node
+        if not isinstance(node, Membership):
+            raise TypeError(f"node {node_id} is not a Membership")
+        return node
+
+    def ids(self, *, up_only: bool = False) -> list[str]:
+        """Node ids in insertion order (optionally only running ones)."""
+        return [h.node_id for h in self.hosts.values() if h.up or not up_only]
+
+    def links(self, node_id: str) -> frozenset[str]:
+        """Peers ``node_id`` currently holds a link to."""
+        return frozenset(self.hosts[node_id].links)
+
+    # ---- driving a node from outside ---------------------------------------------------
+
+    def apply(self, node_id: str, effects: Iterable[object]) -> None:
+        """Carry out effects a node returned from a call made by the test at ``now``."""
+        self._apply(self.hosts[node_id], effects)
+
+    def call(self, node_id: str, fn: Callable[[SimNode, float], Iterable[object]]) -> None:
+        """Run ``fn(node, now)`` and carry out the effects it returns."""
+        host = self.hosts[node_id]
+        self._apply(host, fn(host.node, self.now))
+
+    def announce(
+        self, node_id: str, to: Iterable[str] | None = None, *, source: str = "mdns"
+    ) -> None:
+        """mDNS: every other running node (or those in ``to``) discovers ``node_id``.
+
+        Works for a crashed node too: its last record lingers in mDNS caches.
+        """
+        host = self.hosts[node_id]
+        info = host.info
+        if host.up and isinstance(host.node, Membership):
+            info = host.node.self_info
+        if info is None:
+            raise ValueError(f"node {node_id} has no info to announce")
+        self.announce_info(info, to, source=source)
+
+    def announce_info(
+        self, info: MemberInfo, to: Iterable[str] | None = None, *, source: str = "mdns"
+    ) -> None:
+        """Announce any record (e.g. a ghost that never ran) to running nodes."""
+        targets = list(to) if to is not None else self.ids(up_only=True)
+        for target in targets:
+            host = self.hosts[target]
+            if target == info.node_id or not host.up:
+                continue
+            node = host.node
+            if not isinstance(node, Discoverer):
+                raise TypeError(f"node {target} takes no discovery announcements")
+            self._apply(host, node.discovered(info, self.now, source))
+
+    def seed(self, node_id: str, seed_id: str) -> None:
+        """``node_id`` learns ``seed_id`` as a static seed (``discovered(..., "seed")``)."""
+        self.announce(seed_id, [node_id], source="seed")
+
+    def crash(self, node_id: str) -> None:
+        """The node stops dead: no LEAVE, nothing sent or received any more."""
+        self.hosts[node_id].up = False
+
+    def leave(self, node_id: str) -> None:
+        """Graceful exit of a Membership node: its LEAVEs go out, then it stops."""
+        host = self.hosts[node_id]
+        self._apply(host, self.membership(node_id).leave(self.now))
+        host.up = False
+
+    def restart(self, node_id: str, *, restore: bool = True) -> Membership:
+        """A new process for the same identity with incarnation + 1 (started now).
+
+        ``restore``: it first restores the old process's snapshot, as the daemon does
+        from its store. The new process has no links yet; others keep theirs to it.
+        """
+        host = self.hosts[node_id]
+        old = self.membership(node_id)
+        records = old.snapshot() if restore else []
+        info = dataclasses.replace(
+            old.self_info, incarnation=old.self_info.incarnation + 1, started_at=self.now
+        )
+        new = Membership(
+            info,
+            host.config or MembershipConfig(),
+            self.now,
+            random.Random(self.rng.getrandbits(64)),
+            host.verify or _accept_all,
+        )
+        for peer in host.links:
+            self._subscribers.get(peer, {}).pop(node_id, None)
+        host.links.clear()
+        host.node = new
+        host.info = info
+        host.up = True
+        host.gen += 1
+        host.tick_at = math.inf
+        self._apply(host, new.restore(records, self.now) if restore else [])
+        return new
+
+    # ---- faults ------------------------------------------------------------------------
+
+    def partition(self, *groups: Iterable[str]) -> None:
+        """Nodes in different groups cannot talk (both ways) until :meth:`heal`."""
+        sets = [list(g) for g in groups]
+        for i, a_group in enumerate(sets):
+            for b_group in sets[i + 1 :]:
+                for a in a_group:
+                    for b in b_group:
+                        self._blocked.add((a, b))
+                        self._blocked.add((b, a))
+
+    def block(self, a: str, b: str, *, both: bool = True) -> None:
+        """Cut the link a -> b (and b -> a unless ``both`` is False)."""
+        self._blocked.add((a, b))
+        if both:
+            self._blocked.add((b, a))
+
+    def unblock(self, a: str, b: str, *, both: bool = True) -> None:
+        self._blocked.discard((a, b))
+        if both:
+            self._blocked.discard((b, a))
+
+    def heal(self) -> None:
+        """Remove every partition and block (not the drop rule, not the loss rate)."""
+        self._blocked.clear()
+
+    def set_latency(self, a: str, b: str, seconds: float, *, both: bool = True) -> None:
+        """One-way delay a -> b (and b -> a unless ``both`` is False)."""
+        self._link_latency[(a, b)] = seconds
+        if both:
+            self._link_latency[(b, a)] = seconds
+
+    # ---- time --------------------------------------------------------------------------
+
+    def advance(self, seconds: float) -> None:
+        """Process every event up to ``now + seconds``; the clock ends there."""
+        self._run_to(self.now + seconds)
+
+    def run_until(
+        self, predicate: Callable[[], bool], max_time: float, *, poll: float = 0.01
+    ) -> float | None:
+        """Run until ``predicate()`` holds (checked every ``poll`` simulated seconds).
+
+        Returns the simulated time it took (a multiple of ``poll``, 0.0 if it already
+        held), or None if it did not hold within ``max_time`` (the clock is then at
+        start + max_time).
+        """
+        start = self.now
+        end = start + max_time
+        if predicate():
+            return 0.0
+        k = 0
+        while True:
+            k += 1
+            check = min(start + k * poll, end)  # no accumulated rounding
+            self._run_to(check)
+            if predicate():
+                return self.now - start
+            if check >= end:
+                return None
+
+    def pending(self) -> int:
+        """Events in the queue (deliveries in flight and scheduled ticks)."""
+        return len(self._queue)
+
+    # ---- internals ---------------------------------------------------------------------
+
+    def _run_to(self, end: float) -> None:
+        queue = self._queue
+        spins = 0
+        last = -math.inf
+        while queue and queue[0][0] <= end:
+            t, _, kind, data = heapq.heappop(queue)
+            if t > self.clock.monotonic():
+                self.clock.set(t)
+            if t == last:
+                spins += 1
+                if spins > 1_000_000:
+                    raise RuntimeError(f"no progress at t={t}: a node keeps asking for ticks")
+            else:
+                spins = 0
+                last = t
+            if kind == _TICK:
+                self._do_tick(t, data)
+            else:
+                self._deliver(t, data)
+        if end > self.clock.monotonic():
+            self.clock.set(end)
+
+    def _do_tick(self, t: float, data: tuple[str, int]) -> None:
+        node_id, gen = data
+        host = self.hosts[node_id]
+        if not host.up or host.gen != gen or host.tick_at != t:
+            return
+        host.tick_at = math.inf
+        self._apply(host, host.node.tick(t))
+
+    def _deliver(self, t: float, data: tuple[str, list[str], object, bytes]) -> None:
+        sender, targets, payload, msg_id = data
+        stats = self.stats
+        for target in targets:
+            host = self.hosts.get(target)
+            if host is None:
+                stats["dropped_unknown"] += 1
+                continue
+            if not host.up:
+                stats["dropped_down"] += 1
+                continue
+            if (sender, target) in self._blocked:
+                stats["dropped_partition"] += 1
+                continue
+            if self.drop is not None and self.drop(sender, target, payload):
+                stats["dropped_rule"] += 1
+                continue
+            if self.loss and self.rng.random() < self.loss:
+                stats["dropped_loss"] += 1
+                continue
+            stats["delivered"] += 1
+            self._apply(host, host.node.receive(sender, payload, t, msg_id))
+
+    def _apply(self, host: Host, effects: Iterable[object]) -> None:
+        node_id = host.node_id
+        for eff in effects:
+            if isinstance(eff, Send):
+                if self.require_link and eff.to not in host.links:
+                    self.stats["dropped_unlinked"] += 1
+                    continue
+                self._transmit(node_id, [eff.to], eff.payload)
+            elif isinstance(eff, Publish):
+                subs = self._subscribers.get(node_id)
+                if subs:
+                    self._transmit(node_id, list(subs), eff.payload)
+            elif isinstance(eff, Connect):
+                peer = eff.info.node_id
+                host.links.add(peer)
+                self._subscribers.setdefault(peer, {})[node_id] = None
+            elif isinstance(eff, Disconnect):
+                host.links.discard(eff.node_id)
+                self._subscribers.get(eff.node_id, {}).pop(node_id, None)
+            else:
+                now = self.now
+                self.log.append((now, node_id, eff))
+                for watch in self.watchers:
+                    watch(now, node_id, eff)
+        self._reschedule(host)
+
+    def _transmit(self, sender: str, targets: list[str], payload: object) -> None:
+        now = self.now
+        msg_id = next(self._msg_ids).to_bytes(16, "big")
+        self.stats["sent"] += len(targets)
+        self.stats["sent." + type(payload).__name__] += len(targets)
+        if not self._link_latency and not self.jitter:
+            self._push(now + self.latency, _DELIVER, (sender, targets, payload, msg_id))
+            return
+        by_time: dict[float, list[str]] = {}
+        for target in targets:
+            delay = self._link_latency.get((sender, target), self.latency)
+            if self.jitter:
+                delay += self.rng.uniform(0.0, self.jitter)
+            by_time.setdefault(now + delay, []).append(target)
+        for at, group in by_time.items():
+            self._push(at, _DELIVER, (sender, group, payload, msg_id))
+
+    def _reschedule(self, host: Host) -> None:
+        if not host.up:
+            return
+        due = max(host.node.next_deadline(), self.now)
+        if due < host.tick_at:
+            host.tick_at = due
+            self._push(due, _TICK, (host.node_id, host.gen))
+
+    def _push(self, at: float, kind: int, data: object) -> None:
+        heapq.heappush(self._queue, (at, next(self._seq), kind, data))
