@@ -341,6 +341,13 @@ class Node:
             self.store.save_incarnation(rec.info.incarnation)
             self.self_info = rec.info
             return
+        if eff.reason == "forgotten":
+            # Dead or left for longer than forget_after: drop it from disk as well.
+            self._dirty.pop(node_id, None)
+            self.store.delete_peer(node_id)
+            self._last_seen_wall.pop(node_id, None)
+            _log.info("member_forgotten", peer=node_id[:12], name=rec.info.name)
+            return
         self._dirty[node_id] = rec
         prev = eff.previous.value if eff.previous is not None else None
         event = {
@@ -547,7 +554,9 @@ class Node:
             self.transport.send(info.node_id, data, self._routing.get(info.node_id))
             end = await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            raise ControlError(f"{info.name} did not answer within {timeout} s", "timeout") from None
+            raise ControlError(
+                f"{info.name} did not answer within {timeout} s", "timeout"
+            ) from None
         finally:
             self._pings.pop(msg_id, None)
         return end - start

@@ -182,8 +182,18 @@ class Error:
 
 
 Payload = (
-    Hello | Heartbeat | Ping | Ack | PingReq | SyncReq | Sync | MemberUpdate | Leave | Intro
-    | IntroAck | Error
+    Hello
+    | Heartbeat
+    | Ping
+    | Ack
+    | PingReq
+    | SyncReq
+    | Sync
+    | MemberUpdate
+    | Leave
+    | Intro
+    | IntroAck
+    | Error
 )
 
 PAYLOAD_TYPES: dict[type[object], MsgType] = {

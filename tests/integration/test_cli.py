@@ -34,7 +34,7 @@ def test_unknown_role_lists_known_roles(tmp_path: Path) -> None:
         (["--listen", "example.org:7000"], "give an IP address"),
         (["--peer", ":7000"], "missing host"),
         (["--join", "meshd1-abc"], "join token"),
-        (["--priority", "5000"], "5000"),
+        (["--priority", "5000"], "1000"),
         (["--log-level", "loud"], "unknown log level"),
     ],
 )
