@@ -123,6 +123,7 @@ class Node:
         self.events: list[dict[str, Any]] = []
         self.discovery: Any = None
         self._pings: dict[bytes, asyncio.Future[float]] = {}
+        self._next_tick = 0.0  # monotonic time the timer loop will wake at
         self.ready_wall: float | None = None
 
     # -- life cycle ------------------------------------------------------------------
@@ -150,7 +151,7 @@ class Node:
         )
         rp, pp, ip = await self.transport.start(cfg.node.listen_host, cfg.node.listen_port)
 
-        from meshd.net.discovery import choose_interfaces
+        from meshd.net.interfaces import choose_interfaces
 
         self.interfaces = choose_interfaces(cfg.discovery) if cfg.discovery.mdns else []
         addresses = self._advertised_addresses()
@@ -224,7 +225,7 @@ class Node:
             return (host,)
         addrs = [i.ip for i in self.interfaces]
         if not addrs:
-            from meshd.net.discovery import choose_interfaces, list_interfaces
+            from meshd.net.interfaces import choose_interfaces, list_interfaces
 
             usable = choose_interfaces(replace(self.cfg.discovery, interfaces=()))
             addrs = [i.ip for i in usable] or [i.ip for i in list_interfaces()][:1]
@@ -298,7 +299,10 @@ class Node:
                 self._connected_addr.pop(eff.node_id, None)
             elif isinstance(eff, MemberChanged):
                 self._member_changed(eff)
-        self._wake.set()
+        # Wake the timer loop only if the machine now needs it earlier than planned:
+        # waking on every message would triple the idle CPU for nothing.
+        if self.machine.next_deadline() < self._next_tick:
+            self._wake.set()
 
     def _admit(self, info: MemberInfo) -> None:
         if info.node_id != self.identity.node_id and self.mesh.verify(info):
@@ -453,11 +457,13 @@ class Node:
     async def _tick_loop(self) -> None:
         while True:
             now = self.clock.monotonic()
+            self._next_tick = now  # effects of this tick must not re-wake us
             self._apply(self.machine.tick(now))
             self._wake.clear()
-            delay = min(max(self.machine.next_deadline() - self.clock.monotonic(), 0.0), 1.0)
+            now = self.clock.monotonic()
+            self._next_tick = min(self.machine.next_deadline(), now + 1.0)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                await asyncio.wait_for(self._wake.wait(), max(self._next_tick - now, 0.0))
 
     async def _seed_loop(self, host: str, port: int) -> None:
         """Introduce ourselves to a static seed; retry until it answers, and again
