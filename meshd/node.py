@@ -65,6 +65,8 @@ _log = log.get("meshd.node")
 
 #: s. How often the full member view is written to LMDB (state changes are written at once).
 PERSIST_INTERVAL = 30.0
+#: ms. On a graceful exit, how long sockets may keep flushing the LEAVE to live peers.
+LEAVE_LINGER_MS = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +126,7 @@ class Node:
         self.discovery: Any = None
         self._pings: dict[bytes, asyncio.Future[float]] = {}
         self._next_tick = 0.0  # monotonic time the timer loop will wake at
+        self._bg: set[asyncio.Task[None]] = set()
         self.ready_wall: float | None = None
 
     # -- life cycle ------------------------------------------------------------------
@@ -243,10 +246,9 @@ class Node:
         """Graceful exit: tell every peer we leave, persist, close."""
         if getattr(self, "machine", None) is not None:
             self._apply(self.machine.leave(self.clock.monotonic()))
-            await asyncio.sleep(0.05)  # let zmq hand the LEAVE frames to the kernel
-        await self._teardown()
+        await self._teardown(linger_ms=LEAVE_LINGER_MS)
 
-    async def _teardown(self) -> None:
+    async def _teardown(self, linger_ms: int = 0) -> None:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -263,7 +265,7 @@ class Node:
             with contextlib.suppress(Exception):
                 self._persist_all()
         if getattr(self, "transport", None) is not None:
-            await self.transport.close()
+            await self.transport.close(linger_ms)
         if getattr(self, "store", None) is not None:
             self.store.close()
             del self.store
@@ -344,6 +346,10 @@ class Node:
         if node_id == self.identity.node_id:
             self.store.save_incarnation(rec.info.incarnation)
             self.self_info = rec.info
+            if self.discovery is not None and rec.state is MemberState.ALIVE:
+                task = asyncio.get_running_loop().create_task(self.discovery.update(rec.info))
+                self._bg.add(task)
+                task.add_done_callback(self._bg.discard)
             return
         if eff.reason == "forgotten":
             # Dead or left for longer than forget_after: drop it from disk as well.

@@ -366,13 +366,13 @@ class Transport:
         self._peers[node_id] = peer
         return True
 
-    def disconnect_peer(self, node_id: str) -> None:
+    def disconnect_peer(self, node_id: str, linger_ms: int = 0) -> None:
         peer = self._peers.pop(node_id, None)
         if peer is None:
             return
         for task in peer.tasks:
             task.cancel()
-        peer.dealer.close(linger=0)
+        peer.dealer.close(linger=linger_ms)
         peer.sub.close(linger=0)
 
     # -- writing ---------------------------------------------------------------------------
@@ -411,17 +411,19 @@ class Transport:
         finally:
             sock.close(linger=0)
 
-    async def close(self) -> None:
+    async def close(self, linger_ms: int = 0) -> None:
+        """Close every socket. ``linger_ms`` > 0 on a graceful exit: frames already queued
+        (the LEAVE) still go out, for at most that long per socket, before the context ends."""
         if self._closed:
             return
         self._closed = True
         for node_id in list(self._peers):
-            self.disconnect_peer(node_id)
+            self.disconnect_peer(node_id, linger_ms)
         for task in self._tasks:
             task.cancel()
         for name in ("router", "pub", "intro_sock", "_zap"):
             sock = getattr(self, name, None)
             if sock is not None:
-                sock.close(linger=0)
+                sock.close(linger=linger_ms if name in ("router", "pub") else 0)
         await asyncio.sleep(0)
         self.ctx.term()
