@@ -180,8 +180,10 @@ class Transport:
         sk = self.identity.curve_sk
         self.router = self._server(zmq.ROUTER, DOMAIN_MESH, sk)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A restarted peer reconnects with the same routing id: let it take over at once.
-        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No ROUTER_HANDOVER: DEALERs set no routing id, each connection gets its own.
+        # Handing a routing id over to a new connection while ZMTP heartbeats run aborts
+        # libzmq 4.3.5 (assert !_io_error, zeromq/libzmq#4364) - seen in the lab after
+        # short link outages.
         self.pub = self._server(zmq.PUB, DOMAIN_MESH, sk)
         self.intro_sock = self._server(zmq.ROUTER, DOMAIN_INTRO, self._intro_sk)
         self.intro_sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -355,7 +357,9 @@ class Transport:
                 return False
             self.disconnect_peer(node_id)
         dealer = self._client(zmq.DEALER, curve_pk)
-        dealer.setsockopt(zmq.ROUTING_ID, self.identity.node_id.encode())
+        # No ROUTING_ID: the peer's ROUTER gives every TCP connection a fresh one, so a
+        # reconnect never collides with the old connection. Who sent a frame is proven by
+        # the CURVE key (ZAP User-Id); the routing id only addresses replies.
         sub = self._client(zmq.SUB, curve_pk)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
         dealer.connect(endpoint(host, router_port))
@@ -384,8 +388,10 @@ class Transport:
             if peer is not None:
                 _send_now(peer.dealer, [data])
             else:
-                rid = routing_id or node_id.encode()
-                _send_now(self.router, [rid, data])
+                if routing_id is None:  # never heard from it on our ROUTER: no way back
+                    self.counters.dropped_out += 1
+                    return False
+                _send_now(self.router, [routing_id, data])
         except zmq.ZMQError:  # EAGAIN (HWM) or EHOSTUNREACH (ROUTER_MANDATORY)
             self.counters.dropped_out += 1
             return False
