@@ -2,7 +2,8 @@
 
 Presets: ``lan()`` for real networks (the defaults), ``test()`` for fast tests on one
 machine. A TOML file (``meshd start --config FILE``) may override any field, section
-by section (``[membership]``, ``[transport]``, ``[discovery]``, ``[store]``, ``[node]``).
+by section (``[membership]``, ``[election]``, ``[transport]``, ``[discovery]``, ``[store]``,
+``[node]``).
 """
 
 from __future__ import annotations
@@ -60,6 +61,47 @@ class MembershipConfig:
     #: we hold dead that it must refute) stays open when the peer does not come back. A live
     #: LAN host answers in milliseconds; 2 s also covers transport.connect_timeout (1 s).
     reconnect_window: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class ElectionConfig:
+    """Lead election timings (see :mod:`meshd.election.machine`). Checked when the
+    machine is built (:class:`~meshd.errors.ConfigError`)."""
+
+    #: s. How often the lead publishes LEAD_HEARTBEAT (its lease renewal). Four per
+    #: election timeout: one or two lost heartbeats neither lose the lead nor its lease.
+    lead_heartbeat_interval: float = 0.1
+    #: s. Silence from the lead after which a follower gives it up and (rank permitting)
+    #: campaigns; also how long a voter refuses other candidates after hearing its lead,
+    #: which is what makes the lead's lease safe. 0.5 s = five heartbeats: the 1 s median
+    #: target for "lead killed -> new lead agreed" leaves room for one retried round.
+    election_timeout: float = 0.5
+    #: s. Uniform random extra wait added to every election timer, so that nodes of the
+    #: same rank rarely start together (etcd/Raft-style randomised timeouts).
+    election_jitter: float = 0.1
+    #: s. Extra wait per reachable eligible node ranked above this one: the best-ranked
+    #: survivor normally campaigns alone, with no split vote and no retry.
+    rank_step: float = 0.1
+    #: s. The lead holds its lease until election_timeout - lease_margin after the send
+    #: time of the last heartbeat a majority acknowledged. Covers clock-rate drift and
+    #: scheduling delay between hosts; voters wait the full election_timeout.
+    lease_margin: float = 0.1
+    #: s. A candidate without a majority starts a new round after this (x 0.5..1.5 jitter).
+    #: Four LAN round trips of slack at 0.2 s, yet a lost vote costs little.
+    candidate_retry: float = 0.2
+    #: s. A higher-priority node must be continuously reachable this long before the lead
+    #: hands over to it: a flapping host or link does not flap the lead.
+    stability_window: float = 3.0
+    #: s. After `lead step-down`, this node does not campaign (and others do not wait for
+    #: it) for this long, so the operator's intent is not undone by its own priority.
+    step_down_hold: float = 10.0
+    #: s. After `lead transfer`, automatic priority takeover is suspended this long, so the
+    #: operator's choice sticks (5 minutes) unless the chosen lead dies.
+    manual_hold: float = 300.0
+    #: votes. 0 = a majority of the members (floor(n/2) + 1, n = every member not LEFT,
+    #: dead ones included, plus this node). A positive number: exactly that many votes
+    #: (e.g. 1 lets any single node lead alone; unsafe against partitions).
+    quorum: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +170,7 @@ class NodeConfig:
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
+    election: ElectionConfig = field(default_factory=ElectionConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -163,6 +206,7 @@ def default_state_dir() -> Path:
 _SECTIONS = {
     "node": NodeConfig,
     "membership": MembershipConfig,
+    "election": ElectionConfig,
     "transport": TransportConfig,
     "discovery": DiscoveryConfig,
     "store": StoreConfig,

@@ -15,7 +15,8 @@ are any objects with ``self_id``, ``receive``, ``tick`` and ``next_deadline`` (s
 
 Faults: per-link latency, random loss (seeded), partitions and one-way blocks, a custom
 drop rule, crash (the node stops, no LEAVE), restart (a new :class:`Membership` for the same
-identity with incarnation + 1, optionally restoring what the old one knew), and an mDNS
+identity with incarnation + 1, optionally restoring what the old one knew; :meth:`replace`
+for any other kind of node, e.g. :class:`meshd.core.Core`), and an mDNS
 model: :meth:`FakeNetwork.announce` calls ``discovered(info, now, "mdns")`` on live nodes,
 also for crashed nodes whose records linger.
 
@@ -45,6 +46,7 @@ __all__ = [
     "Discoverer",
     "FakeNetwork",
     "Host",
+    "Leaver",
     "SimNode",
     "fake_info",
 ]
@@ -70,6 +72,13 @@ class Discoverer(Protocol):
     """A node that takes discovery announcements (for :meth:`FakeNetwork.announce`)."""
 
     def discovered(self, info: MemberInfo, now: float, source: str) -> Sequence[object]: ...
+
+
+@runtime_checkable
+class Leaver(Protocol):
+    """A node that can exit gracefully (for :meth:`FakeNetwork.leave`)."""
+
+    def leave(self, now: float) -> Sequence[object]: ...
 
 
 Watcher = Callable[[float, str, object], None]
@@ -157,6 +166,9 @@ class FakeNetwork:
         #: Non-network effects in order: ``(time, node_id, effect)``.
         self.log: list[tuple[float, str, object]] = []
         self.watchers: list[Watcher] = []
+        #: Called with ``(time, node_id, effect)`` for EVERY effect a node returns (network
+        #: ones included), in order, before it is carried out: for invariant checks.
+        self.taps: list[Watcher] = []
         self.hosts: dict[str, Host] = {}
         self._subscribers: dict[str, dict[str, None]] = {}
         self._blocked: set[tuple[str, str]] = set()
@@ -241,8 +253,9 @@ class FakeNetwork:
         """
         host = self.hosts[node_id]
         info = host.info
-        if host.up and isinstance(host.node, Membership):
-            info = host.node.self_info
+        current = getattr(host.node, "self_info", None)
+        if host.up and isinstance(current, MemberInfo):
+            info = current
         if info is None:
             raise ValueError(f"node {node_id} has no info to announce")
         self.announce_info(info, to, source=source)
@@ -270,10 +283,35 @@ class FakeNetwork:
         self.hosts[node_id].up = False
 
     def leave(self, node_id: str) -> None:
-        """Graceful exit of a Membership node: its LEAVEs go out, then it stops."""
+        """Graceful exit (a node with ``leave(now)``): its LEAVEs go out, then it stops."""
         host = self.hosts[node_id]
-        self._apply(host, self.membership(node_id).leave(self.now))
+        node = host.node
+        if not isinstance(node, Leaver):
+            raise TypeError(f"node {node_id} cannot leave")
+        self._apply(host, node.leave(self.now))
         host.up = False
+
+    def replace(self, node_id: str, node: SimNode, info: MemberInfo | None = None) -> Host:
+        """A new process ``node`` for the same identity, started now (any node kind).
+
+        Like :meth:`restart`: the new process has no links yet (others keep theirs to it)
+        and timers of the old one are dropped. Carry out its start effects with
+        :meth:`apply`.
+        """
+        host = self.hosts[node_id]
+        if node.self_id != node_id:
+            raise ValueError(f"node {node.self_id} cannot replace {node_id}")
+        for peer in host.links:
+            self._subscribers.get(peer, {}).pop(node_id, None)
+        host.links.clear()
+        host.node = node
+        if info is not None:
+            host.info = info
+        host.up = True
+        host.gen += 1
+        host.tick_at = math.inf
+        self._reschedule(host)
+        return host
 
     def restart(self, node_id: str, *, restore: bool = True) -> Membership:
         """A new process for the same identity with incarnation + 1 (started now).
@@ -294,14 +332,7 @@ class FakeNetwork:
             random.Random(self.rng.getrandbits(64)),
             host.verify or _accept_all,
         )
-        for peer in host.links:
-            self._subscribers.get(peer, {}).pop(node_id, None)
-        host.links.clear()
-        host.node = new
-        host.info = info
-        host.up = True
-        host.gen += 1
-        host.tick_at = math.inf
+        self.replace(node_id, new, info)
         self._apply(host, new.restore(records, self.now) if restore else [])
         return new
 
@@ -428,7 +459,10 @@ class FakeNetwork:
 
     def _apply(self, host: Host, effects: Iterable[object]) -> None:
         node_id = host.node_id
+        taps = self.taps
         for eff in effects:
+            for tap in taps:
+                tap(self.now, node_id, eff)
             if isinstance(eff, Send):
                 if self.require_link and eff.to not in host.links:
                     self.stats["dropped_unlinked"] += 1

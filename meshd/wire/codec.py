@@ -49,6 +49,8 @@ from meshd.wire.messages import (
     Hello,
     Intro,
     IntroAck,
+    LeadAck,
+    LeadHeartbeat,
     Leave,
     MemberInfo,
     MemberRecord,
@@ -58,8 +60,12 @@ from meshd.wire.messages import (
     Payload,
     Ping,
     PingReq,
+    StepDown,
     Sync,
     SyncReq,
+    TransferReq,
+    Vote,
+    VoteReq,
 )
 
 __all__ = [
@@ -72,6 +78,7 @@ __all__ = [
     "MAX_ERROR_MESSAGE_CHARS",
     "MAX_MEMBERS",
     "MAX_NAME_CHARS",
+    "MAX_REASON_CHARS",
     "MAX_ROLE_CHARS",
     "PORT_MAX",
     "TOPIC_BYTES",
@@ -114,6 +121,8 @@ MAX_ADDRESSES: Final = 16
 MAX_ADDRESS_CHARS: Final = 64
 MAX_MEMBERS: Final = 4096
 MAX_DIGEST_BYTES: Final = 64
+#: Length of an election reason token (VOTE, STEP_DOWN).
+MAX_REASON_CHARS: Final = 64
 #: Length of the PUB/SUB topic frame (big-endian message type code).
 TOPIC_BYTES: Final = 2
 
@@ -368,6 +377,30 @@ def _enc_error(p: Any) -> WireMap:
     return {"code": p.code, "message": p.message}
 
 
+def _enc_vote_req(p: Any) -> WireMap:
+    return {"term": p.term, "pre": p.pre, "pri": p.priority}
+
+
+def _enc_vote(p: Any) -> WireMap:
+    return {"term": p.term, "granted": p.granted, "pre": p.pre, "reason": p.reason}
+
+
+def _enc_lead_heartbeat(p: Any) -> WireMap:
+    return {"term": p.term, "lead": p.lead, "seq": p.seq}
+
+
+def _enc_lead_ack(p: Any) -> WireMap:
+    return {"term": p.term, "seq": p.seq, "ok": p.ok}
+
+
+def _enc_step_down(p: Any) -> WireMap:
+    return {"term": p.term, "successor": p.successor, "reason": p.reason}
+
+
+def _enc_transfer_req(p: Any) -> WireMap:
+    return {"target": p.target}
+
+
 _BODY_ENCODERS: Final[dict[MsgType, Callable[[Any], WireMap]]] = {
     MsgType.HELLO: _enc_hello,
     MsgType.HEARTBEAT: _enc_heartbeat,
@@ -381,6 +414,12 @@ _BODY_ENCODERS: Final[dict[MsgType, Callable[[Any], WireMap]]] = {
     MsgType.INTRO: _enc_hello,
     MsgType.INTRO_ACK: _enc_intro_ack,
     MsgType.ERROR: _enc_error,
+    MsgType.VOTE_REQ: _enc_vote_req,
+    MsgType.VOTE: _enc_vote,
+    MsgType.LEAD_HEARTBEAT: _enc_lead_heartbeat,
+    MsgType.LEAD_ACK: _enc_lead_ack,
+    MsgType.STEP_DOWN: _enc_step_down,
+    MsgType.TRANSFER_REQ: _enc_transfer_req,
 }
 
 _B: Final = "body"
@@ -454,6 +493,57 @@ def _dec_error(b: dict[Any, Any]) -> Payload:
     )
 
 
+def _node_id_or_empty(v: object, path: str, name: str) -> str:
+    if type(v) is str and v == "":
+        return ""
+    return _node_id(v, path, name)
+
+
+def _dec_vote_req(b: dict[Any, Any]) -> Payload:
+    return VoteReq(
+        term=_int(b.get("term", _MISSING), _B, "term"),
+        pre=_bool(b.get("pre", _MISSING), _B, "pre"),
+        priority=_int(b.get("pri", _MISSING), _B, "pri", U31_MAX),
+    )
+
+
+def _dec_vote(b: dict[Any, Any]) -> Payload:
+    return Vote(
+        term=_int(b.get("term", _MISSING), _B, "term"),
+        granted=_bool(b.get("granted", _MISSING), _B, "granted"),
+        pre=_bool(b.get("pre", _MISSING), _B, "pre"),
+        reason=_str(b.get("reason", _MISSING), _B, "reason", MAX_REASON_CHARS),
+    )
+
+
+def _dec_lead_heartbeat(b: dict[Any, Any]) -> Payload:
+    return LeadHeartbeat(
+        term=_int(b.get("term", _MISSING), _B, "term"),
+        lead=_node_id(b.get("lead", _MISSING), _B, "lead"),
+        seq=_int(b.get("seq", _MISSING), _B, "seq"),
+    )
+
+
+def _dec_lead_ack(b: dict[Any, Any]) -> Payload:
+    return LeadAck(
+        term=_int(b.get("term", _MISSING), _B, "term"),
+        seq=_int(b.get("seq", _MISSING), _B, "seq"),
+        ok=_bool(b.get("ok", _MISSING), _B, "ok"),
+    )
+
+
+def _dec_step_down(b: dict[Any, Any]) -> Payload:
+    return StepDown(
+        term=_int(b.get("term", _MISSING), _B, "term"),
+        successor=_node_id_or_empty(b.get("successor", _MISSING), _B, "successor"),
+        reason=_str(b.get("reason", _MISSING), _B, "reason", MAX_REASON_CHARS),
+    )
+
+
+def _dec_transfer_req(b: dict[Any, Any]) -> Payload:
+    return TransferReq(target=_node_id_or_empty(b.get("target", _MISSING), _B, "target"))
+
+
 _BODY_DECODERS: Final[dict[MsgType, Callable[[dict[Any, Any]], Payload]]] = {
     MsgType.HELLO: _dec_hello,
     MsgType.HEARTBEAT: _dec_heartbeat,
@@ -467,6 +557,12 @@ _BODY_DECODERS: Final[dict[MsgType, Callable[[dict[Any, Any]], Payload]]] = {
     MsgType.INTRO: _dec_intro,
     MsgType.INTRO_ACK: _dec_intro_ack,
     MsgType.ERROR: _dec_error,
+    MsgType.VOTE_REQ: _dec_vote_req,
+    MsgType.VOTE: _dec_vote,
+    MsgType.LEAD_HEARTBEAT: _dec_lead_heartbeat,
+    MsgType.LEAD_ACK: _dec_lead_ack,
+    MsgType.STEP_DOWN: _dec_step_down,
+    MsgType.TRANSFER_REQ: _dec_transfer_req,
 }
 
 

@@ -39,6 +39,12 @@ class MsgType(enum.IntEnum):
     INTRO = 10
     INTRO_ACK = 11
     ERROR = 12
+    VOTE_REQ = 13
+    VOTE = 14
+    LEAD_HEARTBEAT = 15
+    LEAD_ACK = 16
+    STEP_DOWN = 17
+    TRANSFER_REQ = 18
 
 
 class MemberState(enum.StrEnum):
@@ -181,6 +187,74 @@ class Error:
     message: str
 
 
+# ---- election (see PROTOCOL.md, "Election") -------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class VoteReq:
+    """Ask for a vote for the sender as lead of ``term``.
+
+    ``pre``: a pre-vote (asked with the term the sender *would* take, before it bumps its
+    own); receivers answer without changing any state. ``priority`` is the sender's
+    current lead priority (receivers rank candidates with it).
+    """
+
+    term: int
+    pre: bool
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """Answer to VOTE_REQ. A grant carries the requested term; a denial carries the
+    voter's own term (so a stale candidate catches up) and a ``reason`` token."""
+
+    term: int
+    granted: bool
+    pre: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LeadHeartbeat:
+    """Published by the lead every ``lead_heartbeat_interval``: renews its lease.
+
+    ``lead`` MUST be the sender (fencing: every lead message carries term and lead id).
+    """
+
+    term: int
+    lead: str
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeadAck:
+    """A follower's direct answer to LEAD_HEARTBEAT ``seq``. ``ok`` False: the follower
+    is at a newer ``term`` and refuses the sender as lead (the stale lead steps down)."""
+
+    term: int
+    seq: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StepDown:
+    """The lead of ``term`` (the sender) gives up its lead. ``successor``: the node it
+    hands over to (campaigns at once, voters grant it), or ``""`` for none."""
+
+    term: int
+    successor: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TransferReq:
+    """An operator request relayed to the lead: hand the lead to ``target`` (a node
+    id), or step down when ``target`` is ``""``."""
+
+    target: str
+
+
 Payload = (
     Hello
     | Heartbeat
@@ -194,6 +268,12 @@ Payload = (
     | Intro
     | IntroAck
     | Error
+    | VoteReq
+    | Vote
+    | LeadHeartbeat
+    | LeadAck
+    | StepDown
+    | TransferReq
 )
 
 PAYLOAD_TYPES: dict[type[object], MsgType] = {
@@ -209,6 +289,12 @@ PAYLOAD_TYPES: dict[type[object], MsgType] = {
     Intro: MsgType.INTRO,
     IntroAck: MsgType.INTRO_ACK,
     Error: MsgType.ERROR,
+    VoteReq: MsgType.VOTE_REQ,
+    Vote: MsgType.VOTE,
+    LeadHeartbeat: MsgType.LEAD_HEARTBEAT,
+    LeadAck: MsgType.LEAD_ACK,
+    StepDown: MsgType.STEP_DOWN,
+    TransferReq: MsgType.TRANSFER_REQ,
 }
 
 
@@ -218,8 +304,8 @@ class Envelope:
 
     ``timestamp_ms`` is the sender's wall clock (informational only: never used for
     timeouts). ``correlation_id`` links a reply to its request. ``term`` is the
-    election term the sender is in (0 until elections exist; carried everywhere so
-    lead-only messages can be fenced).
+    election term the sender is in (carried everywhere so lead-only messages can be
+    fenced).
     """
 
     msg_type: MsgType

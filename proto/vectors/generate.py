@@ -35,6 +35,8 @@ from meshd.wire import (  # noqa: E402
     Hello,
     Intro,
     IntroAck,
+    LeadAck,
+    LeadHeartbeat,
     Leave,
     MemberInfo,
     MemberRecord,
@@ -43,8 +45,12 @@ from meshd.wire import (  # noqa: E402
     MsgType,
     Ping,
     PingReq,
+    StepDown,
     Sync,
     SyncReq,
+    TransferReq,
+    Vote,
+    VoteReq,
     encode,
 )
 
@@ -192,6 +198,62 @@ VALID: list[tuple[str, str, Envelope]] = [
             sender=NODE_B,
             corr=12,
         ),
+    ),
+    # ---- election (appended: the vectors above never change) ----
+    (
+        "vote_req",
+        "VOTE_REQ: B (priority 100) asks for a real vote in term 8",
+        env(MsgType.VOTE_REQ, VoteReq(8, False, 100), n=15, sender=NODE_B, term=7),
+    ),
+    (
+        "vote_req_pre",
+        "VOTE_REQ pre-vote: A would take term 8 (its own term stays 7)",
+        env(MsgType.VOTE_REQ, VoteReq(8, True, 10), n=16, term=7),
+    ),
+    (
+        "vote",
+        "VOTE: A grants B its real vote for term 8",
+        env(MsgType.VOTE, Vote(8, True, False, ""), n=17, term=8),
+    ),
+    (
+        "vote_denied",
+        "VOTE: C denies A's pre-vote, it still hears its lead (its own term 7)",
+        env(MsgType.VOTE, Vote(7, False, True, "have_lead"), n=18, sender=NODE_C, term=7),
+    ),
+    (
+        "lead_heartbeat",
+        "LEAD_HEARTBEAT published by lead B, term 8, seq 1",
+        env(MsgType.LEAD_HEARTBEAT, LeadHeartbeat(8, NODE_B, 1), n=19, sender=NODE_B, term=8),
+    ),
+    (
+        "lead_ack",
+        "LEAD_ACK from A for heartbeat 1 of term 8",
+        env(MsgType.LEAD_ACK, LeadAck(8, 1, True), n=20, term=8),
+    ),
+    (
+        "lead_ack_refused",
+        "LEAD_ACK refusing a stale lead: C is at term 9",
+        env(MsgType.LEAD_ACK, LeadAck(9, 1, False), n=21, sender=NODE_C, term=9),
+    ),
+    (
+        "step_down",
+        "STEP_DOWN: lead B hands over to A (operator transfer)",
+        env(MsgType.STEP_DOWN, StepDown(8, NODE_A, "transfer"), n=22, sender=NODE_B, term=8),
+    ),
+    (
+        "step_down_none",
+        "STEP_DOWN: lead B steps down with no successor (shutdown)",
+        env(MsgType.STEP_DOWN, StepDown(8, "", "shutdown"), n=23, sender=NODE_B, term=8),
+    ),
+    (
+        "transfer_req",
+        "TRANSFER_REQ: C asks the lead to hand over to A",
+        env(MsgType.TRANSFER_REQ, TransferReq(NODE_A), n=24, sender=NODE_C, term=8),
+    ),
+    (
+        "transfer_req_step_down",
+        "TRANSFER_REQ with an empty target: the lead is asked to step down",
+        env(MsgType.TRANSFER_REQ, TransferReq(""), n=25, sender=NODE_C, term=8),
     ),
 ]
 
@@ -361,6 +423,30 @@ def invalid_vectors() -> list[dict[str, Any]]:
         pack([*h[:7], {"info": bad_info}]),
         "MalformedFrame",
         "body.info.rp",
+    )
+    v = wire_of(by_name["vote"])
+    add(
+        "invalid_vote_granted_as_int",
+        "VOTE with granted = 1 (int) instead of true",
+        pack([*v[:7], {**v[7], "granted": 1}]),
+        "MalformedFrame",
+        "body.granted",
+    )
+    lh = wire_of(by_name["lead_heartbeat"])
+    add(
+        "invalid_lead_heartbeat_lead",
+        "LEAD_HEARTBEAT whose lead is not a node id",
+        pack([*lh[:7], {**lh[7], "lead": "bravo"}]),
+        "MalformedFrame",
+        "body.lead",
+    )
+    sd = wire_of(by_name["step_down"])
+    add(
+        "invalid_step_down_reason",
+        "STEP_DOWN whose reason is 65 chars long",
+        pack([*sd[:7], {**sd[7], "reason": "r" * 65}]),
+        "MalformedFrame",
+        "body.reason",
     )
     add(
         "invalid_int_map_key",

@@ -29,6 +29,8 @@ from meshd.wire import (
     Hello,
     Intro,
     IntroAck,
+    LeadAck,
+    LeadHeartbeat,
     Leave,
     MemberInfo,
     MemberRecord,
@@ -37,8 +39,12 @@ from meshd.wire import (
     MsgType,
     Ping,
     PingReq,
+    StepDown,
     Sync,
     SyncReq,
+    TransferReq,
+    Vote,
+    VoteReq,
     decode,
     decode_member_info,
     decode_member_record,
@@ -92,6 +98,12 @@ PAYLOADS: dict[MsgType, Any] = {
     MsgType.INTRO: Intro(INFO_B),
     MsgType.INTRO_ACK: IntroAck(INFO, RECORDS),
     MsgType.ERROR: Error(code="not_admitted", message="bad proof"),
+    MsgType.VOTE_REQ: VoteReq(term=3, pre=True, priority=10),
+    MsgType.VOTE: Vote(term=3, granted=False, pre=True, reason="have_lead"),
+    MsgType.LEAD_HEARTBEAT: LeadHeartbeat(term=4, lead=A, seq=17),
+    MsgType.LEAD_ACK: LeadAck(term=4, seq=17, ok=True),
+    MsgType.STEP_DOWN: StepDown(term=4, successor=B, reason="transfer"),
+    MsgType.TRANSFER_REQ: TransferReq(target=C),
 }
 
 BODY_KEYS: dict[MsgType, list[str]] = {
@@ -107,6 +119,12 @@ BODY_KEYS: dict[MsgType, list[str]] = {
     MsgType.INTRO: ["info"],
     MsgType.INTRO_ACK: ["info", "members"],
     MsgType.ERROR: ["code", "message"],
+    MsgType.VOTE_REQ: ["term", "pre", "pri"],
+    MsgType.VOTE: ["term", "granted", "pre", "reason"],
+    MsgType.LEAD_HEARTBEAT: ["term", "lead", "seq"],
+    MsgType.LEAD_ACK: ["term", "seq", "ok"],
+    MsgType.STEP_DOWN: ["term", "successor", "reason"],
+    MsgType.TRANSFER_REQ: ["target"],
 }
 INFO_KEYS = [
     *("id", "name", "role", "pri", "tier", "ek", "ck", "proof"),
@@ -203,6 +221,14 @@ def test_extreme_values_round_trip() -> None:
         make(MsgType.ERROR, Error("x" * 64, "m" * 1024)),
         make(MsgType.ACK, Ack(0, "", True)),
         make(MsgType.SYNC, Sync(tuple(MemberRecord(INFO_B, MemberState.DEAD) for _ in range(50)))),
+        make(MsgType.VOTE_REQ, VoteReq(big, False, 2**31 - 1), term=big),
+        make(MsgType.VOTE, Vote(big, True, False, "r" * 64)),
+        make(MsgType.VOTE, Vote(0, False, False, "")),
+        make(MsgType.LEAD_HEARTBEAT, LeadHeartbeat(big, B, big)),
+        make(MsgType.LEAD_ACK, LeadAck(0, 0, False)),
+        make(MsgType.STEP_DOWN, StepDown(big, "", "")),
+        make(MsgType.STEP_DOWN, StepDown(1, C, "é" * 64)),
+        make(MsgType.TRANSFER_REQ, TransferReq("")),
     ]
     for env in envs:
         assert decode(encode(env)) == env
@@ -307,7 +333,7 @@ def test_wrong_array_length(n: int) -> None:
         decode(pack(items))
 
 
-@pytest.mark.parametrize("code", [0, 13, 999, 65535, 2**64 - 1, -1])
+@pytest.mark.parametrize("code", [0, 19, 999, 65535, 2**64 - 1, -1])
 def test_unknown_message_type(code: int) -> None:
     w = wire(HB)
     with pytest.raises(UnknownMessageType):
@@ -435,6 +461,15 @@ H, HE, AK, PR, SQ, SY, IA, ER = (
     MsgType.ERROR,
 )
 
+VQ, VO, LH, LA, SD, TR = (
+    MsgType.VOTE_REQ,
+    MsgType.VOTE,
+    MsgType.LEAD_HEARTBEAT,
+    MsgType.LEAD_ACK,
+    MsgType.STEP_DOWN,
+    MsgType.TRANSFER_REQ,
+)
+
 BODY_CASES: list[tuple[MsgType, list[Any], Any, str]] = [
     (HE, ["inc"], DELETE, "body.inc"),
     (HE, ["inc"], True, "body.inc"),
@@ -501,6 +536,42 @@ BODY_CASES: list[tuple[MsgType, list[Any], Any, str]] = [
     (H, ["info", "start"], math.inf, "body.info.start"),
     (H, ["info", "start"], -1.0, "body.info.start"),
     *[(H, ["info", key], DELETE, f"body.info.{key}") for key in INFO_KEYS],
+    (VQ, ["term"], -1, "body.term"),
+    (VQ, ["term"], 2**63, "body.term"),
+    (VQ, ["term"], DELETE, "body.term"),
+    (VQ, ["pre"], 1, "body.pre"),
+    (VQ, ["pre"], None, "body.pre"),
+    (VQ, ["pre"], DELETE, "body.pre"),
+    (VQ, ["pri"], 2**31, "body.pri"),
+    (VQ, ["pri"], True, "body.pri"),
+    (VQ, ["pri"], DELETE, "body.pri"),
+    (VO, ["granted"], 0, "body.granted"),
+    (VO, ["granted"], DELETE, "body.granted"),
+    (VO, ["pre"], "yes", "body.pre"),
+    (VO, ["reason"], "r" * 65, "body.reason"),
+    (VO, ["reason"], None, "body.reason"),
+    (VO, ["reason"], b"x", "body.reason"),
+    (VO, ["reason"], DELETE, "body.reason"),
+    (VO, ["term"], 1.0, "body.term"),
+    (LH, ["lead"], "", "body.lead"),
+    (LH, ["lead"], A.upper(), "body.lead"),
+    (LH, ["lead"], None, "body.lead"),
+    (LH, ["lead"], DELETE, "body.lead"),
+    (LH, ["seq"], -1, "body.seq"),
+    (LH, ["term"], False, "body.term"),
+    (LA, ["ok"], 1, "body.ok"),
+    (LA, ["ok"], DELETE, "body.ok"),
+    (LA, ["seq"], "1", "body.seq"),
+    (LA, ["term"], DELETE, "body.term"),
+    (SD, ["successor"], "x", "body.successor"),
+    (SD, ["successor"], None, "body.successor"),
+    (SD, ["successor"], DELETE, "body.successor"),
+    (SD, ["reason"], "r" * 65, "body.reason"),
+    (SD, ["reason"], DELETE, "body.reason"),
+    (SD, ["term"], -5, "body.term"),
+    (TR, ["target"], "x", "body.target"),
+    (TR, ["target"], 0, "body.target"),
+    (TR, ["target"], DELETE, "body.target"),
 ]
 
 

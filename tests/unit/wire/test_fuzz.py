@@ -17,6 +17,8 @@ from meshd.wire import (
     Hello,
     Intro,
     IntroAck,
+    LeadAck,
+    LeadHeartbeat,
     Leave,
     MemberInfo,
     MemberRecord,
@@ -26,8 +28,12 @@ from meshd.wire import (
     Payload,
     Ping,
     PingReq,
+    StepDown,
     Sync,
     SyncReq,
+    TransferReq,
+    Vote,
+    VoteReq,
     decode,
     encode,
 )
@@ -78,6 +84,12 @@ PAYLOADS: st.SearchStrategy[Payload] = st.one_of(
     st.builds(Intro, info=INFOS),
     st.builds(IntroAck, info=INFOS, members=RECORDS),
     st.builds(Error, code=st.text(min_size=1, max_size=64), message=st.text(max_size=1024)),
+    st.builds(VoteReq, term=U63, pre=st.booleans(), priority=U31),
+    st.builds(Vote, term=U63, granted=st.booleans(), pre=st.booleans(), reason=SHORT_TEXT),
+    st.builds(LeadHeartbeat, term=U63, lead=NODE_IDS, seq=U63),
+    st.builds(LeadAck, term=U63, seq=U63, ok=st.booleans()),
+    st.builds(StepDown, term=U63, successor=st.one_of(st.just(""), NODE_IDS), reason=SHORT_TEXT),
+    st.builds(TransferReq, target=st.one_of(st.just(""), NODE_IDS)),
 )
 
 _TYPES: dict[type[Any], MsgType] = {
@@ -93,6 +105,12 @@ _TYPES: dict[type[Any], MsgType] = {
     Intro: MsgType.INTRO,
     IntroAck: MsgType.INTRO_ACK,
     Error: MsgType.ERROR,
+    VoteReq: MsgType.VOTE_REQ,
+    Vote: MsgType.VOTE,
+    LeadHeartbeat: MsgType.LEAD_HEARTBEAT,
+    LeadAck: MsgType.LEAD_ACK,
+    StepDown: MsgType.STEP_DOWN,
+    TransferReq: MsgType.TRANSFER_REQ,
 }
 
 
@@ -167,7 +185,7 @@ _MSGPACK_VALUES = st.recursive(
 
 
 @FUZZ
-@given(st.lists(_MSGPACK_VALUES, min_size=0, max_size=10), st.integers(0, 12))
+@given(st.lists(_MSGPACK_VALUES, min_size=0, max_size=10), st.integers(0, 19))
 def test_random_msgpack_structures(items: list[Any], code: int) -> None:
     for obj in (items, [1, code, *items]):
         data = msgpack.packb(obj, use_bin_type=True)

@@ -23,6 +23,8 @@ from meshd.wire import (
     Hello,
     Intro,
     IntroAck,
+    LeadAck,
+    LeadHeartbeat,
     Leave,
     MemberInfo,
     MemberRecord,
@@ -32,8 +34,12 @@ from meshd.wire import (
     Payload,
     Ping,
     PingReq,
+    StepDown,
     Sync,
     SyncReq,
+    TransferReq,
+    Vote,
+    VoteReq,
     decode,
     encode,
 )
@@ -94,6 +100,12 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
             info_from_json(p["info"]), records_from_json(p["members"])
         ),
         MsgType.ERROR: lambda: Error(p["code"], p["message"]),
+        MsgType.VOTE_REQ: lambda: VoteReq(p["term"], p["pre"], p["priority"]),
+        MsgType.VOTE: lambda: Vote(p["term"], p["granted"], p["pre"], p["reason"]),
+        MsgType.LEAD_HEARTBEAT: lambda: LeadHeartbeat(p["term"], p["lead"], p["seq"]),
+        MsgType.LEAD_ACK: lambda: LeadAck(p["term"], p["seq"], p["ok"]),
+        MsgType.STEP_DOWN: lambda: StepDown(p["term"], p["successor"], p["reason"]),
+        MsgType.TRANSFER_REQ: lambda: TransferReq(p["target"]),
     }
     payload: Payload = builders[msg_type]()
     return payload
