@@ -743,6 +743,7 @@ class Membership:
             self._move(p, Event.HEARD, now, "joined", out)
             p.last_heard = now
             self._ensure_link(p, now, out)
+            self._gossip_join(p, out)
             return p
         if p.state in _DOWN:
             if info.incarnation > p.info.incarnation:
@@ -751,6 +752,7 @@ class Membership:
                 p.last_heard = now
                 self._came_back(p, now)
                 self._ensure_link(p, now, out)
+                self._gossip_join(p, out)
             else:
                 self._notice(p, now, out)
             return p
@@ -763,6 +765,13 @@ class Membership:
         self._heard(p, now, out)
         return p
 
+    def _gossip_join(self, p: _Peer, out: list[Effect]) -> None:
+        """Tell everyone at once about a member we just heard from first-hand (new, or back
+        with a newer incarnation). Without it the others would learn of it only through
+        digest anti-entropy, one heartbeat later, and would hold its handshakes meanwhile.
+        Members learned by gossip are not re-gossiped: no cascades."""
+        out.append(Publish(MemberUpdate((p.record(),))))
+
     def _heard(self, p: _Peer, now: float, out: list[Effect]) -> None:
         """Any message from a candidate or live peer: proof of life."""
         p.last_heard = now
@@ -770,6 +779,7 @@ class Membership:
         if p.state is _CANDIDATE:
             self._move(p, Event.HEARD, now, "joined", out)
             self._came_back(p, now)
+            self._gossip_join(p, out)
         elif p.state is _SUSPECT:
             self._move(p, Event.HEARD, now, "recovered", out)
             self._clear_probe(p)

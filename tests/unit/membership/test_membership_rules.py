@@ -382,6 +382,8 @@ def test_hello_from_unknown_peer_joins_and_links_back(kind: type) -> None:
         MemberChanged(rec(B, ALIVE), None, "joined"),
         Connect(B),
         Send(B.node_id, Hello(ME)),
+        # first-hand join: gossiped at once, not left to anti-entropy
+        Publish(MemberUpdate((rec(B, ALIVE),))),
     ]
 
 
@@ -853,7 +855,11 @@ def test_hello_with_newer_incarnation_revives_a_dead_peer() -> None:
     r = dead_c()
     out = r.recv(C, Hello(bump(C, 1)))
     assert changes(out, C) == [MemberChanged(rec(C, ALIVE, 1), DEAD, "restarted")]
-    assert out[-2:] == [Connect(bump(C, 1)), Send(C.node_id, Hello(ME))]
+    assert out[-3:] == [
+        Connect(bump(C, 1)),
+        Send(C.node_id, Hello(ME)),
+        Publish(MemberUpdate((rec(C, ALIVE, 1),))),
+    ]
     view = r.m.get(C.node_id)
     assert view is not None and view.last_heard == r.now
 
