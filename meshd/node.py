@@ -1,8 +1,8 @@
 """The daemon: wires the pure state machines to sockets, discovery, store and clock.
 
-Nothing else in the package mixes I/O and logic. The membership machine decides; this
-module only carries its effects out (send, publish, connect, persist) and feeds it what
-the network delivers, with ``now`` from the injected clock.
+Nothing else in the package mixes I/O and logic. The pure :class:`~meshd.core.Core`
+(membership + election) decides; this module only carries its effects out (send, publish,
+connect, persist) and feeds it what the network delivers, with ``now`` from the clock.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,8 @@ from meshd import __version__, log
 from meshd.clock import Clock, SystemClock
 from meshd.config import DEFAULT_PORT, Config, parse_hostport
 from meshd.control_proto import SOCKET_NAME
+from meshd.core import Core, CoreEffect
+from meshd.election import ElectionEvent, Persist
 from meshd.errors import AdmissionError, ConfigError, ControlError, DecodeError
 from meshd.identity import (
     Identity,
@@ -35,9 +37,7 @@ from meshd.identity import (
 from meshd.membership import (
     Connect,
     Disconnect,
-    Effect,
     MemberChanged,
-    Membership,
     Publish,
     Send,
 )
@@ -177,12 +177,16 @@ class Node:
             started_at=self.started_wall,
         )
         seed = int.from_bytes(os.urandom(8), "big")
-        self.machine = Membership(
+        term, voted_for = self.store.load_election()
+        self.machine = Core(
             self.self_info,
             cfg.membership,
+            cfg.election,
             self.clock.monotonic(),
             random.Random(seed),
             verify=self.mesh.verify,
+            term=term,
+            voted_for=voted_for,
         )
         stored = self.store.load_peers()
         for peer in stored:
@@ -283,10 +287,12 @@ class Node:
             timestamp_ms=int(self.clock.wall() * 1000),
             payload=payload,
             correlation_id=correlation_id,
+            # Every message carries our term: lead-only messages are fenced by it.
+            term=self.machine.election.term if hasattr(self, "machine") else 0,
         )
         return codec.encode(env)
 
-    def _apply(self, effects: list[Effect]) -> None:
+    def _apply(self, effects: Sequence[CoreEffect]) -> None:
         for eff in effects:
             if isinstance(eff, Send):
                 data = self._envelope(eff.payload, eff.correlation_id)
@@ -301,6 +307,11 @@ class Node:
                 self._connected_addr.pop(eff.node_id, None)
             elif isinstance(eff, MemberChanged):
                 self._member_changed(eff)
+            elif isinstance(eff, Persist):
+                # Synchronous and durable before the next effect (a vote) is sent.
+                self.store.save_election(eff.term, eff.voted_for)
+            elif isinstance(eff, ElectionEvent):
+                self._election_event(eff)
         # Wake the timer loop only if the machine now needs it earlier than planned:
         # waking on every message would triple the idle CPU for nothing.
         if self.machine.next_deadline() < self._next_tick:
@@ -379,6 +390,28 @@ class Node:
             reason=eff.reason,
         )
         self._flush_dirty()
+
+    def _election_event(self, eff: ElectionEvent) -> None:
+        lead_name = self._name_of(eff.lead) if eff.lead else None
+        record = {
+            "type": eff.kind,
+            "node": self.identity.node_id,
+            "term": eff.term,
+            "lead": eff.lead,
+            "lead_name": lead_name,
+            "reason": eff.reason,
+            "at": self.clock.wall(),
+        }
+        self.store.append_audit(record)
+        self.events.append(record)
+        del self.events[:-1000]
+        _log.info(eff.kind.lower(), term=eff.term, lead=lead_name, reason=eff.reason)
+
+    def _name_of(self, node_id: str) -> str:
+        if node_id == self.identity.node_id:
+            return self.machine.self_info.name
+        view = self.machine.get(node_id)
+        return view.info.name if view is not None else node_id[:12]
 
     # -- incoming ----------------------------------------------------------------------
     def _on_frame(
@@ -553,6 +586,36 @@ class Node:
             raise ControlError(f"unknown peer {ref!r}; known peers: {known}", code="unknown_peer")
         raise ControlError(f"{ref!r} matches {len(found)} peers; give more of the id", "ambiguous")
 
+    def resolve_peer_or_self(self, ref: str) -> str:
+        me = self.machine.self_info
+        if ref in (me.node_id, me.name) or (len(ref) >= 4 and me.node_id.startswith(ref)):
+            return me.node_id
+        return self.resolve_peer(ref).node_id
+
+    def _lead_request(self, target: str) -> dict[str, Any]:
+        """Transfer the lead to ``target`` ('' = step down): done here when we lead,
+        else forwarded to the lead. The caller confirms through status."""
+        from meshd.errors import LocalProtocolError
+
+        now = self.clock.monotonic()
+        lead = self.machine.election.lead
+        if target and target != self.identity.node_id:
+            view = self.machine.get(target)
+            if view is None or view.info.priority == 0:
+                raise ControlError(
+                    f"{self._name_of(target)} cannot lead (priority 0 or not a live member)",
+                    code="not_eligible",
+                )
+        try:
+            self._apply(self.machine.election.request_transfer(target, now))
+        except LocalProtocolError as exc:
+            raise ControlError(str(exc), code="no_lead") from None
+        return {
+            "lead": lead,
+            "forwarded": lead != self.identity.node_id,
+            "term": self.machine.election.term,
+        }
+
     async def ping(self, ref: str, timeout: float = 2.0) -> float:
         """Round trip of a PING to a peer through the full stack (codec, CURVE), in seconds."""
         info = self.resolve_peer(ref)
@@ -590,6 +653,13 @@ class Node:
         if op == "events":
             since = float(args.get("since", 0.0))
             return [e for e in self.events if e["at"] > since]
+        if op == "audit":
+            kind = args.get("type")
+            return self.store.read_audit(float(args.get("since", 0.0)), kind and str(kind))
+        if op == "lead_transfer":
+            return self._lead_request(self.resolve_peer_or_self(str(args.get("target", ""))))
+        if op == "lead_step_down":
+            return self._lead_request("")
         raise ControlError(f"unknown operation {op!r}", code="unknown_op")
 
     def status(self) -> dict[str, Any]:
@@ -617,6 +687,14 @@ class Node:
                 }
             )
         c = self.transport.counters
+        st = self.machine.status(now)
+        lead: dict[str, Any] | None = None
+        lead_reason: str | None = None
+        if st.lead is not None:
+            since = None if st.since is None else now_wall - (now - st.since)
+            lead = {"id": st.lead, "name": self._name_of(st.lead), "term": st.term, "since": since}
+        else:
+            lead_reason = f"no lead: {st.reason}" if st.reason else "no lead"
         return {
             "schema": 1,
             "self": {
@@ -637,8 +715,10 @@ class Node:
                 "ready_at": self.ready_wall,
                 "uptime_s": round(now_wall - self.started_wall, 3),
             },
-            "lead": None,
-            "lead_reason": "no election yet: lead election is not part of this version",
+            "lead": lead,
+            "lead_reason": lead_reason,
+            "term": st.term,
+            "role": st.role.value.lower(),
             "peers": peers,
             "counts": {**counts, "total": len(peers) + 1},
             "counters": {

@@ -107,6 +107,84 @@ def ping(
     )
 
 
+lead_app = typer.Typer(help="The mesh's lead: hand it over or step it down.", no_args_is_help=True)
+app.add_typer(lead_app, name="lead")
+
+
+def _wait_lead(pred: Any, wait: float) -> dict[str, Any] | None:
+    end = time.monotonic() + wait
+    with Client(_state["dir"]) as client:
+        while True:
+            st: dict[str, Any] = client.status()
+            if pred(st):
+                return st
+            if time.monotonic() >= end:
+                return None
+            time.sleep(0.05)
+
+
+@lead_app.command("transfer")
+def lead_transfer(
+    node: Annotated[str, typer.Argument(help="Node to lead: name, node id or id prefix.")],
+    wait: Annotated[float, typer.Option("--wait", min=0, max=600, help="Seconds to confirm.")] = 5,
+) -> None:
+    """Hand the lead to NODE now (automatic priority takeover pauses for a while)."""
+    _call(lambda c: c.call("lead_transfer", target=node))
+
+    def done(st: dict[str, Any]) -> bool:
+        lead = st.get("lead")
+        if not lead:
+            return False
+        return node in (lead["id"], lead["name"]) or (
+            len(node) >= 4 and str(lead["id"]).startswith(node)
+        )
+
+    st = _wait_lead(done, wait)
+    if st is None:
+        fail("meshctl", f"the lead did not move to {node} within {wait:g} s", EXIT_FAILURE)
+    print(f"lead: {st['lead']['name']} (term {st['lead']['term']})")
+
+
+@lead_app.command("step-down")
+def lead_step_down(
+    wait: Annotated[float, typer.Option("--wait", min=0, max=600, help="Seconds to confirm.")] = 5,
+) -> None:
+    """Make the current lead step down; the next in priority order takes over."""
+    before = _call(lambda c: c.call("lead_step_down"))
+    old = before.get("lead")
+
+    def done(st: dict[str, Any]) -> bool:
+        lead = st.get("lead")
+        return lead is not None and lead["id"] != old
+
+    st = _wait_lead(done, wait)
+    if st is None:
+        fail("meshctl", f"no new lead within {wait:g} s", EXIT_FAILURE)
+    print(f"lead: {st['lead']['name']} (term {st['lead']['term']})")
+
+
+@app.command()
+def audit(
+    since: Annotated[
+        float, typer.Option("--since", help="Only records newer than this many seconds ago.")
+    ] = 0.0,
+    kind: Annotated[str | None, typer.Option("--type", help="e.g. LEAD_ELECTED")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """The permanent record of coordination decisions this node took part in."""
+    start = time.time() - since if since > 0 else 0.0
+    records = _call(lambda c: c.call("audit", since=start, type=kind))
+    if as_json:
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"]))
+        lead = r.get("lead_name") or "-"
+        print(
+            f"{when}  {r['type']:<14} term {r.get('term', '-')!s:<5} lead {lead:<16} {r['reason']}"
+        )
+
+
 def main() -> None:
     app()
 

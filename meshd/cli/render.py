@@ -28,20 +28,21 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
     lead_text = (
         f"{lead['name']} (term {lead['term']})"
         if lead
-        else f"none ({status.get('lead_reason', 'not elected')})"
+        else f"none ({status.get('lead_reason') or 'not elected'})"
     )
     head = (
         f"mesh {me['mesh_id']} · {counts.get('total', len(peers) + 1)} nodes "
         f"({counts.get('alive', 0) + 1} alive, {counts.get('suspect', 0)} suspect, "
         f"{counts.get('dead', 0)} dead, {counts.get('left', 0)} left) · lead: {lead_text}"
     )
+    lead_id = lead["id"] if lead else None
     rows = [("NAME", "ID", "ROLE", "STATE", "PRI", "ADDRESS", "LAST SEEN")]
     rows.append(
         (
             "* " + me["name"],
             me["id"][:12],
             me["role"],
-            "alive (self)",
+            "alive (self, lead)" if me["id"] == lead_id else "alive (self)",
             str(me["priority"]),
             f"{me['address'] or '-'}:{me['ports']['router']}",
             "-",
@@ -53,7 +54,7 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
                 "  " + p["name"],
                 p["id"][:12],
                 p["role"],
-                p["state"],
+                p["state"] + (" (lead)" if p["id"] == lead_id else ""),
                 str(p["priority"]),
                 p["address"] or "-",
                 ago(p["last_seen"], now),

@@ -5,6 +5,10 @@ Tables (LMDB named databases):
 * ``meta``  - small node facts: mesh id, incarnation counter, created-at.
 * ``peers`` - last known record of every member (msgpack of the wire MemberRecord plus
   ``last_seen`` wall time), so a restarted node rejoins fast without waiting for mDNS.
+* ``meta`` also holds the election's durable state: ``term`` and ``voted_for``, written
+  (fsync'd) before any vote or acknowledgement that depends on them leaves the node.
+* ``audit`` - the permanent trail of coordination decisions (lead elected, lost, stepped
+  down, ...), keyed by time so it reads back in order.
 
 A process lock (``meshd.lock`` with ``flock``) makes a second daemon on the same state
 dir refuse with a clear message; LMDB alone would happily let two writers share it.
@@ -79,6 +83,8 @@ class Store:
             raise StoreError(f"cannot open the store in {path}: {exc}") from exc
         self._meta = self.env.open_db(b"meta")
         self._peers = self.env.open_db(b"peers")
+        self._audit = self.env.open_db(b"audit")
+        self._audit_seq = 0
 
     def close(self) -> None:
         self.env.close()
@@ -107,6 +113,43 @@ class Store:
             raw = txn.get(b"incarnation")
             if raw is None or msgpack.unpackb(raw) < value:
                 txn.put(b"incarnation", msgpack.packb(value))
+
+    # -- election ----------------------------------------------------------------
+    def load_election(self) -> tuple[int, str | None]:
+        with self.env.begin(db=self._meta) as txn:
+            term = txn.get(b"term")
+            voted = txn.get(b"voted_for")
+        return (
+            int(msgpack.unpackb(term)) if term else 0,
+            msgpack.unpackb(voted, raw=False) if voted else None,
+        )
+
+    def save_election(self, term: int, voted_for: str | None) -> None:
+        """One durable transaction: the caller sends its vote only after this returns."""
+        with self.env.begin(db=self._meta, write=True) as txn:
+            txn.put(b"term", msgpack.packb(term))
+            txn.put(b"voted_for", msgpack.packb(voted_for))
+
+    # -- audit -------------------------------------------------------------------
+    def append_audit(self, record: dict[str, Any]) -> None:
+        """Append one decision record; ``record["at"]`` (wall seconds) orders the log."""
+        self._audit_seq = (self._audit_seq + 1) % 65536
+        key = int(float(record["at"]) * 1e6).to_bytes(8, "big") + self._audit_seq.to_bytes(2, "big")
+        with self.env.begin(db=self._audit, write=True) as txn:
+            txn.put(key, msgpack.packb(record, use_bin_type=True))
+
+    def read_audit(self, since: float = 0.0, kind: str | None = None) -> list[dict[str, Any]]:
+        start = int(since * 1e6).to_bytes(8, "big")
+        out: list[dict[str, Any]] = []
+        with self.env.begin(db=self._audit) as txn:
+            cur = txn.cursor()
+            if not cur.set_range(start):
+                return out
+            for _key, raw in cur:
+                rec = msgpack.unpackb(raw, raw=False)
+                if kind is None or rec.get("type") == kind:
+                    out.append(rec)
+        return out
 
     # -- peers -------------------------------------------------------------------
     def save_peers(self, peers: list[StoredPeer]) -> None:
