@@ -119,7 +119,23 @@ class Client:
         result = self.call("peer_ping", peer=peer, count=count, timeout=timeout)
         return [float(x) for x in result["rtt_s"]]
 
+    def lead_transfer(self, node: str) -> dict[str, Any]:
+        """Ask the lead to hand over to ``node`` (name or id); forwarded if we do not lead."""
+        result: dict[str, Any] = self.call("lead_transfer", target=node)
+        return result
+
+    def lead_step_down(self) -> dict[str, Any]:
+        """Ask the lead to step down; the next node in priority order takes over."""
+        result: dict[str, Any] = self.call("lead_step_down")
+        return result
+
+    def audit(self, since: float = 0.0, kind: str | None = None) -> list[dict[str, Any]]:
+        """Durable coordination records (LEAD_ELECTED, LEAD_LOST, STEPPED_DOWN, ...)."""
+        result: list[dict[str, Any]] = self.call("audit", since=since, type=kind)
+        return result
+
     def events(self, since: float = 0.0) -> list[dict[str, Any]]:
-        """Membership events (AGENT_JOINED, AGENT_FAILED, AGENT_LEFT, ...) after ``since``."""
+        """Recent events after ``since`` (wall seconds): AGENT_JOINED, AGENT_FAILED,
+        AGENT_LEFT, AGENT_SUSPECT, LEAD_ELECTED, LEAD_LOST, STEPPED_DOWN."""
         result: list[dict[str, Any]] = self.call("events", since=since)
         return result

@@ -129,7 +129,7 @@ def lead_transfer(
     wait: Annotated[float, typer.Option("--wait", min=0, max=600, help="Seconds to confirm.")] = 5,
 ) -> None:
     """Hand the lead to NODE now (automatic priority takeover pauses for a while)."""
-    _call(lambda c: c.call("lead_transfer", target=node))
+    _call(lambda c: c.lead_transfer(node))
 
     def done(st: dict[str, Any]) -> bool:
         lead = st.get("lead")
@@ -150,7 +150,7 @@ def lead_step_down(
     wait: Annotated[float, typer.Option("--wait", min=0, max=600, help="Seconds to confirm.")] = 5,
 ) -> None:
     """Make the current lead step down; the next in priority order takes over."""
-    before = _call(lambda c: c.call("lead_step_down"))
+    before = _call(lambda c: c.lead_step_down())
     old = before.get("lead")
 
     def done(st: dict[str, Any]) -> bool:
@@ -173,7 +173,7 @@ def audit(
 ) -> None:
     """The permanent record of coordination decisions this node took part in."""
     start = time.time() - since if since > 0 else 0.0
-    records = _call(lambda c: c.call("audit", since=start, type=kind))
+    records = _call(lambda c: c.audit(start, kind))
     if as_json:
         print(json.dumps(records, indent=2, sort_keys=True))
         return

@@ -75,3 +75,28 @@ def test_second_lock_on_a_state_dir_is_refused(tmp_path: Path) -> None:
     first.release()
     second.acquire()  # free again once the first one is gone
     second.release()
+
+
+def test_election_state_is_durable(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=8 << 20)
+    assert store.load_election() == (0, None)
+    store.save_election(3, "a" * 32)
+    store.save_election(4, None)
+    store.close()
+    store = Store(tmp_path, map_size=8 << 20)
+    assert store.load_election() == (4, None)
+    store.close()
+
+
+def test_audit_reads_back_in_time_order_and_filters(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=8 << 20)
+    store.append_audit({"type": "LEAD_ELECTED", "term": 1, "reason": "won", "at": 100.0})
+    store.append_audit({"type": "STEPPED_DOWN", "term": 1, "reason": "operator", "at": 101.5})
+    store.append_audit({"type": "LEAD_ELECTED", "term": 2, "reason": "won", "at": 101.5})
+    store.close()
+    store = Store(tmp_path, map_size=8 << 20)
+    assert [r["term"] for r in store.read_audit()] == [1, 1, 2]
+    assert [r["type"] for r in store.read_audit(since=101.0)] == ["STEPPED_DOWN", "LEAD_ELECTED"]
+    assert [r["term"] for r in store.read_audit(kind="LEAD_ELECTED")] == [1, 2]
+    assert store.read_audit(since=500.0) == []
+    store.close()
