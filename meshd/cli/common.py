@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import NoReturn
+from pathlib import Path
+from typing import Annotated, NoReturn
+
+import typer
 
 #: Exit codes shared by ``meshd`` and ``meshctl``.
 EXIT_OK = 0
@@ -16,3 +19,15 @@ EXIT_LOCKED = 4  # meshd: another daemon owns the state dir
 def fail(prog: str, message: str, code: int) -> NoReturn:
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+#: The ``--state-dir`` option of both commands.
+StateDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--state-dir",
+        help="State dir of the daemon: identity, mesh key, LMDB store, control socket "
+        "(default: $MESHD_STATE_DIR, $XDG_STATE_HOME/meshd, ~/.local/state/meshd, "
+        "/var/lib/meshd for root).",
+    ),
+]

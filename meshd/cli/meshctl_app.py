@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from meshd.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, fail
+from meshd.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, StateDir, fail
 from meshd.client import Client
 from meshd.errors import ControlError, DaemonNotRunning
 
@@ -22,14 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        help="State dir of the daemon to talk to (default: $MESHD_STATE_DIR, "
-        "$XDG_STATE_HOME/meshd, ~/.local/state/meshd, or /var/lib/meshd for root).",
-    ),
-]
 
 _state: dict[str, Path | None] = {"dir": None}
 

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from meshd.cli.common import EXIT_FAILURE, EXIT_LOCKED, EXIT_USAGE, fail
+from meshd.cli.common import EXIT_FAILURE, EXIT_LOCKED, EXIT_USAGE, StateDir, fail
 from meshd.errors import ConfigError, MeshError, StateLockedError
 
 app = typer.Typer(
@@ -20,15 +20,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-StateDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--state-dir",
-        help="Where identity, mesh key and LMDB state live (default: $MESHD_STATE_DIR, "
-        "$XDG_STATE_HOME/meshd, ~/.local/state/meshd, /var/lib/meshd for the service).",
-    ),
-]
 
 
 def _state_dir(path: Path | None) -> Path:

@@ -274,22 +274,29 @@ class Transport:
                 del self._pending[key]
 
     # -- reading ---------------------------------------------------------------------
-    async def _router_loop(self) -> None:
+    async def _recv_routed(self, sock: zmq.asyncio.Socket) -> tuple[bytes, bytes, str | None]:
+        """Next well-framed [routing id, body] on a ROUTER, with the ZAP user id that the
+        CURVE handshake bound to that connection. Raises CancelledError/ZMQError to stop."""
         while True:
-            try:
-                frames = await self.router.recv_multipart(copy=False)
-            except (asyncio.CancelledError, zmq.ZMQError):
-                return
+            frames = await sock.recv_multipart(copy=False)
+            self.counters.frames_in += 1
             if len(frames) != 2:
                 self.counters.reject("framing")
                 continue
             rid, body = frames
-            self.counters.frames_in += 1
             try:
                 user: str | None = str(body.get("User-Id"))
             except zmq.ZMQError:
                 user = None
-            self.on_frame(body.bytes, "router", user, rid.bytes, None)
+            return rid.bytes, body.bytes, user
+
+    async def _router_loop(self) -> None:
+        while True:
+            try:
+                rid, body, user = await self._recv_routed(self.router)
+            except (asyncio.CancelledError, zmq.ZMQError):
+                return
+            self.on_frame(body, "router", user, rid, None)
 
     async def _peer_loop(self, peer: _Peer, sock: zmq.asyncio.Socket, via: str) -> None:
         multipart = via == "sub"
@@ -315,21 +322,13 @@ class Transport:
     async def _intro_loop(self) -> None:
         while True:
             try:
-                frames = await self.intro_sock.recv_multipart(copy=False)
+                rid, body, user = await self._recv_routed(self.intro_sock)
             except (asyncio.CancelledError, zmq.ZMQError):
                 return
-            if len(frames) != 2:
-                self.counters.reject("framing")
-                continue
-            rid, body = frames
-            try:
-                intro_user: str | None = str(body.get("User-Id"))
-            except zmq.ZMQError:
-                intro_user = None
-            reply = self.on_intro(body.bytes, intro_user)
+            reply = self.on_intro(body, user)
             if reply is not None:
                 try:
-                    _send_now(self.intro_sock, [rid.bytes, reply])
+                    _send_now(self.intro_sock, [rid, reply])
                 except zmq.ZMQError:
                     self.counters.dropped_out += 1
 
