@@ -620,19 +620,29 @@ class Node:
         """Round trip of a PING to a peer through the full stack (codec, CURVE), in seconds."""
         info = self.resolve_peer(ref)
         msg_id = os.urandom(16)
-        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[float] = loop.create_future()
         self._pings[msg_id] = fut
         # seq 0 is never used by the failure detector's own probes.
         data = self._envelope(Ping(seq=0), msg_id=msg_id)
+
+        # A timer that fails the future itself: asyncio.wait_for would add a waiter and one
+        # more loop iteration to every round trip.
+        def expire() -> None:
+            if not fut.done():
+                fut.set_exception(TimeoutError())
+
+        timer = loop.call_later(timeout, expire)
         start = time.perf_counter()
         try:
             self.transport.send(info.node_id, data, self._routing.get(info.node_id))
-            end = await asyncio.wait_for(fut, timeout)
+            end = await fut
         except TimeoutError:
             raise ControlError(
                 f"{info.name} did not answer within {timeout} s", "timeout"
             ) from None
         finally:
+            timer.cancel()
             self._pings.pop(msg_id, None)
         return end - start
 
