@@ -116,7 +116,6 @@ class Node:
         self.on_ready = on_ready
         self.started_wall = self.clock.wall()
         self._stop = asyncio.Event()
-        self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._routing: dict[str, bytes] = {}
         self._connected_addr: dict[str, str] = {}
@@ -125,7 +124,11 @@ class Node:
         self.events: list[dict[str, Any]] = []
         self.discovery: Any = None
         self._pings: dict[bytes, asyncio.Future[float]] = {}
-        self._next_tick = 0.0  # monotonic time the timer loop will wake at
+        # The one timer of the node: a loop.call_later handle for the machine's next
+        # deadline, moved only when a deadline comes earlier (no task per tick).
+        self._next_tick = float("inf")
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._ticking = False
         self._bg: set[asyncio.Task[None]] = set()
         self.ready_wall: float | None = None
 
@@ -206,7 +209,7 @@ class Node:
         elif cfg.discovery.mdns:
             _log.warning("mdns_no_interface", hint="use --interface or --peer HOST:PORT")
 
-        self._tasks.append(asyncio.create_task(self._tick_loop(), name="tick"))
+        self._on_tick()
         self._tasks.append(asyncio.create_task(self._persist_loop(), name="persist"))
         for text in cfg.node.peers:
             host, port = parse_hostport(text, cfg.node.listen_port or DEFAULT_PORT)
@@ -253,6 +256,10 @@ class Node:
         await self._teardown(linger_ms=LEAVE_LINGER_MS)
 
     async def _teardown(self, linger_ms: int = 0) -> None:
+        self._stop.set()
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+            self._tick_handle = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -312,10 +319,9 @@ class Node:
                 self.store.save_election(eff.term, eff.voted_for)
             elif isinstance(eff, ElectionEvent):
                 self._election_event(eff)
-        # Wake the timer loop only if the machine now needs it earlier than planned:
-        # waking on every message would triple the idle CPU for nothing.
-        if self.machine.next_deadline() < self._next_tick:
-            self._wake.set()
+        # Move the timer only if the machine now needs it earlier than planned.
+        if not self._ticking:
+            self._schedule_tick(self.machine.next_deadline())
 
     def _admit(self, info: MemberInfo) -> None:
         if info.node_id != self.identity.node_id and self.mesh.verify(info):
@@ -493,16 +499,27 @@ class Node:
         self._apply(self.machine.discovered(info, self.clock.monotonic(), "mdns"))
 
     # -- loops ---------------------------------------------------------------------------
-    async def _tick_loop(self) -> None:
-        while True:
-            now = self.clock.monotonic()
-            self._next_tick = now  # effects of this tick must not re-wake us
+    def _schedule_tick(self, at: float) -> None:
+        """Make sure the machine is ticked at ``at`` (monotonic) or earlier."""
+        if at >= self._next_tick or self._stop.is_set():
+            return
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._next_tick = at
+        delay = max(at - self.clock.monotonic(), 0.0)
+        self._tick_handle = asyncio.get_running_loop().call_later(delay, self._on_tick)
+
+    def _on_tick(self) -> None:
+        self._tick_handle = None
+        self._next_tick = float("inf")
+        now = self.clock.monotonic()
+        self._ticking = True  # effects of this tick must not reschedule us one by one
+        try:
             self._apply(self.machine.tick(now))
-            self._wake.clear()
-            now = self.clock.monotonic()
-            self._next_tick = min(self.machine.next_deadline(), now + 1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(self._next_tick - now, 0.0))
+        finally:
+            self._ticking = False
+        # At least once a second, even when the machines need nothing.
+        self._schedule_tick(min(self.machine.next_deadline(), now + 1.0))
 
     async def _seed_loop(self, host: str, port: int) -> None:
         """Introduce ourselves to a static seed; retry until it answers, and again

@@ -16,6 +16,12 @@ Admission is enforced by a ZAP handler before a single byte of a peer reaches us
 
 The ZAP reply's user id is the member's node id, so every message read from the ROUTER
 is checked against the sender id in its envelope: a member cannot speak for another.
+
+Reading: plain (synchronous) pyzmq sockets whose file descriptor is watched by the
+asyncio loop (``loop.add_reader``); when it fires, the socket is drained in a bounded batch
+(``_Reader``). pyzmq's asyncio sockets cost one Future, callback and loop turn per frame,
+which was most of the CPU an idle mesh node spent; a batch costs one wake-up. The zmq FD
+is edge-triggered, so the events are re-checked after every send on the same socket.
 """
 
 from __future__ import annotations
@@ -25,10 +31,9 @@ import contextlib
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TypeAlias
 
 import zmq
-import zmq.asyncio
 from zmq.utils import z85
 
 from meshd import log
@@ -40,10 +45,13 @@ DOMAIN_MESH = b"mesh"
 DOMAIN_INTRO = b"intro"
 #: Most handshakes held at once waiting for admission; beyond it the oldest is refused.
 MAX_PENDING_ZAP = 512
+#: Most frames read from one socket per wake-up before yielding to the loop (fairness).
+READ_BATCH = 256
 
 #: Callback for every frame read: (data, via, authenticated node id or None, routing id,
 #: PUB/SUB topic or None).
 FrameHandler = Callable[[bytes, str, "str | None", "bytes | None", "bytes | None"], None]
+Socket: TypeAlias = "zmq.Socket[bytes]"
 
 _log = log.get("meshd.net")
 
@@ -61,6 +69,56 @@ class Counters:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
+class _Reader:
+    """Drain a zmq socket from the asyncio loop, without a Future per frame."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: Socket,
+        on_frames: Callable[[list[zmq.Frame]], None],
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.on_frames = on_frames
+        self.fd = int(sock.getsockopt(zmq.FD))
+        self.closed = False
+        self._scheduled = False
+        loop.add_reader(self.fd, self.drain)
+        self.kick()  # frames may already be waiting (the FD is edge-triggered)
+
+    def drain(self) -> None:
+        self._scheduled = False
+        if self.closed:
+            return
+        sock = self.sock
+        for _ in range(READ_BATCH):
+            try:
+                if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+                    return
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except zmq.ZMQError:  # socket closed under us
+                return
+            self.on_frames(frames)
+            if self.closed:
+                return
+        self.kick()  # more waiting: continue on the next loop turn, after others ran
+
+    def kick(self) -> None:
+        """Re-check the socket soon (after a send on it, which may eat the FD's edge)."""
+        if not self._scheduled and not self.closed:
+            self._scheduled = True
+            self.loop.call_soon(self.drain)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            with contextlib.suppress(Exception):
+                self.loop.remove_reader(self.fd)
+
+
 @dataclass
 class _Peer:
     node_id: str
@@ -68,25 +126,9 @@ class _Peer:
     host: str
     router_port: int
     pub_port: int
-    dealer: zmq.asyncio.Socket
-    sub: zmq.asyncio.Socket
-    tasks: list[asyncio.Task[None]]
-
-
-def _send_now(sock: zmq.asyncio.Socket, frames: list[bytes]) -> None:
-    """Send without blocking; raise zmq.ZMQError (EAGAIN, EHOSTUNREACH) at once.
-
-    pyzmq's asyncio socket tries a NOBLOCK send immediately and returns an already
-    finished Future (and reschedules waiting receivers, which a raw sync send on the
-    same socket would not - that could stall a reader on edge-triggered events).
-    """
-    fut = cast("asyncio.Future[object]", sock.send_multipart(frames, flags=zmq.NOBLOCK))
-    if fut.done():
-        exc = fut.exception()
-        if exc is not None:
-            raise exc
-    else:  # queued behind an earlier blocking send: never happens here, but never leak
-        fut.add_done_callback(lambda f: f.exception())
+    dealer: Socket
+    sub: Socket
+    readers: list[_Reader]
 
 
 def endpoint(host: str, port: int) -> str:
@@ -110,17 +152,17 @@ class Transport:
         self.on_frame = on_frame
         self.on_intro = on_intro
         self.counters = Counters()
-        self.ctx = zmq.asyncio.Context()
+        self.ctx = zmq.Context()
         self._admitted: dict[bytes, str] = {}  # curve pk -> node id
         self._pending: dict[bytes, list[tuple[list[bytes], bytes, float]]] = {}
         self._peers: dict[str, _Peer] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._readers: dict[int, _Reader] = {}  # by id(socket)
         self._closed = False
         self._intro_pk, self._intro_sk = mesh.intro_keypair()
         self.router_port = self.pub_port = self.intro_port = 0
 
     # -- sockets ---------------------------------------------------------------
-    def _common(self, sock: zmq.asyncio.Socket) -> None:
+    def _common(self, sock: Socket) -> None:
         sock.setsockopt(zmq.LINGER, self.cfg.linger)
         sock.setsockopt(zmq.SNDHWM, self.cfg.hwm)
         sock.setsockopt(zmq.RCVHWM, self.cfg.hwm)
@@ -129,7 +171,7 @@ class Transport:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.cfg.zmq_heartbeat_timeout)
         sock.setsockopt(zmq.HEARTBEAT_TTL, self.cfg.zmq_heartbeat_timeout)
 
-    def _server(self, kind: int, domain: bytes, secret: bytes) -> zmq.asyncio.Socket:
+    def _server(self, kind: int, domain: bytes, secret: bytes) -> Socket:
         sock = self.ctx.socket(kind)
         self._common(sock)
         sock.curve_server = True
@@ -137,7 +179,7 @@ class Transport:
         sock.zap_domain = domain
         return sock
 
-    def _client(self, kind: int, server_pk: bytes) -> zmq.asyncio.Socket:
+    def _client(self, kind: int, server_pk: bytes) -> Socket:
         sock = self.ctx.socket(kind)
         self._common(sock)
         sock.setsockopt(zmq.CONNECT_TIMEOUT, self.cfg.connect_timeout)
@@ -148,6 +190,25 @@ class Transport:
         sock.curve_secretkey = z85.encode(self.identity.curve_sk)
         return sock
 
+    def _read(self, sock: Socket, on_frames: Callable[[list[zmq.Frame]], None]) -> _Reader:
+        reader = _Reader(asyncio.get_running_loop(), sock, on_frames)
+        self._readers[id(sock)] = reader
+        return reader
+
+    def _unread(self, sock: Socket) -> None:
+        reader = self._readers.pop(id(sock), None)
+        if reader is not None:
+            reader.close()
+
+    def _send_now(self, sock: Socket, frames: list[bytes]) -> None:
+        """Send without blocking; raises zmq.ZMQError (EAGAIN, EHOSTUNREACH) at once."""
+        try:
+            sock.send_multipart(frames, zmq.NOBLOCK)
+        finally:
+            reader = self._readers.get(id(sock))
+            if reader is not None:
+                reader.kick()
+
     def _bind_all(self, host: str, port: int) -> None:
         """Bind ROUTER, PUB and intro on port, port+1, port+2. Port 0: find a free triple
         (seeds are addressed as HOST:PORT, the intro socket is always PORT+2)."""
@@ -155,7 +216,7 @@ class Transport:
         rng = random.Random()
         for attempt in range(tries):
             base = port or rng.randrange(20000, 60000)
-            bound: list[tuple[zmq.asyncio.Socket, str]] = []
+            bound: list[tuple[Socket, str]] = []
             try:
                 for offset, sock in enumerate((self.router, self.pub, self.intro_sock)):
                     ep = endpoint(host, base + offset)
@@ -176,7 +237,7 @@ class Transport:
         self._zap = self.ctx.socket(zmq.ROUTER)
         self._zap.setsockopt(zmq.LINGER, 0)
         self._zap.bind(ZAP_ENDPOINT)
-        self._tasks.append(asyncio.create_task(self._zap_loop(), name="zap"))
+        self._read(self._zap, self._on_zap)
         sk = self.identity.curve_sk
         self.router = self._server(zmq.ROUTER, DOMAIN_MESH, sk)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -197,8 +258,8 @@ class Transport:
                 f"cannot listen on {host}:{port}-{port + 2}: {exc.strerror}; "
                 "is another meshd using these ports? choose others with --listen HOST:PORT"
             ) from None
-        self._tasks.append(asyncio.create_task(self._router_loop(), name="router"))
-        self._tasks.append(asyncio.create_task(self._intro_loop(), name="intro"))
+        self._read(self.router, self._on_router)
+        self._read(self.intro_sock, self._on_intro_frames)
         return self.router_port, self.pub_port, self.intro_port
 
     # -- admission (ZAP) -----------------------------------------------------------
@@ -222,44 +283,40 @@ class Transport:
             self.counters.zap_refused += 1
             frames = [b"400", b"not admitted to this mesh", b"", b""]
         with contextlib.suppress(zmq.ZMQError):
-            _send_now(self._zap, [*reply_to, b"", b"1.0", req_id, *frames])
+            self._send_now(self._zap, [*reply_to, b"", b"1.0", req_id, *frames])
 
-    async def _zap_loop(self) -> None:
+    def _on_zap(self, raw: list[zmq.Frame]) -> None:
+        frames = [f.bytes for f in raw]
+        try:
+            sep = frames.index(b"")
+            reply_to = frames[:sep]
+            _ver, req_id, domain, address, _ident, mech = frames[sep + 1 : sep + 7]
+            creds = frames[sep + 7 :]
+        except ValueError:
+            return
+        if mech != b"CURVE" or not creds or len(creds[0]) != 32:
+            self._zap_reply(reply_to, req_id, False, "")
+            return
+        key = creds[0]
+        if domain == DOMAIN_INTRO:
+            self._zap_reply(reply_to, req_id, True, key.hex())
+            return
+        node_id = self._admitted.get(key)
+        if node_id is not None:
+            self._zap_reply(reply_to, req_id, True, node_id)
+            return
+        # Unknown yet: hold the handshake until discovery or gossip vouches for the key.
+        if sum(len(v) for v in self._pending.values()) >= MAX_PENDING_ZAP:
+            self._expire_pending(float("inf"))
         loop = asyncio.get_running_loop()
-        while True:
-            try:
-                frames = await self._zap.recv_multipart()
-            except (asyncio.CancelledError, zmq.ZMQError):
-                return
-            try:
-                sep = frames.index(b"")
-                reply_to = frames[:sep]
-                _ver, req_id, domain, address, _ident, mech = frames[sep + 1 : sep + 7]
-                creds = frames[sep + 7 :]
-            except ValueError:
-                continue
-            if mech != b"CURVE" or not creds or len(creds[0]) != 32:
-                self._zap_reply(reply_to, req_id, False, "")
-                continue
-            key = creds[0]
-            if domain == DOMAIN_INTRO:
-                self._zap_reply(reply_to, req_id, True, key.hex())
-                continue
-            node_id = self._admitted.get(key)
-            if node_id is not None:
-                self._zap_reply(reply_to, req_id, True, node_id)
-                continue
-            # Unknown yet: hold the handshake until discovery or gossip vouches for the key.
-            if sum(len(v) for v in self._pending.values()) >= MAX_PENDING_ZAP:
-                self._expire_pending(float("inf"))
-            deadline = loop.time() + self.cfg.admission_wait
-            self._pending.setdefault(key, []).append((reply_to, req_id, deadline))
-            loop.call_later(
-                self.cfg.admission_wait + 0.01, lambda: self._expire_pending(loop.time())
-            )
-            _log.debug("zap_held", address=address.decode(errors="replace"), key=key.hex()[:12])
+        deadline = loop.time() + self.cfg.admission_wait
+        self._pending.setdefault(key, []).append((reply_to, req_id, deadline))
+        loop.call_later(self.cfg.admission_wait + 0.01, lambda: self._expire_pending(loop.time()))
+        _log.debug("zap_held", address=address.decode(errors="replace"), key=key.hex()[:12])
 
     def _expire_pending(self, now: float) -> None:
+        if self._closed:
+            return
         for key in list(self._pending):
             keep = []
             for reply_to, req_id, deadline in self._pending[key]:
@@ -274,63 +331,54 @@ class Transport:
                 del self._pending[key]
 
     # -- reading ---------------------------------------------------------------------
-    async def _recv_routed(self, sock: zmq.asyncio.Socket) -> tuple[bytes, bytes, str | None]:
-        """Next well-framed [routing id, body] on a ROUTER, with the ZAP user id that the
-        CURVE handshake bound to that connection. Raises CancelledError/ZMQError to stop."""
-        while True:
-            frames = await sock.recv_multipart(copy=False)
-            self.counters.frames_in += 1
-            if len(frames) != 2:
-                self.counters.reject("framing")
-                continue
-            rid, body = frames
-            try:
-                user: str | None = str(body.get("User-Id"))
-            except zmq.ZMQError:
-                user = None
-            return rid.bytes, body.bytes, user
+    def _routed(self, frames: list[zmq.Frame]) -> tuple[bytes, bytes, str | None] | None:
+        """[routing id, body] from a ROUTER, with the ZAP user id that the CURVE handshake
+        bound to that connection; None (counted) when the framing is wrong."""
+        self.counters.frames_in += 1
+        if len(frames) != 2:
+            self.counters.reject("framing")
+            return None
+        rid, body = frames
+        try:
+            user: str | None = str(body.get("User-Id"))
+        except zmq.ZMQError:
+            user = None
+        return rid.bytes, body.bytes, user
 
-    async def _router_loop(self) -> None:
-        while True:
-            try:
-                rid, body, user = await self._recv_routed(self.router)
-            except (asyncio.CancelledError, zmq.ZMQError):
-                return
+    def _on_router(self, frames: list[zmq.Frame]) -> None:
+        routed = self._routed(frames)
+        if routed is not None:
+            rid, body, user = routed
             self.on_frame(body, "router", user, rid, None)
 
-    async def _peer_loop(self, peer: _Peer, sock: zmq.asyncio.Socket, via: str) -> None:
-        multipart = via == "sub"
-        while True:
+    def _on_intro_frames(self, frames: list[zmq.Frame]) -> None:
+        routed = self._routed(frames)
+        if routed is None:
+            return
+        rid, body, user = routed
+        reply = self.on_intro(body, user)
+        if reply is not None:
             try:
-                frames = await sock.recv_multipart()
-            except (asyncio.CancelledError, zmq.ZMQError):
-                return
+                self._send_now(self.intro_sock, [rid, reply])
+            except zmq.ZMQError:
+                self.counters.dropped_out += 1
+
+    def _peer_reader(self, peer: _Peer, via: str) -> Callable[[list[zmq.Frame]], None]:
+        sub = via == "sub"
+
+        def on_frames(frames: list[zmq.Frame]) -> None:
             self.counters.frames_in += 1
-            if multipart:
+            if sub:
                 if len(frames) != 2:  # [topic, envelope]
                     self.counters.reject("framing")
-                    continue
-                topic, body = frames
+                    return
+                self.on_frame(frames[1].bytes, via, peer.node_id, None, frames[0].bytes)
+            elif len(frames) != 1:
+                self.counters.reject("framing")
             else:
-                topic = None
-                if len(frames) != 1:
-                    self.counters.reject("framing")
-                    continue
-                body = frames[0]
-            self.on_frame(body, via, peer.node_id, None, topic)
+                self.on_frame(frames[0].bytes, via, peer.node_id, None, None)
 
-    async def _intro_loop(self) -> None:
-        while True:
-            try:
-                rid, body, user = await self._recv_routed(self.intro_sock)
-            except (asyncio.CancelledError, zmq.ZMQError):
-                return
-            reply = self.on_intro(body, user)
-            if reply is not None:
-                try:
-                    _send_now(self.intro_sock, [rid, reply])
-                except zmq.ZMQError:
-                    self.counters.dropped_out += 1
+        return on_frames
 
     # -- peers ---------------------------------------------------------------------------
     def has_peer(self, node_id: str) -> bool:
@@ -364,8 +412,8 @@ class Transport:
         dealer.connect(endpoint(host, router_port))
         sub.connect(endpoint(host, pub_port))
         peer = _Peer(node_id, curve_pk, host, router_port, pub_port, dealer, sub, [])
-        peer.tasks.append(asyncio.create_task(self._peer_loop(peer, dealer, "dealer")))
-        peer.tasks.append(asyncio.create_task(self._peer_loop(peer, sub, "sub")))
+        peer.readers.append(self._read(dealer, self._peer_reader(peer, "dealer")))
+        peer.readers.append(self._read(sub, self._peer_reader(peer, "sub")))
         self._peers[node_id] = peer
         return True
 
@@ -373,8 +421,8 @@ class Transport:
         peer = self._peers.pop(node_id, None)
         if peer is None:
             return
-        for task in peer.tasks:
-            task.cancel()
+        self._unread(peer.dealer)
+        self._unread(peer.sub)
         peer.dealer.close(linger=linger_ms)
         peer.sub.close(linger=0)
 
@@ -385,12 +433,12 @@ class Transport:
         peer = self._peers.get(node_id)
         try:
             if peer is not None:
-                _send_now(peer.dealer, [data])
+                self._send_now(peer.dealer, [data])
             else:
                 if routing_id is None:  # never heard from it on our ROUTER: no way back
                     self.counters.dropped_out += 1
                     return False
-                _send_now(self.router, [routing_id, data])
+                self._send_now(self.router, [routing_id, data])
         except zmq.ZMQError:  # EAGAIN (HWM) or EHOSTUNREACH (ROUTER_MANDATORY)
             self.counters.dropped_out += 1
             return False
@@ -399,7 +447,7 @@ class Transport:
 
     def publish(self, topic: bytes, data: bytes) -> None:
         try:
-            _send_now(self.pub, [topic, data])
+            self._send_now(self.pub, [topic, data])
             self.counters.frames_out += 1
         except zmq.ZMQError:
             self.counters.dropped_out += 1
@@ -407,13 +455,22 @@ class Transport:
     async def intro(self, host: str, port: int, data: bytes, timeout: float) -> bytes | None:
         """One INTRO exchange with a seed's intro socket; None on timeout."""
         sock = self._client(zmq.DEALER, self._intro_pk)
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[bytes] = loop.create_future()
+
+        def on_frames(frames: list[zmq.Frame]) -> None:
+            if not reply.done() and len(frames) == 1:
+                reply.set_result(frames[0].bytes)
+
+        self._read(sock, on_frames)
         try:
             sock.connect(endpoint(host, port))
-            await sock.send(data)
-            if await sock.poll(timeout=int(timeout * 1000)):
-                return bytes(await sock.recv())
+            self._send_now(sock, [data])
+            return await asyncio.wait_for(reply, timeout)
+        except TimeoutError:
             return None
         finally:
+            self._unread(sock)
             sock.close(linger=0)
 
     async def close(self, linger_ms: int = 0) -> None:
@@ -424,8 +481,9 @@ class Transport:
         self._closed = True
         for node_id in list(self._peers):
             self.disconnect_peer(node_id, linger_ms)
-        for task in self._tasks:
-            task.cancel()
+        for reader in list(self._readers.values()):
+            reader.close()
+        self._readers.clear()
         for name in ("router", "pub", "intro_sock", "_zap"):
             sock = getattr(self, name, None)
             if sock is not None:
