@@ -25,9 +25,11 @@ ROLES = ("team-lead", "network-admin", "devops", "software-engineer", "observer"
 
 
 def _wait_all_alive(dirs: list[Path], n: int, timeout: float) -> float | None:
+    """Until every node lists the n-1 others alive and all follow one lead."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         ok = 0
+        leads = set()
         for d in dirs:
             try:
                 with Client(d, timeout=1.0) as c:
@@ -36,10 +38,22 @@ def _wait_all_alive(dirs: list[Path], n: int, timeout: float) -> float | None:
                 break
             if sum(1 for p in st["peers"] if p["state"] == "alive") == n - 1:
                 ok += 1
-        if ok == n:
+            leads.add(st["lead"]["id"] if st["lead"] else None)
+        if ok == n and len(leads) == 1 and None not in leads:
             return time.monotonic() - start
         time.sleep(0.05)
     return None
+
+
+def _wait_port(state_dir: Path, proc: subprocess.Popen[bytes], timeout: float) -> int:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end and proc.poll() is None:
+        try:
+            with Client(state_dir, timeout=1.0) as c:
+                return int(c.status()["self"]["ports"]["router"])
+        except ControlError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the first node did not start; see {state_dir / 'meshd.log'}")
 
 
 def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> int:
@@ -49,36 +63,26 @@ def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> 
     logs = []
     exe = [sys.executable, "-m", "meshd"]
     try:
-        init = subprocess.run(
+        subprocess.run(
             [*exe, "init", "--state-dir", str(dirs[0])], capture_output=True, text=True, check=True
         )
         token = subprocess.run(
             [*exe, "token", "--state-dir", str(dirs[0])], capture_output=True, text=True, check=True
         ).stdout.strip()
-        _ = init
         print(f"Starting {nodes} meshd daemons on 127.0.0.1 (state under {root}) ...")
+        seed_port = base_port
         for i, d in enumerate(dirs):
-            port = base_port + 3 * i
-            cmd = [
-                *exe,
-                "start",
-                "--role",
-                ROLES[i % len(ROLES)],
-                "--name",
-                f"node{i + 1}",
-                "--state-dir",
-                str(d),
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--join",
-                token,
-            ]
+            port = base_port + 3 * i if base_port else 0
+            cmd = [*exe, "start", "--role", ROLES[i % len(ROLES)], "--name", f"node{i + 1}"]
+            cmd += ["--state-dir", str(d), "--listen", f"127.0.0.1:{port}", "--join", token]
             if i:
-                cmd += ["--peer", f"127.0.0.1:{base_port}"]
+                cmd += ["--peer", f"127.0.0.1:{seed_port}"]
             d.mkdir(parents=True, exist_ok=True, mode=0o700)
             log = open(d / "meshd.log", "wb")  # noqa: SIM115 - closed in finally
             logs.append(log)
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+            if i == 0 and not base_port:  # free ports: learn where the seed listens
+                seed_port = _wait_port(d, procs[0], timeout=30.0)
         took = _wait_all_alive(dirs, nodes, timeout=30.0)
         if took is None:
             print("The mesh did not form within 30 s; logs:", file=sys.stderr)
@@ -86,7 +90,10 @@ def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> 
                 print(f"--- {d / 'meshd.log'}", file=sys.stderr)
                 print((d / "meshd.log").read_text()[-2000:], file=sys.stderr)
             return 1
-        print(f"All {nodes} nodes see each other ({took:.2f} s after the daemons were started).\n")
+        print(
+            f"All {nodes} nodes see each other and follow one lead "
+            f"({took:.2f} s after the daemons were started).\n"
+        )
         with Client(dirs[0]) as c:
             print(status_table(c.status()))
         print(
@@ -101,6 +108,9 @@ def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> 
         return 0
     except KeyboardInterrupt:
         return 0
+    except (RuntimeError, subprocess.CalledProcessError) as exc:
+        print(f"meshd demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         for p in procs:
             if p.poll() is None:

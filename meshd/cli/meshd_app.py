@@ -177,7 +177,10 @@ def token(state_dir: StateDir = None) -> None:
 def demo(
     nodes: Annotated[int, typer.Option("--nodes", min=2, max=30, help="How many nodes.")] = 3,
     base_port: Annotated[
-        int, typer.Option("--base-port", min=1024, max=65000, help="First node's port.")
+        int,
+        typer.Option(
+            "--base-port", min=0, max=65000, help="First node's port (0: any free ports)."
+        ),
     ] = 7800,
     duration: Annotated[
         float | None, typer.Option("--duration", min=1, help="Stop after this many seconds.")

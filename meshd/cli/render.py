@@ -30,8 +30,9 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
         if lead
         else f"none ({status.get('lead_reason') or 'not elected'})"
     )
+    total = counts.get("total", len(peers) + 1)
     head = (
-        f"mesh {me['mesh_id']} · {counts.get('total', len(peers) + 1)} nodes "
+        f"mesh {me['mesh_id']} · {total} node{'' if total == 1 else 's'} "
         f"({counts.get('alive', 0) + 1} alive, {counts.get('suspect', 0)} suspect, "
         f"{counts.get('dead', 0)} dead, {counts.get('left', 0)} left) · lead: {lead_text}"
     )

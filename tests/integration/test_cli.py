@@ -101,3 +101,12 @@ def test_status_table_and_json(mesh: Mesh) -> None:
     assert set(peer) >= {"id", "name", "role", "state", "priority", "address", "last_seen"}
     assert peer["state"] in {"alive", "suspect", "dead", "left"}
     assert data["self"]["priority"] == 100 and peer["priority"] == 0
+
+
+def test_demo_forms_a_mesh_with_a_lead_and_cleans_up() -> None:
+    out = run_meshd("demo", "--nodes", "3", "--base-port", "0", "--duration", "1", timeout=90)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "All 3 nodes see each other and follow one lead" in out.stdout
+    assert "lead: node1 (term" in out.stdout  # team-lead has the highest priority
+    root = out.stdout.split("state under ", 1)[1].split(")", 1)[0]
+    assert not Path(root).exists()  # temporary state removed
