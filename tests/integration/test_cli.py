@@ -110,3 +110,36 @@ def test_demo_forms_a_mesh_with_a_lead_and_cleans_up() -> None:
     assert "lead: node1 (term" in out.stdout  # team-lead has the highest priority
     root = out.stdout.split("state under ", 1)[1].split(")", 1)[0]
     assert not Path(root).exists()  # temporary state removed
+
+
+def test_status_watch_refreshes_until_interrupted(mesh: Mesh) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    a = mesh.add("watched").start()
+    a.wait_ready()
+    cmd = [sys.executable, "-m", "meshd.cli.meshctl_app", "--state-dir", str(a.state_dir)]
+    proc = subprocess.Popen(
+        [*cmd, "status", "--watch", "--interval", "0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        frames = 0
+        for line in proc.stdout:  # bounded: the daemon answers every 0.1 s
+            if line.startswith("mesh "):
+                frames += 1
+                if frames == 3:
+                    break
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert frames == 3
+    assert proc.returncode == 0 and "Traceback" not in err
