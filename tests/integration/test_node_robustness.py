@@ -187,3 +187,24 @@ async def test_restart_keeps_identity_and_rejoins_from_stored_peers(tmp_path: Pa
     finally:
         await b.shutdown()
         await a.shutdown()
+
+
+async def test_mdns_record_with_a_copied_proof_is_refused(pair: tuple[Node, Node]) -> None:
+    from meshd.identity import Identity
+
+    a, b = pair
+    thief = Identity.generate()
+    # b's genuine admission proof, pasted into a record with the thief's own keys.
+    forged = replace(
+        b.machine.self_info,
+        node_id=thief.node_id,
+        ed25519_pk=thief.ed25519_pk,
+        curve_pk=thief.curve_pk,
+        name="thief",
+    )
+    before = a.transport.counters.rejected.get("admission", 0)
+    a._on_mdns(forged)
+    assert a.transport.counters.rejected.get("admission", 0) == before + 1
+    assert not a.transport.is_admitted(thief.curve_pk)
+    assert a.machine.get(thief.node_id) is None
+    assert thief.node_id not in {i.node_id for i in a.machine.candidates()}
