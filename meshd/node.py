@@ -260,12 +260,14 @@ class Node:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
-        for task in self._tasks:
+        pending = [*self._tasks, *self._bg]
+        for task in pending:
             task.cancel()
-        for task in self._tasks:
+        for task in pending:
             with contextlib.suppress(BaseException):
                 await task
         self._tasks.clear()
+        self._bg.clear()
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await self.discovery.close()
