@@ -167,6 +167,33 @@ class NodeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskConfig:
+    """Task delegation: retries, timeouts and input limits (see :mod:`meshd.tasks`)."""
+
+    #: s. Wait before the first retry of a timed-out task. Half a second lets a briefly
+    #: overloaded agent or a flapping link settle without making a user wait noticeably.
+    retry_backoff_base: float = 0.5
+    #: ratio. Each further retry waits this many times longer (exponential backoff), so a
+    #: task that keeps failing does not hammer the mesh.
+    retry_backoff_factor: float = 2.0
+    #: s. Cap of the backoff: a retry is never further away than this, so a task still
+    #: finishes within minutes once the cause is gone.
+    retry_backoff_max: float = 30.0
+    #: count. Retries after a timeout when the task does not say (3: four attempts in all,
+    #: enough to ride out one crashed or stuck agent, few enough to surface a real bug).
+    retry_limit: int = 3
+    #: s. Time one attempt may take, from assignment to result, when the task does not say.
+    #: 300 s matches the default role's wall-time limit (RoleLimits.wall_seconds).
+    default_timeout: float = 300.0
+    #: count. Most dependencies one task may name: bounds the work of checking them on
+    #: every scheduling pass and the size of a task record.
+    max_depends: int = 64
+    #: bytes. Largest msgpack-encoded params accepted: a task travels in one mesh frame
+    #: (transport.max_frame, 1 MiB) with room for its history, checkpoint and result.
+    max_params_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
@@ -174,6 +201,7 @@ class Config:
     transport: TransportConfig = field(default_factory=TransportConfig)
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    tasks: TaskConfig = field(default_factory=TaskConfig)
 
 
 def lan() -> Config:
@@ -210,6 +238,7 @@ _SECTIONS = {
     "transport": TransportConfig,
     "discovery": DiscoveryConfig,
     "store": StoreConfig,
+    "tasks": TaskConfig,
 }
 
 
