@@ -543,12 +543,15 @@ class Scheduler:
             views.append(replace(view, load=load, last_assigned_at=last))
         return views
 
-    def _rank(self, task: Task, now: float, exclude: Iterable[str] = ()) -> Ranking:
+    def _rank(
+        self,
+        task: Task,
+        now: float,
+        exclude: Iterable[str] = (),
+        views: list[AgentView] | None = None,
+    ) -> Ranking:
         skip = set(exclude) | set(self._rejected.get(task.task_id, ()))
-        return rank_agents(task, self._views(), now, exclude=skip)
-
-    def _has_room(self) -> bool:
-        return any(v.alive and v.load < v.max_concurrent for v in self._views())
+        return rank_agents(task, self._views() if views is None else views, now, exclude=skip)
 
     def _backoff(self, retries_done: int) -> float:
         cfg = self._cfg
@@ -677,14 +680,16 @@ class Scheduler:
         """Assign queued tasks, best first, while agents have room."""
         if self._fence is None:
             return
+        views = self._views()
         for key in list(self._queue):
-            if not self._has_room():
-                return
+            if not any(v.alive and v.load < v.max_concurrent for v in views):
+                return  # every agent is full: the rest of the queue waits
             task = self._tasks[key[2]]
             if task.state is not _S.PENDING:
                 continue
             if not self._check_dependencies(task.task_id, now, effects):
                 continue
-            best = self._rank(task, now).best
+            best = self._rank(task, now, views=views).best
             if best is not None:
                 self._assign(task, best, now, effects)
+                views = self._views()

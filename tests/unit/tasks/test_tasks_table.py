@@ -211,3 +211,10 @@ def test_config_has_tasks_section(tmp_path) -> None:  # type: ignore[no-untyped-
     path.write_text("[tasks]\nretry_limit = 5\nretry_backoff_base = 1\n")
     loaded = load_file(path)
     assert loaded.tasks.retry_limit == 5 and loaded.tasks.retry_backoff_base == 1.0
+
+
+def test_package_exports_the_public_api() -> None:
+    import meshd.tasks as tasks
+
+    for name in tasks.__all__:
+        assert getattr(tasks, name) is not None
