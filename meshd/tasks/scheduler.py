@@ -107,7 +107,8 @@ class Scheduler:
 
     def __init__(self, config: TaskConfig, now: float) -> None:
         self._cfg = config
-        self._now = now
+        #: Wall epoch seconds when this scheduler (this lead's term of office) began.
+        self.started_at = now
         self._tasks: dict[str, Task] = {}
         # PENDING tasks, kept sorted by (-priority, created_at, task_id).
         self._queue: list[tuple[int, float, str]] = []
