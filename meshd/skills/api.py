@@ -77,7 +77,7 @@ class SkillContext:
         value = 0.0 if math.isnan(pct) else min(100.0, max(0.0, float(pct)))
         self._on_progress(value, str(message))
 
-    def checkpoint(self, data: bytes) -> None:
+    def checkpoint(self, data: bytes | bytearray) -> None:
         """Save opaque resume data: a later run of this task after a reassignment gets
         it back as :attr:`checkpoint_data`."""
         if not isinstance(data, bytes | bytearray):

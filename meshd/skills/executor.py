@@ -102,6 +102,15 @@ class SkillStats:
     def mean_duration(self) -> float:
         return self.total_duration / self.runs if self.runs else 0.0
 
+    def to_dict(self) -> dict[str, object]:
+        """A msgpack-ready form (for ``skill list``/``describe`` and status)."""
+        return {
+            "runs": self.runs,
+            "failures": self.failures,
+            "total_duration": self.total_duration,
+            "mean_duration": self.mean_duration,
+        }
+
     def add(self, result: ExecResult) -> SkillStats:
         return SkillStats(
             runs=self.runs + 1,

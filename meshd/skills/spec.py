@@ -94,12 +94,83 @@ class SkillSpec:
         if len(set(names)) != len(names):
             raise ValueError(f"skill {self.name!r}: a parameter is declared twice")
 
+    def to_dict(self) -> dict[str, object]:
+        """A msgpack-ready form (for SKILL_* messages, ``describe`` and the store)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "version": self.version,
+            "idempotent": self.idempotent,
+            "capabilities": list(self.capabilities),
+            "params": [
+                {
+                    "name": p.name,
+                    "type": p.type,
+                    "description": p.description,
+                    "default": p.default,
+                    "required": p.required,
+                    "minimum": p.minimum,
+                    "maximum": p.maximum,
+                }
+                for p in self.params
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, object]) -> SkillSpec:
+        """The inverse of :meth:`to_dict`; raises :class:`SkillError` (``bad_spec``) for
+        a malformed one (it may come from a peer)."""
+        try:
+            raw_params = data.get("params", [])
+            caps = data.get("capabilities", [])
+            if not isinstance(raw_params, list | tuple) or not isinstance(caps, list | tuple):
+                raise TypeError("params and capabilities must be lists")
+            params = []
+            for item in raw_params:
+                if not isinstance(item, Mapping):
+                    raise TypeError("a parameter must be a mapping")
+                params.append(
+                    ParamSpec(
+                        name=_text(item["name"]),
+                        type=_text(item.get("type", "str")),  # type: ignore[arg-type]
+                        description=_text(item.get("description", "")),
+                        default=item.get("default"),
+                        required=bool(item.get("required", False)),
+                        minimum=_number(item.get("minimum")),
+                        maximum=_number(item.get("maximum")),
+                    )
+                )
+            return cls(
+                name=_text(data["name"]),
+                description=_text(data.get("description", "")),
+                version=_text(data.get("version", "0.0.0")),
+                params=tuple(params),
+                idempotent=bool(data.get("idempotent", False)),
+                capabilities=tuple(_text(c) for c in caps),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SkillError(f"malformed skill spec: {exc}", code="bad_spec") from None
+
     def param(self, name: str) -> ParamSpec | None:
         """The declared parameter called ``name``, or None."""
         for p in self.params:
             if p.name == name:
                 return p
         return None
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {value!r}")
+    return value
+
+
+def _number(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"expected a number, got {value!r}")
+    return float(value)
 
 
 def _known(spec: SkillSpec) -> str:

@@ -67,7 +67,7 @@ class Stubborn:
         self.task: asyncio.Task[object] | None = None
 
     async def run(self, ctx: SkillContext) -> object:
-        self.task = asyncio.current_task()  # type: ignore[assignment]
+        self.task = asyncio.current_task()
         try:
             await asyncio.sleep(60)
         except asyncio.CancelledError:
@@ -362,3 +362,12 @@ def test_result_constructors() -> None:
 
 def test_default_executor_has_the_builtins() -> None:
     assert Executor().registry.names() == ("echo", "sleep", "sysinfo")
+
+
+def test_stats_to_dict() -> None:
+    assert SkillStats(runs=2, failures=1, total_duration=3.0).to_dict() == {
+        "runs": 2,
+        "failures": 1,
+        "total_duration": 3.0,
+        "mean_duration": 1.5,
+    }

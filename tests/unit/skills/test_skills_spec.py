@@ -216,3 +216,36 @@ def test_parse_then_validate() -> None:
         "flag": True,
         "tags": ["a", "b"],
     }
+
+
+def test_spec_round_trip_through_msgpack() -> None:
+    import msgpack
+
+    from meshd.skills.builtin import default_registry
+
+    for spec in (SPEC, SkillSpec("caps", capabilities=("net",), idempotent=True, version="2.1.0")):
+        wire = msgpack.unpackb(msgpack.packb(spec.to_dict(), use_bin_type=True), raw=False)
+        assert SkillSpec.from_dict(wire) == spec
+    for spec in default_registry().specs():
+        assert SkillSpec.from_dict(spec.to_dict()) == spec
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({}, "malformed skill spec: 'name'"),
+        ({"name": 3}, "expected a string, got 3"),
+        ({"name": "a b"}, "bad skill name"),
+        ({"name": "a", "params": "x"}, "params and capabilities must be lists"),
+        ({"name": "a", "params": [1]}, "a parameter must be a mapping"),
+        ({"name": "a", "params": [{"type": "int"}]}, "malformed skill spec: 'name'"),
+        ({"name": "a", "params": [{"name": "x", "type": "cidr"}]}, "unknown type 'cidr'"),
+        ({"name": "a", "params": [{"name": "x", "type": "int", "minimum": "1"}]}, "number"),
+        ({"name": "a", "capabilities": [1]}, "expected a string, got 1"),
+    ],
+)
+def test_malformed_spec_from_a_peer(data: dict[str, object], message: str) -> None:
+    with pytest.raises(SkillError) as info:
+        SkillSpec.from_dict(data)
+    assert message in str(info.value)
+    assert info.value.code == "bad_spec"
