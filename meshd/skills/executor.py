@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
+from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -243,7 +245,15 @@ class Executor:
         self._runs[task_id] = run
         started = self._clock.monotonic()
         try:
-            result = await self._supervise(run, skill.run(ctx), timeout)
+            try:
+                coro = skill.run(ctx)
+            except Exception as exc:  # a skill whose run is not a coroutine function
+                result = failed("error", f"skill {skill_name!r} did not start: {_describe(exc)}")
+            else:
+                if inspect.iscoroutine(coro):
+                    result = await self._supervise(run, coro, timeout)
+                else:
+                    result = failed("error", f"skill {skill_name!r}: run() is not a coroutine")
         finally:
             del self._runs[task_id]
         duration = max(0.0, self._clock.monotonic() - started)
@@ -265,20 +275,26 @@ class Executor:
         run.task = task
         if run.cancel_requested:  # cancelled between registration and start
             task.cancel()
+        # Wake on the skill's end, a cancel (so that a skill that ignores it is still
+        # given up after the grace) or the timeout, whichever comes first.
+        cancelled = asyncio.create_task(run.ctx.wait_cancelled())
         try:
-            done, _ = await asyncio.wait({task}, timeout=timeout)
+            await asyncio.wait({task, cancelled}, timeout=timeout, return_when=FIRST_COMPLETED)
         except asyncio.CancelledError:
             # The caller (the node shutting down) cancelled us: stop the skill too.
             await self._stop(run, task)
             raise
-        timed_out = not done
-        if timed_out:
+        finally:
+            cancelled.cancel()
+        timed_out = not task.done() and not run.ctx.cancelled
+        if not task.done():
             await self._stop(run, task)
             if not task.done():
+                why = f"timed out after {timeout:g} s" if timed_out else "was cancelled"
                 return failed(
-                    "timeout",
-                    f"skill {run.skill!r} timed out after {timeout:g} s and did not stop "
-                    f"within {self.config.cancel_grace:g} s; abandoned",
+                    "timeout" if timed_out else "cancelled",
+                    f"skill {run.skill!r} {why} and did not stop within "
+                    f"{self.config.cancel_grace:g} s; abandoned",
                 )
         if task.cancelled():
             return self._cancel_result(run, timed_out, timeout)
@@ -297,8 +313,7 @@ class Executor:
             task_id=run.ctx.task_id,
             exc_info=(type(exc), exc, exc.__traceback__),
         )
-        text = str(exc)
-        return failed("error", f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+        return failed("error", _describe(exc))
 
     def _cancel_result(self, run: _Run, timed_out: bool, timeout: float | None) -> ExecResult:
         if timed_out:
@@ -326,6 +341,12 @@ class Executor:
                 result.duration,
             )
         return result
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception as its type and text, without a traceback."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _call(fn: Callable[..., None], *args: object) -> None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -371,3 +372,75 @@ def test_stats_to_dict() -> None:
         "total_duration": 3.0,
         "mean_duration": 1.5,
     }
+
+
+class Deaf:
+    """Swallows every cancel until ``release`` is set (a badly written skill)."""
+
+    spec = SkillSpec("deaf")
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.task: asyncio.Task[object] | None = None
+
+    async def run(self, ctx: SkillContext) -> object:
+        self.task = asyncio.current_task()
+        while not self.release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.release.wait()
+        return "finally"
+
+
+async def test_cancel_of_a_skill_that_swallows_it_is_prompt() -> None:
+    deaf = Deaf()
+    ex, _ = make(deaf, cancel_grace=0.05)
+    run = asyncio.create_task(ex.run("t1", "deaf", {}, timeout=60))
+    await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    ex.cancel("t1")
+    res = await run
+    assert time.monotonic() - t0 < 0.5
+    assert res.code == "cancelled"
+    assert res.message == "skill 'deaf' was cancelled and did not stop within 0.05 s; abandoned"
+    assert ex.running() == ()
+    deaf.release.set()
+    assert deaf.task is not None
+    assert await deaf.task == "finally"
+
+
+class SelfCancel:
+    spec = SkillSpec("self-cancel")
+
+    async def run(self, ctx: SkillContext) -> object:
+        ctx.cancel()
+        await asyncio.sleep(0)
+        ctx.raise_if_cancelled()
+        return "unreachable"
+
+
+class NotAsync:
+    spec = SkillSpec("not-async")
+
+    def run(self, ctx: SkillContext) -> object:
+        return "sync"
+
+
+class RaisesOnCall:
+    spec = SkillSpec("raises-on-call")
+
+    def run(self, ctx: SkillContext) -> object:
+        raise KeyError("k")
+
+
+async def test_skills_that_break_the_protocol() -> None:
+    ex, _ = make(SelfCancel(), NotAsync(), RaisesOnCall())
+    res = await ex.run("t1", "self-cancel", {})
+    assert (res.code, res.message) == ("cancelled", "skill 'self-cancel' was cancelled")
+    res = await ex.run("t2", "not-async", {})
+    assert (res.code, res.message) == ("error", "skill 'not-async': run() is not a coroutine")
+    res = await ex.run("t3", "raises-on-call", {})
+    assert (res.code, res.message) == (
+        "error",
+        "skill 'raises-on-call' did not start: KeyError: 'k'",
+    )
+    assert ex.running() == ()
