@@ -145,7 +145,7 @@ async def test_sleep_cancellation_is_prompt() -> None:
     ctx.cancel()
     with pytest.raises(SkillCancelled, match="cancelled after 0 of 60 s"):
         await task
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 0.5
     assert ctx.cancelled
 
 
