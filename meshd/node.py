@@ -163,7 +163,7 @@ class Node:
         addresses = self._advertised_addresses()
         name = cfg.node.name or _default_name(self.identity.node_id)
         priority = cfg.node.priority if cfg.node.priority is not None else self.role.priority
-        self.self_info = MemberInfo(
+        self_info = MemberInfo(
             node_id=self.identity.node_id,
             name=name,
             role=self.role.name,
@@ -182,7 +182,7 @@ class Node:
         seed = int.from_bytes(os.urandom(8), "big")
         term, voted_for = self.store.load_election()
         self.machine = Core(
-            self.self_info,
+            self_info,
             cfg.membership,
             cfg.election,
             self.clock.monotonic(),
@@ -205,7 +205,7 @@ class Node:
             from meshd.net.discovery import Discovery
 
             self.discovery = Discovery(cfg.discovery, self.mesh.mesh_id, self._on_mdns)
-            await self.discovery.start(self.self_info, self.interfaces)
+            await self.discovery.start(self_info, self.interfaces)
         elif cfg.discovery.mdns:
             _log.warning("mdns_no_interface", hint="use --interface or --peer HOST:PORT")
 
@@ -228,6 +228,11 @@ class Node:
         self.ready_wall = self.clock.wall()
         if self.on_ready is not None:
             self.on_ready(self)
+
+    @property
+    def self_info(self) -> MemberInfo:
+        """This node's current member info (the machine owns it: incarnation bumps)."""
+        return self.machine.self_info
 
     def _advertised_addresses(self) -> tuple[str, ...]:
         host = self.cfg.node.listen_host
@@ -364,7 +369,6 @@ class Node:
         node_id = rec.info.node_id
         if node_id == self.identity.node_id:
             self.store.save_incarnation(rec.info.incarnation)
-            self.self_info = rec.info
             if self.discovery is not None and rec.state is MemberState.ALIVE:
                 task = asyncio.get_running_loop().create_task(self.discovery.update(rec.info))
                 self._bg.add(task)

@@ -77,7 +77,7 @@ def start(
     from meshd import log
     from meshd.config import parse_hostport
     from meshd.identity import MeshKey
-    from meshd.node import Node, prepare_state, run_node
+    from meshd.node import Node, run_node
     from meshd.roles import get_role
 
     try:
@@ -121,15 +121,17 @@ def start(
             log_level=level,
         )
         cfg = replace(cfg, node=node, discovery=discovery)
-        setup = prepare_state(sdir, node.join_token)
-        if setup.created_mesh:
-            print(
-                f"Created a new mesh {setup.mesh.mesh_id}. To add a host, run on it:\n"
-                f"{_join_hint(setup.mesh.token())}",
-                file=sys.stderr,
-                flush=True,
-            )
-        daemon = Node(cfg, sdir, role_obj)
+
+        def announce_new_mesh(started: Node) -> None:
+            if started.created_mesh:
+                print(
+                    f"Created a new mesh {started.mesh.mesh_id}. To add a host, run on it:\n"
+                    f"{_join_hint(started.mesh.token())}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+
+        daemon = Node(cfg, sdir, role_obj, on_ready=announce_new_mesh)
         raise SystemExit(asyncio.run(run_node(daemon)))
     except StateLockedError as exc:
         fail("meshd", str(exc), EXIT_LOCKED)
