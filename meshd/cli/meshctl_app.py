@@ -59,27 +59,22 @@ def status(
         else:
             print(status_table(result))
         return
+
+    def refresh(client: Client) -> None:
+        while True:
+            result = client.status()
+            text = json.dumps(result, indent=2, sort_keys=True) if as_json else status_table(result)
+            if sys.stdout.isatty():
+                sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
+            else:
+                sys.stdout.write(text + "\n\n")
+            sys.stdout.flush()
+            time.sleep(interval)
+
     try:
-        with Client(_state["dir"]) as client:
-            while True:
-                result = client.status()
-                text = (
-                    json.dumps(result, indent=2, sort_keys=True)
-                    if as_json
-                    else status_table(result)
-                )
-                if sys.stdout.isatty():
-                    sys.stdout.write("\x1b[H\x1b[2J" + text + "\n")
-                else:
-                    sys.stdout.write(text + "\n\n")
-                sys.stdout.flush()
-                time.sleep(interval)
+        _call(refresh)
     except KeyboardInterrupt:
         return
-    except DaemonNotRunning as exc:
-        fail("meshctl", str(exc), EXIT_NOT_RUNNING)
-    except ControlError as exc:
-        fail("meshctl", str(exc), EXIT_FAILURE)
 
 
 @app.command()
@@ -105,7 +100,8 @@ app.add_typer(lead_app, name="lead")
 
 def _wait_lead(pred: Any, wait: float) -> dict[str, Any] | None:
     end = time.monotonic() + wait
-    with Client(_state["dir"]) as client:
+
+    def poll(client: Client) -> dict[str, Any] | None:
         while True:
             st: dict[str, Any] = client.status()
             if pred(st):
@@ -113,6 +109,9 @@ def _wait_lead(pred: Any, wait: float) -> dict[str, Any] | None:
             if time.monotonic() >= end:
                 return None
             time.sleep(0.05)
+
+    result: dict[str, Any] | None = _call(poll)
+    return result
 
 
 @lead_app.command("transfer")
