@@ -14,6 +14,7 @@ import os
 import random
 import signal
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -65,6 +66,8 @@ _log = log.get("meshd.node")
 
 #: s. How often the full member view is written to LMDB (state changes are written at once).
 PERSIST_INTERVAL = 30.0
+#: events. How many recent events the node keeps in memory for the `events` control op.
+EVENT_HISTORY = 1000
 #: ms. On a graceful exit, how long sockets may keep flushing the LEAVE to live peers.
 LEAVE_LINGER_MS = 300
 
@@ -121,7 +124,8 @@ class Node:
         self._connected_addr: dict[str, str] = {}
         self._last_seen_wall: dict[str, float] = {}
         self._dirty: dict[str, MemberRecord] = {}
-        self.events: list[dict[str, Any]] = []
+        #: Recent membership and election events for `meshctl`/client subscribers.
+        self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
         self.discovery: Any = None
         self._pings: dict[bytes, asyncio.Future[float]] = {}
         # The one timer of the node: a loop.call_later handle for the machine's next
@@ -330,17 +334,19 @@ class Node:
         if not self._ticking:
             self._schedule_tick(self.machine.next_deadline())
 
-    def _admit(self, info: MemberInfo) -> None:
-        if info.node_id != self.identity.node_id and self.mesh.verify(info):
-            self.transport.admit(info.curve_pk, info.node_id)
+    def _admit(self, info: MemberInfo) -> bool:
+        """Let this member's CURVE key through our ZAP handler, if its proof verifies."""
+        if info.node_id == self.identity.node_id or not self.mesh.verify(info):
+            return False
+        self.transport.admit(info.curve_pk, info.node_id)
+        return True
 
     def _connect(self, info: MemberInfo) -> None:
         if info.node_id == self.identity.node_id:
             return
-        if not self.mesh.verify(info):
+        if not self._admit(info):
             self.transport.counters.reject("admission")
             return
-        self._admit(info)
         host = self._pick_address(info)
         if host is None:
             _log.warning("peer_unreachable", peer=info.node_id[:12], reason="no address")
@@ -393,7 +399,6 @@ class Node:
             "at": self.clock.wall(),
         }
         self.events.append(event)
-        del self.events[:-1000]
         _log.info(
             "member_" + rec.state.value,
             peer=node_id[:12],
@@ -416,7 +421,6 @@ class Node:
         }
         self.store.append_audit(record)
         self.events.append(record)
-        del self.events[:-1000]
         _log.info(eff.kind.lower(), term=eff.term, lead=lead_name, reason=eff.reason)
 
     def _name_of(self, node_id: str) -> str:
@@ -497,11 +501,10 @@ class Node:
     def _on_mdns(self, info: MemberInfo) -> None:
         if info.node_id == self.identity.node_id:
             return
-        if not self.mesh.verify(info):
+        if not self._admit(info):
             self.transport.counters.reject("admission")
             _log.warning("mdns_record_rejected", peer=info.node_id[:12], reason="bad proof")
             return
-        self._admit(info)
         self._apply(self.machine.discovered(info, self.clock.monotonic(), "mdns"))
 
     # -- loops ---------------------------------------------------------------------------
