@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -166,16 +165,12 @@ class Store:
 
     def load_peers(self) -> list[StoredPeer]:
         out: list[StoredPeer] = []
-        for key, raw in self._iter(self._peers):
-            try:
-                obj = msgpack.unpackb(raw, raw=False)
-                out.append(StoredPeer(member_record_from_wire(obj["r"]), obj.get("seen")))
-            except Exception:
-                # Skip it but keep it on disk: nothing stored is ever destroyed by a reader.
-                continue
-            _ = key
+        with self.env.begin(db=self._peers) as txn:
+            for raw in txn.cursor().iternext(keys=False, values=True):
+                try:
+                    obj = msgpack.unpackb(raw, raw=False)
+                    out.append(StoredPeer(member_record_from_wire(obj["r"]), obj.get("seen")))
+                except Exception:
+                    # Skip it but keep it on disk: nothing stored is ever destroyed by a reader.
+                    continue
         return out
-
-    def _iter(self, db: Any) -> Iterator[tuple[bytes, bytes]]:
-        with self.env.begin(db=db) as txn:
-            yield from txn.cursor().iternext(keys=True, values=True)
