@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshd import __version__, log
 from meshd.clock import Clock, SystemClock
@@ -61,6 +61,9 @@ from meshd.wire.messages import (
     Payload,
     Ping,
 )
+
+if TYPE_CHECKING:
+    from meshd.net.discovery import Discovery
 
 _log = log.get("meshd.node")
 
@@ -126,7 +129,7 @@ class Node:
         self._dirty: dict[str, MemberRecord] = {}
         #: Recent membership and election events for `meshctl`/client subscribers.
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENT_HISTORY)
-        self.discovery: Any = None
+        self.discovery: Discovery | None = None  # only with mDNS (zeroconf loads lazily)
         self._pings: dict[bytes, asyncio.Future[float]] = {}
         # The one timer of the node: a loop.call_later handle for the machine's next
         # deadline, moved only when a deadline comes earlier (no task per tick).
@@ -764,6 +767,8 @@ class Node:
                 "zap_admitted": c.zap_admitted,
                 "zap_refused": c.zap_refused,
                 "rejected": dict(c.rejected),
+                "mdns_foreign_records": self.discovery.foreign_records if self.discovery else 0,
+                "mdns_bad_records": self.discovery.bad_records if self.discovery else 0,
             },
         }
 

@@ -269,9 +269,6 @@ class Transport:
         for reply_to, req_id, _ in self._pending.pop(curve_pk, []):
             self._zap_reply(reply_to, req_id, True, node_id)
 
-    def revoke(self, curve_pk: bytes) -> None:
-        self._admitted.pop(curve_pk, None)
-
     def is_admitted(self, curve_pk: bytes) -> bool:
         return curve_pk in self._admitted
 
@@ -381,13 +378,6 @@ class Transport:
         return on_frames
 
     # -- peers ---------------------------------------------------------------------------
-    def has_peer(self, node_id: str) -> bool:
-        return node_id in self._peers
-
-    def peer_address(self, node_id: str) -> str | None:
-        peer = self._peers.get(node_id)
-        return peer.host if peer else None
-
     def connect_peer(
         self, node_id: str, curve_pk: bytes, host: str, router_port: int, pub_port: int
     ) -> bool:
