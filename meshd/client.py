@@ -17,14 +17,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from meshd.config import default_state_dir
 from meshd.control_proto import CONTROL_VERSION, SOCKET_NAME, header_length, pack, unpack
 from meshd.errors import ControlError, DaemonNotRunning
-
-
-def default_state_dir() -> Path:
-    from meshd.config import default_state_dir as _default
-
-    return _default()
 
 
 class Client:
