@@ -17,14 +17,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from meshd.config import default_state_dir
 from meshd.control_proto import CONTROL_VERSION, SOCKET_NAME, header_length, pack, unpack
 from meshd.errors import ControlError, DaemonNotRunning
 
 
 class Client:
     def __init__(self, state_dir: Path | str | None = None, timeout: float = 5.0) -> None:
-        self.state_dir = Path(state_dir) if state_dir is not None else default_state_dir()
+        if state_dir is None:
+            from meshd.config import default_state_dir  # ~17 ms: only when needed
+
+            state_dir = default_state_dir()
+        self.state_dir = Path(state_dir)
         self.path = self.state_dir / SOCKET_NAME
         self.timeout = timeout
         self._sock: socket.socket | None = None
