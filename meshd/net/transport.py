@@ -205,8 +205,9 @@ class Transport:
         try:
             sock.send_multipart(frames, zmq.NOBLOCK)
         finally:
+            # A send may consume the FD's edge while input waits: drain then, and only then.
             reader = self._readers.get(id(sock))
-            if reader is not None:
+            if reader is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 reader.kick()
 
     def _bind_all(self, host: str, port: int) -> None:
