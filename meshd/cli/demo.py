@@ -20,6 +20,7 @@ from pathlib import Path
 from meshd.cli.render import status_table
 from meshd.client import Client
 from meshd.errors import ControlError
+from meshd.identity import MeshKey
 
 ROLES = ("team-lead", "network-admin", "devops", "software-engineer", "observer")
 
@@ -63,12 +64,7 @@ def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> 
     logs = []
     exe = [sys.executable, "-m", "meshd"]
     try:
-        subprocess.run(
-            [*exe, "init", "--state-dir", str(dirs[0])], capture_output=True, text=True, check=True
-        )
-        token = subprocess.run(
-            [*exe, "token", "--state-dir", str(dirs[0])], capture_output=True, text=True, check=True
-        ).stdout.strip()
+        token = MeshKey.generate().token()  # every node, node1 included, joins this mesh
         print(f"Starting {nodes} meshd daemons on 127.0.0.1 (state under {root}) ...")
         seed_port = base_port
         for i, d in enumerate(dirs):
@@ -108,7 +104,7 @@ def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> 
         return 0
     except KeyboardInterrupt:
         return 0
-    except (RuntimeError, subprocess.CalledProcessError) as exc:
+    except RuntimeError as exc:
         print(f"meshd demo: {exc}", file=sys.stderr)
         return 1
     finally:
