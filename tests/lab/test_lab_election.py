@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 from harness import DEADLINE, Daemon, Mesh, all_see_all, wait_for
-from netlab import Host, Lab, Node, nft_usable, probe
+from netlab import Host, Lab, Node, nft_usable
 
 pytestmark = pytest.mark.lab
 
@@ -38,19 +38,6 @@ HEAL_DEADLINE = max(DEADLINE, 30.0)
 HOLD = 3.0
 #: s. Observation period.
 POLL = 0.1
-
-
-@pytest.fixture(scope="module")
-def host() -> Iterator[Host]:
-    """Module-level check: skip the whole module, with the reason, where the lab cannot
-    be built."""
-    support = probe()
-    if not support.ok or support.host is None:
-        pytest.skip(f"namespace lab unavailable: {support.reason}")
-    try:
-        yield support.host
-    finally:
-        support.host.close()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from harness import DEADLINE, Daemon, Mesh, all_see_all, wait_for
-from netlab import Host, Lab, Node, nft_usable, probe
+from netlab import Host, Lab, Node, nft_usable
 
 pytestmark = pytest.mark.lab
 
@@ -26,18 +26,6 @@ pytestmark = pytest.mark.lab
 PORT = 7790
 #: s. A dead peer is re-contacted every reconnect_interval (5 s +-50 %) after a heal.
 HEAL_DEADLINE = max(DEADLINE, 30.0)
-
-
-@pytest.fixture(scope="module")
-def host() -> Iterator[Host]:
-    """Module-level check: skip the whole lab, with the reason, where it cannot be built."""
-    support = probe()
-    if not support.ok or support.host is None:
-        pytest.skip(f"namespace lab unavailable: {support.reason}")
-    try:
-        yield support.host
-    finally:
-        support.host.close()
 
 
 @pytest.fixture
