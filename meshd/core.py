@@ -184,18 +184,8 @@ class Core:
     # ---- internals ---------------------------------------------------------------------
 
     def reach_window(self) -> float:
-        """Two membership heartbeat periods at the current mesh size (the period scales
-        like :class:`~meshd.membership.Membership` scales it)."""
-        m = self._mcfg
-        live = 1 + sum(
-            1
-            for v in self.membership.members()
-            if v.state in (MemberState.ALIVE, MemberState.SUSPECT)
-        )
-        scale = 1.0
-        if m.heartbeat_budget > 0:
-            scale = max(1.0, live / (m.heartbeat_budget * m.heartbeat_interval))
-        return 2 * m.heartbeat_interval * scale
+        """Two membership heartbeat periods at the current mesh size."""
+        return 2 * self.membership.heartbeat_period()
 
     def _sync(self, out: list[CoreEffect], now: float) -> None:
         if any(isinstance(e, MemberChanged) for e in out):

@@ -507,7 +507,7 @@ class Membership:
             # Publish after the timers so the digest reflects this instant's changes.
             digest = self.digest()
             out.append(Publish(Heartbeat(self._info.incarnation, digest, self._live_count)))
-            interval = self._cfg.heartbeat_interval * self._scale()
+            interval = self.heartbeat_period()
             self._next_hb += interval
             if self._next_hb <= now:  # we were not called for a while: do not burst
                 self._next_hb = now + interval
@@ -561,7 +561,12 @@ class Membership:
         budget = self._cfg.heartbeat_budget
         if budget <= 0:
             return 1.0
+        self.digest()  # cached; refreshes the live count after a membership change
         return max(1.0, self._live_count / (budget * self._cfg.heartbeat_interval))
+
+    def heartbeat_period(self) -> float:
+        """The current heartbeat period (s): ``heartbeat_interval`` stretched for big meshes."""
+        return self._cfg.heartbeat_interval * self._scale()
 
     def _jitter(self, base: float) -> float:
         return base * (0.5 + self._rng.random())
