@@ -309,7 +309,7 @@ class Node:
             payload=payload,
             correlation_id=correlation_id,
             # Every message carries our term: lead-only messages are fenced by it.
-            term=self.machine.election.term if hasattr(self, "machine") else 0,
+            term=self.machine.election.term,
         )
         return codec.encode(env)
 
