@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from meshd.control_proto import CONTROL_VERSION, SOCKET_NAME, header_length, pack, unpack
@@ -31,6 +32,7 @@ class Client:
         self.path = self.state_dir / SOCKET_NAME
         self.timeout = timeout
         self._sock: socket.socket | None = None
+        self._handlers: dict[str, list[Callable[[dict[str, Any]], None]]] = {}
 
     def __enter__(self) -> Client:
         self.connect()
@@ -137,3 +139,195 @@ class Client:
         AGENT_LEFT, AGENT_SUSPECT, LEAD_ELECTED, LEAD_LOST, STEPPED_DOWN."""
         result: list[dict[str, Any]] = self.call("events", since=since)
         return result
+
+    # -- delegation ---------------------------------------------------------------------
+    def delegate(
+        self,
+        skill: str,
+        params: dict[str, Any] | None = None,
+        *,
+        role: str | None = None,
+        node: str | None = None,
+        capability: str | None = None,
+        priority: int = 5,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        after: tuple[str, ...] | list[str] = (),
+        idempotent: bool | None = None,
+        verify: bool = False,
+        retries: int | None = None,
+        parent: str | None = None,
+    ) -> TaskHandle:
+        """Delegate ``skill`` with ``params`` to the mesh. Returns once the local daemon
+        stored the task (durably); the lead assigns it to the best agent. Raises
+        ControlError (codes unknown_skill, bad_params, unknown_role, unknown_node,
+        unknown_task, bad_request) before anything is stored when the request is wrong.
+
+        ``after``: task ids that must complete first. ``idempotent``: None takes the
+        skill's own flag (a non-idempotent task is never re-run without an operator)."""
+        view = self.call(
+            "delegate",
+            skill=skill,
+            params=params or {},
+            role=role,
+            node=node,
+            capability=capability,
+            priority=priority,
+            timeout=timeout,
+            deadline=deadline,
+            after=list(after),
+            idempotent=idempotent,
+            verify=verify,
+            retries=retries,
+            parent=parent,
+        )
+        return TaskHandle(self, view)
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """One task (full id or a unique prefix of at least 4 characters)."""
+        result: dict[str, Any] = self.call("task_get", id=task_id)
+        return result
+
+    def tasks(self, state: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """Tasks known to this node, newest first (optionally only those in ``state``)."""
+        result: list[dict[str, Any]] = self.call("task_list", state=state, limit=limit)
+        return result
+
+    def watch_task(
+        self, task_id: str, after: list[int] | None = None, wait: float = 10.0
+    ) -> dict[str, Any]:
+        """The task once it changed after version ``after`` (long-poll up to ``wait`` s)."""
+        old = self.timeout
+        self.timeout = max(old, wait + 5.0)
+        if self._sock is not None:
+            self._sock.settimeout(self.timeout)
+        try:
+            result: dict[str, Any] = self.call("task_watch", id=task_id, after=after, wait=wait)
+        finally:
+            self.timeout = old
+            if self._sock is not None:
+                self._sock.settimeout(old)
+        return result
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        """Cancel a task (relayed to the lead); returns the task as it stands."""
+        result: dict[str, Any] = self.call("task_cancel", id=task_id)
+        return result
+
+    def retry(self, task_id: str) -> dict[str, Any]:
+        """Run a FAILED task again on purpose (relayed to the lead)."""
+        result: dict[str, Any] = self.call("task_retry", id=task_id)
+        return result
+
+    def handoff(self, task_id: str, to: str | None = None) -> dict[str, Any]:
+        """Move a running task, with its checkpoint, to ``to`` (None: the best other agent)."""
+        result: dict[str, Any] = self.call("task_handoff", id=task_id, to=to or "")
+        return result
+
+    # -- events -----------------------------------------------------------------------
+    def on(self, kind: str, fn: Callable[[dict[str, Any]], None]) -> None:
+        """Call ``fn(event)`` for every event of ``kind`` (``"*"``: all) seen by
+        :meth:`listen`: TASK_SUBMITTED, TASK_ASSIGNED, TASK_STARTED, TASK_PROGRESS,
+        TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED, TASK_RETRY, AGENT_JOINED,
+        AGENT_FAILED, AGENT_LEFT, LEAD_ELECTED, LEAD_LOST, ..."""
+        self._handlers.setdefault(kind, []).append(fn)
+
+    def listen(self, duration: float | None = None, since: float | None = None) -> int:
+        """Deliver events to the :meth:`on` handlers for ``duration`` seconds (None: until
+        interrupted). Starts with events after ``since`` (default: now). Returns how
+        many were delivered."""
+        import time
+
+        cursor = time.time() if since is None else since
+        end = None if duration is None else time.monotonic() + duration
+        delivered = 0
+        while end is None or time.monotonic() < end:
+            wait = 10.0 if end is None else max(0.0, min(10.0, end - time.monotonic()))
+            old = self.timeout
+            self.timeout = max(old, wait + 5.0)
+            if self._sock is not None:
+                self._sock.settimeout(self.timeout)
+            try:
+                events = self.call("events", since=cursor, wait=wait)
+            finally:
+                self.timeout = old
+                if self._sock is not None:
+                    self._sock.settimeout(old)
+            for event in events:
+                cursor = max(cursor, float(event["at"]))
+                for fn in [*self._handlers.get(event["type"], []), *self._handlers.get("*", [])]:
+                    fn(event)
+                    delivered += 1
+        return delivered
+
+
+class TaskFailed(ControlError):
+    """A delegated task ended without a result: ``code`` is the task's error code
+    (``agent_lost``, ``timeout``, ``rejected``, a skill's own...) or ``cancelled``."""
+
+    def __init__(self, message: str, code: str, task: dict[str, Any]) -> None:
+        super().__init__(message, code)
+        self.task = task
+
+
+class TaskHandle:
+    """A delegated task, as returned by :meth:`Client.delegate`."""
+
+    def __init__(self, client: Client, view: dict[str, Any]) -> None:
+        self.client = client
+        self.view = view
+        self.task_id: str = view["id"]
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.task_id}, {self.view['state']})"
+
+    def refresh(self) -> dict[str, Any]:
+        self.view = self.client.task(self.task_id)
+        return self.view
+
+    @property
+    def state(self) -> str:
+        return str(self.view["state"])
+
+    def progress(self) -> tuple[float, str]:
+        """The latest (pct, message) the running skill reported."""
+        prog = self.refresh()["progress"]
+        return float(prog["pct"]), str(prog["message"])
+
+    def updates(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Every new version of the task until it finishes (or ``timeout`` s pass)."""
+        import time
+
+        end = None if timeout is None else time.monotonic() + timeout
+        yield self.view
+        while not self.view["terminal"]:
+            left = 10.0 if end is None else end - time.monotonic()
+            if left <= 0:
+                return
+            view = self.client.watch_task(self.task_id, self.view["version"], min(left, 10.0))
+            if view["version"] != self.view["version"] or view["terminal"]:
+                self.view = view
+                yield view
+
+    def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """The task once it finished; TimeoutError if it did not within ``timeout`` s."""
+        for _ in self.updates(timeout):
+            pass
+        if not self.view["terminal"]:
+            raise TimeoutError(f"task {self.task_id} still {self.view['state']} after {timeout} s")
+        return self.view
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The task's result once it completed. Raises :class:`TaskFailed` if it failed
+        or was cancelled, TimeoutError if it is not done within ``timeout`` s."""
+        view = self.wait(timeout)
+        if view["state"] in ("complete", "verified"):
+            return view["result"]
+        err = view.get("error") or {}
+        code = str(err.get("code") or view["state"])
+        message = f"task {self.task_id} {view['state']}: {err.get('message') or code}"
+        raise TaskFailed(message, code, view)
+
+    def cancel(self) -> dict[str, Any]:
+        self.view = self.client.cancel(self.task_id)
+        return self.view

@@ -46,6 +46,7 @@ from meshd.net.control import ControlServer
 from meshd.net.transport import Transport
 from meshd.roles import Role
 from meshd.store.db import StateLock, Store, StoredPeer
+from meshd.tasks.runtime import TaskRuntime
 from meshd.wire import codec
 from meshd.wire.messages import (
     PAYLOAD_TYPES,
@@ -60,6 +61,7 @@ from meshd.wire.messages import (
     MsgType,
     Payload,
     Ping,
+    TaskPayloads,
 )
 
 if TYPE_CHECKING:
@@ -138,6 +140,7 @@ class Node:
         self._ticking = False
         self._bg: set[asyncio.Task[None]] = set()
         self.ready_wall: float | None = None
+        self.tasks: TaskRuntime | None = None
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -155,7 +158,7 @@ class Node:
         setup = prepare_state(self.state_dir, cfg.node.join_token)
         self.identity, self.mesh = setup.identity, setup.mesh
         self.created_mesh = setup.created_mesh
-        self.store = Store(self.state_dir, cfg.store.map_size)
+        self.store = Store(self.state_dir, cfg.store.map_size, cfg.store.fsync)
         self.store.set_meta("mesh_id", self.mesh.mesh_id)
         incarnation = self.store.next_incarnation()
 
@@ -204,6 +207,10 @@ class Node:
                 self._last_seen_wall[peer.record.info.node_id] = peer.last_seen
             self._admit(peer.record.info)
         self._apply(self.machine.restore([p.record for p in stored], self.clock.monotonic()))
+
+        self.tasks = TaskRuntime(self)
+        self.tasks.start()
+        self.tasks.election_changed()
 
         self.control = ControlServer(self.state_dir / SOCKET_NAME, self._control)
         await self.control.start()
@@ -263,6 +270,8 @@ class Node:
 
     async def shutdown(self) -> None:
         """Graceful exit: tell every peer we leave, persist, close."""
+        if self.tasks is not None:
+            await self.tasks.stop()
         if getattr(self, "machine", None) is not None:
             self._apply(self.machine.leave(self.clock.monotonic()))
         await self._teardown(linger_ms=LEAVE_LINGER_MS)
@@ -313,7 +322,36 @@ class Node:
         )
         return codec.encode(env)
 
+    def envelope(self, payload: Payload) -> bytes:
+        """An encoded envelope from this node (a fresh message id, our term)."""
+        return self._envelope(payload)
+
+    def send_payload(self, to: str, payload: Payload) -> None:
+        self.transport.send(to, self._envelope(payload), self._routing.get(to))
+
+    def name_of(self, node_id: str) -> str:
+        return self._name_of(node_id)
+
+    def keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a background task until it ends (cancelled at shutdown)."""
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    def reschedule(self) -> None:
+        if not self._ticking:
+            self._schedule_tick(self._next_deadline())
+
+    def _next_deadline(self) -> float:
+        """The earliest of the machines' deadlines, on the monotonic clock."""
+        due = self.machine.next_deadline()
+        if self.tasks is not None:
+            wall_due = self.tasks.next_deadline_wall()
+            if wall_due != float("inf"):
+                due = min(due, self.clock.monotonic() + (wall_due - self.clock.wall()))
+        return due
+
     def _apply(self, effects: Sequence[CoreEffect]) -> None:
+        members = False
         for eff in effects:
             if isinstance(eff, Send):
                 data = self._envelope(eff.payload, eff.correlation_id)
@@ -327,15 +365,21 @@ class Node:
                 self.transport.disconnect_peer(eff.node_id)
                 self._connected_addr.pop(eff.node_id, None)
             elif isinstance(eff, MemberChanged):
+                members = True
                 self._member_changed(eff)
             elif isinstance(eff, Persist):
                 # Synchronous and durable before the next effect (a vote) is sent.
                 self.store.save_election(eff.term, eff.voted_for)
             elif isinstance(eff, ElectionEvent):
                 self._election_event(eff)
+        tasks = self.tasks
+        if tasks is not None:
+            if members:
+                tasks.members_changed()
+            tasks.election_changed()
         # Move the timer only if the machine now needs it earlier than planned.
         if not self._ticking:
-            self._schedule_tick(self.machine.next_deadline())
+            self._schedule_tick(self._next_deadline())
 
     def _admit(self, info: MemberInfo) -> bool:
         """Let this member's CURVE key through our ZAP handler, if its proof verifies."""
@@ -473,6 +517,8 @@ class Node:
             if not fut.done():
                 fut.set_result(time.perf_counter())
         self._apply(self.machine.receive(env.sender, payload, self.clock.monotonic(), env.msg_id))
+        if isinstance(payload, TaskPayloads) and self.tasks is not None:
+            self.tasks.receive(env.sender, payload)
 
     def _on_intro(self, data: bytes, user: str | None) -> bytes | None:
         try:
@@ -528,10 +574,12 @@ class Node:
         self._ticking = True  # effects of this tick must not reschedule us one by one
         try:
             self._apply(self.machine.tick(now))
+            if self.tasks is not None:
+                self.tasks.tick()
         finally:
             self._ticking = False
         # At least once a second, even when the machines need nothing.
-        self._schedule_tick(min(self.machine.next_deadline(), now + 1.0))
+        self._schedule_tick(min(self._next_deadline(), now + 1.0))
 
     async def _seed_loop(self, host: str, port: int) -> None:
         """Introduce ourselves to a static seed; retry until it answers, and again
@@ -691,6 +739,8 @@ class Node:
             return {"peer": self.resolve_peer(str(args["peer"])).node_id, "rtt_s": rtts}
         if op == "events":
             since = float(args.get("since", 0.0))
+            if args.get("wait") and self.tasks is not None:
+                await self.tasks.wait_events(since, float(args["wait"]))
             return [e for e in self.events if e["at"] > since]
         if op == "audit":
             kind = args.get("type")
@@ -699,6 +749,28 @@ class Node:
             return self._lead_request(self.resolve_peer_or_self(str(args.get("target", ""))))
         if op == "lead_step_down":
             return self._lead_request("")
+        if op.startswith("task") or op == "delegate":
+            return await self._task_control(op, args)
+        raise ControlError(f"unknown operation {op!r}", code="unknown_op")
+
+    async def _task_control(self, op: str, args: dict[str, Any]) -> Any:
+        tasks = self.tasks
+        assert tasks is not None
+        if op == "delegate":
+            return await tasks.delegate(args)
+        if op == "task_get":
+            return tasks.view(tasks.resolve_task(str(args.get("id", ""))))
+        if op == "task_watch":
+            task_id = tasks.resolve_task(str(args.get("id", "")))
+            after = args.get("after")
+            return await tasks.watch(task_id, after, float(args.get("wait", 10.0)))
+        if op == "task_list":
+            state = args.get("state")
+            return tasks.list(state and str(state), int(args.get("limit", 100)))
+        if op in ("task_cancel", "task_retry", "task_handoff"):
+            return await tasks.operator(
+                op.removeprefix("task_"), str(args.get("id", "")), str(args.get("to") or "")
+            )
         raise ControlError(f"unknown operation {op!r}", code="unknown_op")
 
     def status(self) -> dict[str, Any]:
@@ -725,6 +797,13 @@ class Node:
                     "state_since": now_wall - (now - view.state_since),
                 }
             )
+        task_status = self.tasks.status() if self.tasks is not None else None
+        per_node = task_status["nodes"] if task_status else {}
+        for peer in peers:
+            held = per_node.get(peer["id"])
+            peer["task"] = held["current"] if held else None
+            peer["tasks"] = held["tasks"] if held else 0
+        mine = per_node.get(me.node_id)
         c = self.transport.counters
         st = self.machine.status(now)
         lead: dict[str, Any] | None = None
@@ -753,12 +832,15 @@ class Node:
                 "started_at": self.started_wall,
                 "ready_at": self.ready_wall,
                 "uptime_s": round(now_wall - self.started_wall, 3),
+                "task": mine["current"] if mine else None,
+                "tasks": mine["tasks"] if mine else 0,
             },
             "lead": lead,
             "lead_reason": lead_reason,
             "term": st.term,
             "role": st.role.value.lower(),
             "peers": peers,
+            "tasks": task_status,
             "counts": {**counts, "total": len(peers) + 1},
             "counters": {
                 "frames_in": c.frames_in,

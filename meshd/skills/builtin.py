@@ -15,7 +15,7 @@ import os
 import platform
 import socket
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -82,6 +82,11 @@ class Echo:
 
     async def run(self, ctx: SkillContext) -> object:
         return {"message": ctx.params["message"]}
+
+    @staticmethod
+    def verify(params: Mapping[str, object], result: object) -> bool:
+        """The verify step: the result echoes the message it was given."""
+        return isinstance(result, dict) and result.get("message") == params.get("message")
 
 
 def encode_elapsed(seconds: float) -> bytes:

@@ -7,6 +7,9 @@ Tables (LMDB named databases):
   ``last_seen`` wall time), so a restarted node rejoins fast without waiting for mDNS.
 * ``meta`` also holds the election's durable state: ``term`` and ``voted_for``, written
   (fsync'd) before any vote or acknowledgement that depends on them leaves the node.
+* ``tasks`` - this node's copy of every task (the newest :class:`TaskCopy` it holds).
+* ``outbox`` - reliable task messages not yet acknowledged (``submit:<id>``,
+  ``report:<id>``), resent after a restart.
 * ``audit`` - the permanent trail of coordination decisions (lead elected, lost, stepped
   down, ...), keyed by time so it reads back in order.
 
@@ -26,8 +29,13 @@ import lmdb
 import msgpack
 
 from meshd.errors import StateLockedError, StoreError
-from meshd.wire.codec import member_record_from_wire, member_record_to_wire
-from meshd.wire.messages import MemberRecord
+from meshd.wire.codec import (
+    decode_task_copy,
+    encode_task_copy,
+    member_record_from_wire,
+    member_record_to_wire,
+)
+from meshd.wire.messages import MemberRecord, ReportKind, TaskCopy, TaskReport
 
 LOCK_FILE = "meshd.lock"
 DB_DIR = "db"
@@ -73,16 +81,20 @@ class StoredPeer:
 class Store:
     """Typed access to the node's LMDB tables. Every write is one durable transaction."""
 
-    def __init__(self, state_dir: Path, map_size: int = 1 << 30) -> None:
+    def __init__(self, state_dir: Path, map_size: int = 1 << 30, fsync: bool = True) -> None:
         path = state_dir / DB_DIR
         path.mkdir(mode=0o700, exist_ok=True)
         try:
-            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=16, subdir=True)
+            self.env = lmdb.open(
+                str(path), map_size=map_size, max_dbs=16, subdir=True, sync=fsync
+            )
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store in {path}: {exc}") from exc
         self._meta = self.env.open_db(b"meta")
         self._peers = self.env.open_db(b"peers")
         self._audit = self.env.open_db(b"audit")
+        self._tasks = self.env.open_db(b"tasks")
+        self._outbox = self.env.open_db(b"outbox")
         self._audit_seq = 0
 
     def close(self) -> None:
@@ -132,8 +144,7 @@ class Store:
     # -- audit -------------------------------------------------------------------
     def append_audit(self, record: dict[str, Any]) -> None:
         """Append one decision record; ``record["at"]`` (wall seconds) orders the log."""
-        self._audit_seq = (self._audit_seq + 1) % 65536
-        key = int(float(record["at"]) * 1e6).to_bytes(8, "big") + self._audit_seq.to_bytes(2, "big")
+        key = self._audit_key(record)
         with self.env.begin(db=self._audit, write=True) as txn:
             txn.put(key, msgpack.packb(record, use_bin_type=True))
 
@@ -149,6 +160,61 @@ class Store:
                 if kind is None or rec.get("type") == kind:
                     out.append(rec)
         return out
+
+    # -- tasks -------------------------------------------------------------------
+    def write_batch(
+        self,
+        copies: list[TaskCopy],
+        outbox: dict[str, TaskReport | bool | None],
+        audit: list[dict[str, Any]],
+    ) -> None:
+        """One durable transaction: task copies, outbox changes (a report, True for a
+        pending submit, None to delete) and audit records. The node sends nothing that
+        depends on them before this returns (group commit: one fsync per batch)."""
+        with self.env.begin(write=True) as txn:
+            for copy in copies:
+                txn.put(copy.task.task_id.encode(), encode_task_copy(copy), db=self._tasks)
+            for key, value in outbox.items():
+                if value is None or value is False:
+                    txn.delete(key.encode(), db=self._outbox)
+                elif value is True:
+                    txn.put(key.encode(), b"\x01", db=self._outbox)
+                else:
+                    txn.put(key.encode(), _pack_report(value), db=self._outbox)
+            for record in audit:
+                txn.put(self._audit_key(record), msgpack.packb(record, use_bin_type=True),
+                        db=self._audit)  # fmt: skip
+
+    def load_tasks(self) -> tuple[list[TaskCopy], list[str], list[TaskReport]]:
+        """Every stored copy, pending submit ids and pending reports. A record that does
+        not decode is skipped and kept on disk (counted in ``bad_task_records``)."""
+        copies: list[TaskCopy] = []
+        submits: list[str] = []
+        reports: list[TaskReport] = []
+        self.bad_task_records = 0
+        with self.env.begin() as txn:
+            for raw in txn.cursor(db=self._tasks).iternext(keys=False, values=True):
+                try:
+                    copies.append(decode_task_copy(bytes(raw)))
+                except Exception:
+                    self.bad_task_records += 1
+            for key, raw in txn.cursor(db=self._outbox):
+                name = bytes(key).decode(errors="replace")
+                kind, _, task_id = name.partition(":")
+                try:
+                    if kind == "submit":
+                        submits.append(task_id)
+                    elif kind == "report":
+                        reports.append(_unpack_report(bytes(raw)))
+                except Exception:
+                    self.bad_task_records += 1
+        return copies, submits, reports
+
+    def _audit_key(self, record: dict[str, Any]) -> bytes:
+        self._audit_seq = (self._audit_seq + 1) % 65536
+        return int(float(record["at"]) * 1e6).to_bytes(8, "big") + self._audit_seq.to_bytes(
+            2, "big"
+        )
 
     # -- peers -------------------------------------------------------------------
     def save_peers(self, peers: list[StoredPeer]) -> None:
@@ -174,3 +240,17 @@ class Store:
                     # Skip it but keep it on disk: nothing stored is ever destroyed by a reader.
                     continue
         return out
+
+
+def _pack_report(report: TaskReport) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        [report.task_id, report.attempt, report.kind.value, report.pct, report.message,
+         report.checkpoint, report.result, report.code],
+        use_bin_type=True,
+    )  # fmt: skip
+
+
+def _unpack_report(raw: bytes) -> TaskReport:
+    t, attempt, kind, pct, message, ckpt, result, code = msgpack.unpackb(raw, raw=False)
+    return TaskReport(str(t), int(attempt), ReportKind(kind), float(pct), str(message),
+                      ckpt, result, str(code))  # fmt: skip

@@ -248,21 +248,35 @@ class Scheduler:
             self._agents[node_id] = replace(view, alive=False)
         effects: list[Effect] = []
         for task_id in sorted(self._active.get(node_id, ())):
-            task = self._tasks[task_id]
-            if task.idempotent:
-                self._change(
-                    task, Event.AGENT_LOST, now, effects, f"agent {node_id} lost",
-                    assigned_to=None,
-                )  # fmt: skip
-            else:
-                failure = TaskFailure(
-                    "agent_lost",
-                    f"agent {node_id} was lost while the task was {task.state.value}; it is "
-                    f"not idempotent, so it is not re-run: `meshctl task retry {task_id}`",
-                )
-                self._change(task, Event.FAIL, now, effects, "agent_lost", error=failure)
+            self._lose(self._tasks[task_id], node_id, now, effects)
         self._dispatch(now, effects)
         return tuple(effects)
+
+    def on_lost(
+        self, task_id: str, node: str, now: float, attempt: int | None = None
+    ) -> tuple[Effect, ...]:
+        """The agent lost its run of this task (it restarted): as :meth:`agent_lost`, for
+        this task only."""
+        effects: list[Effect] = []
+        task = self._current(task_id, node, attempt, effects, stop_stale=False)
+        if task is not None:
+            self._lose(task, node, now, effects)
+            self._dispatch(now, effects)
+        return tuple(effects)
+
+    def _lose(self, task: Task, node_id: str, now: float, effects: list[Effect]) -> None:
+        if task.idempotent:
+            self._change(
+                task, Event.AGENT_LOST, now, effects, f"agent {node_id} lost",
+                assigned_to=None,
+            )  # fmt: skip
+        else:
+            failure = TaskFailure(
+                "agent_lost",
+                f"agent {node_id} was lost while the task was {task.state.value}; it is "
+                f"not idempotent, so it is not re-run: `meshctl task retry {task.task_id}`",
+            )
+            self._change(task, Event.FAIL, now, effects, "agent_lost", error=failure)
 
     def cancel(self, task_id: str, now: float, actor: str = "operator") -> tuple[Effect, ...]:
         """Cancel a task (and stop it on its agent). Raises TaskError if it is finished."""

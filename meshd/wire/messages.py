@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Any
+
+from meshd.tasks.model import Task
 
 PROTOCOL_VERSION = 1
 
@@ -45,6 +48,16 @@ class MsgType(enum.IntEnum):
     LEAD_ACK = 16
     STEP_DOWN = 17
     TRANSFER_REQ = 18
+    TASK_SUBMIT = 19
+    TASK_ASSIGN = 20
+    TASK_REPORT = 21
+    TASK_CANCEL = 22
+    TASK_UPDATE = 23
+    TASK_ACK = 24
+    TASK_OP = 25
+    TASK_SYNC_REQ = 26
+    TASK_SYNC = 27
+    AGENT_INFO = 28
 
 
 class MemberState(enum.StrEnum):
@@ -255,6 +268,150 @@ class TransferReq:
     target: str
 
 
+# ---- tasks (see PROTOCOL.md, "Tasks") ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCopy:
+    """One copy of a task record, stamped by the lead that wrote it: ``term`` is that
+    lead's term and ``seq`` its running number within the term (both 0 for the origin's
+    own copy before any lead took it). Of two copies of a task, the one with the higher
+    ``(term, seq)`` is the newer."""
+
+    term: int
+    seq: int
+    task: Task
+
+
+class ReportKind(enum.StrEnum):
+    """What an agent reports about an attempt (TASK_REPORT ``kind``)."""
+
+    #: The agent stored the assignment and started the skill.
+    STARTED = "started"
+    #: Progress (and maybe a checkpoint) from the running skill. Best effort.
+    PROGRESS = "progress"
+    #: The skill returned ``result``. Reliable (resent until the lead stored it).
+    COMPLETED = "completed"
+    #: The skill failed with ``code`` / ``message``. Reliable.
+    FAILED = "failed"
+    #: The agent refused the assignment (``code``: busy, unknown_skill...). Reliable.
+    REJECTED = "rejected"
+    #: The agent restarted and lost the run (idempotent tasks are reassigned). Reliable.
+    LOST = "lost"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSubmit:
+    """Origin -> lead: take this new task (the origin stored it first). Answered by
+    TASK_ACK; the origin resends until acknowledged, to the current lead."""
+
+    copy: TaskCopy
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAssign:
+    """Lead -> agent: run this attempt. ``copy.task.assignment`` is the fence
+    ``(term, lead)``: an agent refuses a term older than the newest it has seen."""
+
+    copy: TaskCopy
+
+
+@dataclass(frozen=True, slots=True)
+class TaskReport:
+    """Agent -> lead: news about attempt ``attempt`` of ``task_id``. Reliable kinds are
+    answered by TASK_ACK (``ok`` once the lead stored the outcome)."""
+
+    task_id: str
+    attempt: int
+    kind: ReportKind
+    pct: float = 0.0
+    message: str = ""
+    checkpoint: bytes | None = None
+    result: Any = None
+    code: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskCancel:
+    """Lead -> agent: stop attempt ``attempt`` of ``task_id`` (0: any attempt)."""
+
+    task_id: str
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    """Lead -> all (PUB), and direct to a task's origin when it finishes: new copies.
+    ``seq_hi`` is the lead's newest ``seq`` in its term, so a node that missed copies
+    notices the gap and asks for them (TASK_SYNC_REQ). Empty ``copies``: a beacon."""
+
+    seq_hi: int
+    copies: tuple[TaskCopy, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskAck:
+    """Answer to TASK_SUBMIT, a reliable TASK_REPORT or TASK_OP (``correlation_id`` =
+    the request's ``msg_id``). ``ok`` False: refused, ``code``/``message`` say why."""
+
+    task_id: str
+    ok: bool
+    code: str = ""
+    message: str = ""
+
+
+class TaskOpKind(enum.StrEnum):
+    """Operator commands relayed to the lead (TASK_OP ``op``)."""
+
+    CANCEL = "cancel"
+    RETRY = "retry"
+    HANDOFF = "handoff"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOp:
+    """A node -> lead: an operator command on ``task_id`` by ``actor``. ``target``: the
+    node to hand off to (HANDOFF; ``""`` = the best other agent). ``checkpoint``: the
+    running agent's latest resume data (HANDOFF from the agent)."""
+
+    op: TaskOpKind
+    task_id: str
+    actor: str
+    target: str = ""
+    checkpoint: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSyncReq:
+    """Ask for copies: every copy newer than ``(since_term, since_seq)``; plus, when
+    ``ids`` is given or ``unfinished`` is set (a new lead gathering state), the copies of
+    those tasks and of every task the receiver holds unfinished, whatever their age."""
+
+    since_term: int
+    since_seq: int
+    ids: tuple[str, ...] = ()
+    unfinished: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSync:
+    """Answer to TASK_SYNC_REQ, in chunks: ``more`` True until the last one."""
+
+    copies: tuple[TaskCopy, ...]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    """What a node can run, published when it changes and sent to each new lead:
+    installed ``skills``, role ``capabilities`` and its concurrency limit."""
+
+    skills: tuple[str, ...]
+    capabilities: tuple[str, ...]
+    max_concurrent: int
+
+
 Payload = (
     Hello
     | Heartbeat
@@ -274,7 +431,23 @@ Payload = (
     | LeadAck
     | StepDown
     | TransferReq
+    | TaskSubmit
+    | TaskAssign
+    | TaskReport
+    | TaskCancel
+    | TaskUpdate
+    | TaskAck
+    | TaskOp
+    | TaskSyncReq
+    | TaskSync
+    | AgentInfo
 )
+
+#: The payloads of task delegation (handled by :mod:`meshd.tasks`).
+TaskPayloads = (
+    TaskSubmit, TaskAssign, TaskReport, TaskCancel, TaskUpdate, TaskAck, TaskOp, TaskSyncReq,
+    TaskSync, AgentInfo,
+)  # fmt: skip
 
 PAYLOAD_TYPES: dict[type[object], MsgType] = {
     Hello: MsgType.HELLO,
@@ -295,6 +468,16 @@ PAYLOAD_TYPES: dict[type[object], MsgType] = {
     LeadAck: MsgType.LEAD_ACK,
     StepDown: MsgType.STEP_DOWN,
     TransferReq: MsgType.TRANSFER_REQ,
+    TaskSubmit: MsgType.TASK_SUBMIT,
+    TaskAssign: MsgType.TASK_ASSIGN,
+    TaskReport: MsgType.TASK_REPORT,
+    TaskCancel: MsgType.TASK_CANCEL,
+    TaskUpdate: MsgType.TASK_UPDATE,
+    TaskAck: MsgType.TASK_ACK,
+    TaskOp: MsgType.TASK_OP,
+    TaskSyncReq: MsgType.TASK_SYNC_REQ,
+    TaskSync: MsgType.TASK_SYNC,
+    AgentInfo: MsgType.AGENT_INFO,
 }
 
 

@@ -1,0 +1,976 @@
+"""One node's part in delegation: origin, agent and (when it leads) scheduler. Pure.
+
+:class:`TaskMachine` is what :mod:`meshd.node` drives next to :class:`~meshd.core.Core`:
+events in (messages, the lead changing, members changing, the local skill runner's
+reports, client requests), effects out, with ``now`` (wall epoch seconds) injected. The
+same machine runs on the in-memory network in the tests.
+
+Roles of one node, all at once:
+
+- **origin**: :meth:`submit` stores the task (before the client is answered) and sends
+  TASK_SUBMIT to the lead until the lead acknowledges it, again to every new lead;
+- **agent**: TASK_ASSIGN is checked against the fence (the assignment's term must not be
+  older than the newest term seen, and it must name this node), stored, then run
+  (:class:`RunSkill`); outcomes go back in reliable TASK_REPORTs, resent until the lead
+  acknowledges and again to every new lead until this node holds a copy showing the lead
+  took the outcome;
+- **replica**: every node keeps a copy of every task (TASK_UPDATE from the lead, TASK_SYNC
+  to catch up when a gap shows), newest ``(term, seq)`` wins;
+- **lead**: on election it first gathers the freshest copies from every live member,
+  then resumes every unfinished task with a :class:`~meshd.tasks.scheduler.Scheduler`,
+  stamps every change with ``(term, seq)``, stores it before anything depending on it
+  is sent, and publishes it.
+
+Effects must be carried out with every store effect of a batch made durable before any
+message of that batch leaves the node (:mod:`meshd.node` commits once per batch).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from meshd.config import TaskConfig
+from meshd.membership import Publish, Send
+from meshd.tasks.assign import AgentView
+from meshd.tasks.model import (
+    ACTIVE_STATES,
+    Task,
+    TaskError,
+    TaskFailure,
+    TaskState,
+    is_terminal,
+)
+from meshd.tasks.scheduler import (
+    AssignTask,
+    CancelOnAgent,
+    RequestVerify,
+    Scheduler,
+    TaskChanged,
+    TaskFinished,
+)
+from meshd.tasks.scheduler import Effect as SchedulerEffect
+from meshd.wire.messages import (
+    AgentInfo,
+    ReportKind,
+    TaskAck,
+    TaskAssign,
+    TaskCancel,
+    TaskCopy,
+    TaskOp,
+    TaskOpKind,
+    TaskReport,
+    TaskSubmit,
+    TaskSync,
+    TaskSyncReq,
+    TaskUpdate,
+)
+
+#: Copies per TASK_UPDATE / TASK_SYNC frame: ~1-2 KiB each keeps a frame far below 1 MiB.
+CHUNK: Final = 200
+#: Ids per gathering TASK_SYNC_REQ (34 bytes each).
+IDS_CHUNK: Final = 5000
+
+_RELIABLE: Final = frozenset(
+    {ReportKind.COMPLETED, ReportKind.FAILED, ReportKind.REJECTED, ReportKind.LOST}
+)
+
+
+# ---- effects ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoreCopies:
+    """Write these copies to the store (durable before the batch's messages leave)."""
+
+    copies: tuple[TaskCopy, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SaveOutbox:
+    """Durable outbox entry ``key`` (``submit:<id>`` / ``report:<id>``): ``report`` for a
+    pending report, None to delete; a submit entry stores ``TaskReport`` None and
+    ``pending`` True."""
+
+    key: str
+    pending: bool
+    report: TaskReport | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSkill:
+    """Run ``task`` (attempt ``task.attempt``) on this node's skill runner."""
+
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class CancelSkill:
+    """Stop the local run of ``task_id`` (any attempt)."""
+
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskEvent:
+    """Something a client may watch: ``kind`` TASK_SUBMITTED, TASK_ASSIGNED,
+    TASK_STARTED, TASK_PROGRESS, TASK_COMPLETED, TASK_VERIFIED, TASK_FAILED,
+    TASK_CANCELLED, TASK_RETRY, TASK_REQUEUED. ``audit``: a coordination decision of
+    this node (it is the lead) that belongs in the durable audit log."""
+
+    kind: str
+    task: Task
+    audit: bool = False
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OpDone:
+    """An operator command relayed to the lead was answered (``ok`` or refused)."""
+
+    task_id: str
+    op: str
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """This node took over as lead and resumed ``unfinished`` tasks (gathered from
+    ``sources`` members)."""
+
+    unfinished: int
+    sources: int
+
+
+TaskEffect = (
+    Send | Publish | StoreCopies | SaveOutbox | RunSkill | CancelSkill | TaskEvent | OpDone
+    | Resumed
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """What the task machine needs of one member (this node included)."""
+
+    node_id: str
+    name: str
+    role: str
+    priority: int
+    alive: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A reliable message waiting for its acknowledgement."""
+
+    next_try: float
+    tries: int = 0
+    acked_by: str | None = None
+
+
+@dataclass(slots=True)
+class _Gather:
+    waiting: set[str]
+    deadline: float
+    sources: int = 0
+
+
+@dataclass(slots=True)
+class _Watermark:
+    term: int = 0
+    hw: int = 0
+    above: set[int] = field(default_factory=set)
+    hi: int = 0
+    asked_at: float = float("-inf")
+
+
+def _key(copy: TaskCopy) -> tuple[int, int]:
+    return (copy.term, copy.seq)
+
+
+def _event_for(old: Task | None, new: Task) -> str | None:
+    """The client event a new copy means (None: nothing worth telling)."""
+    s = new.state
+    if old is not None and old.state is s:
+        if s is TaskState.RUNNING and old.progress != new.progress:
+            return "TASK_PROGRESS"
+        if s is TaskState.ASSIGNED and old.assigned_to != new.assigned_to:
+            return "TASK_ASSIGNED"
+        return None
+    return {
+        TaskState.PENDING: "TASK_SUBMITTED" if old is None else "TASK_REQUEUED",
+        TaskState.ASSIGNED: "TASK_ASSIGNED",
+        TaskState.RUNNING: "TASK_STARTED",
+        TaskState.COMPLETE: "TASK_COMPLETED",
+        TaskState.VERIFIED: "TASK_VERIFIED",
+        TaskState.FAILED: "TASK_FAILED",
+        TaskState.CANCELLED: "TASK_CANCELLED",
+        TaskState.RETRY: "TASK_RETRY",
+        TaskState.REJECTED: "TASK_REJECTED",
+    }.get(s)
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    GATHERING = "gathering"
+    LEAD = "lead"
+
+
+class TaskMachine:
+    """Delegation logic of one node (see the module docstring)."""
+
+    def __init__(
+        self,
+        self_id: str,
+        config: TaskConfig,
+        *,
+        skills: Callable[[], tuple[str, ...]],
+        role_defaults: Callable[[str], tuple[tuple[str, ...], int]],
+        max_concurrent: int,
+        capabilities: tuple[str, ...],
+        verifier: Callable[[Task], tuple[bool, str]] | None = None,
+    ) -> None:
+        self.self_id = self_id
+        self.cfg = config
+        self._skills = skills
+        self._role_defaults = role_defaults
+        self.max_concurrent = max_concurrent
+        self.capabilities = capabilities
+        self._verifier = verifier
+        self.copies: dict[str, TaskCopy] = {}
+        self.lead: str | None = None
+        self.term = 0
+        #: Newest lead term seen on any assignment or message: older fences are refused.
+        self.max_term = 0
+        self.role = Role.FOLLOWER
+        self.scheduler: Scheduler | None = None
+        self._seq = 0
+        self._members: dict[str, Member] = {}
+        self._infos: dict[str, AgentInfo] = {}
+        self._submits: dict[str, _Pending] = {}
+        self._reports: dict[str, tuple[TaskReport, _Pending]] = {}
+        self._runs: dict[str, int] = {}  # task id -> attempt running here
+        self._gather: _Gather | None = None
+        self._held_submits: list[tuple[str, TaskCopy]] = []
+        self._wm = _Watermark()
+        self._updates: list[TaskCopy] = []
+        self._next_beacon = 0.0
+
+    # ---- queries ----------------------------------------------------------------------
+
+    def get(self, task_id: str) -> Task | None:
+        copy = self.copies.get(task_id)
+        return None if copy is None else copy.task
+
+    def version(self, task_id: str) -> tuple[int, int] | None:
+        copy = self.copies.get(task_id)
+        return None if copy is None else _key(copy)
+
+    def running_here(self) -> dict[str, int]:
+        return dict(self._runs)
+
+    def pending_submits(self) -> int:
+        return len(self._submits)
+
+    def pending_reports(self) -> int:
+        return len(self._reports)
+
+    def agent_info(self) -> AgentInfo:
+        return AgentInfo(tuple(sorted(self._skills())), self.capabilities, self.max_concurrent)
+
+    def next_deadline(self) -> float:
+        times = [p.next_try for p in self._submits.values()]
+        times += [p.next_try for _, p in self._reports.values() if p.acked_by is None]
+        if self._gather is not None:
+            times.append(self._gather.deadline)
+        if self.scheduler is not None:
+            times.append(self._next_beacon)
+            due = self.scheduler.next_deadline()
+            if due is not None:
+                times.append(due)
+        return min(times, default=float("inf"))
+
+    # ---- start ------------------------------------------------------------------------
+
+    def load(
+        self,
+        copies: Iterable[TaskCopy],
+        submits: Iterable[str],
+        reports: Iterable[TaskReport],
+        now: float,
+    ) -> list[TaskEffect]:
+        """Restore from the store at start: copies, unacknowledged submits and reports.
+        Runs this node held when it stopped are lost: reported LOST (the lead reassigns an
+        idempotent task and fails a non-idempotent one)."""
+        for copy in copies:
+            self.copies[copy.task.task_id] = copy
+        for task_id in submits:
+            if task_id in self.copies:
+                self._submits[task_id] = _Pending(now)
+        out: list[TaskEffect] = []
+        for report in reports:
+            self._reports[report.task_id] = (report, _Pending(now))
+        for copy in self.copies.values():
+            task = copy.task
+            if (
+                task.assigned_to == self.self_id
+                and task.state in ACTIVE_STATES
+                and task.task_id not in self._reports
+            ):
+                self._report(
+                    task.task_id, task.attempt, ReportKind.LOST, now, out,
+                    message="the agent restarted and lost the run",
+                )  # fmt: skip
+        return out
+
+    # ---- origin -----------------------------------------------------------------------
+
+    def submit(self, task: Task, now: float) -> list[TaskEffect]:
+        """A new task from a local client (validated by the caller). Stored before the
+        caller answers the client; sent to the lead until acknowledged."""
+        if task.task_id in self.copies:
+            raise TaskError(f"task id {task.task_id} is already in use")
+        for dep in task.depends_on:
+            if dep not in self.copies:
+                raise TaskError(f"unknown dependency {dep}: no such task in this mesh")
+        copy = TaskCopy(0, 0, task)
+        self.copies[task.task_id] = copy
+        out: list[TaskEffect] = [
+            StoreCopies((copy,)),
+            SaveOutbox(f"submit:{task.task_id}", True),
+            TaskEvent("TASK_SUBMITTED", task),
+        ]
+        self._submits[task.task_id] = _Pending(now)
+        self._send_submit(task.task_id, now, out)
+        return out
+
+    def _send_submit(self, task_id: str, now: float, out: list[TaskEffect]) -> None:
+        pending = self._submits[task_id]
+        copy = self.copies[task_id]
+        pending.tries += 1
+        pending.next_try = now + min(2.0, 0.25 * pending.tries)
+        if self.lead is None:
+            return
+        if self.lead == self.self_id:
+            self._lead_submit(self.self_id, copy, now, out)
+        else:
+            out.append(Send(self.lead, TaskSubmit(copy)))
+
+    # ---- operator commands ---------------------------------------------------------------
+
+    def operator(
+        self,
+        op: TaskOpKind,
+        task_id: str,
+        actor: str,
+        now: float,
+        target: str = "",
+        checkpoint: bytes | None = None,
+    ) -> list[TaskEffect]:
+        """Cancel / retry / hand off: done here when leading, else relayed to the lead
+        (answered later by :class:`OpDone`). Raises TaskError for what is refused now."""
+        if task_id not in self.copies:
+            raise TaskError(f"unknown task id {task_id}")
+        out: list[TaskEffect] = []
+        if self.role is Role.LEAD:
+            self._lead_op(TaskOp(op, task_id, actor, target, checkpoint), now, out)
+            return out
+        if self.lead is None or self.role is Role.GATHERING:
+            raise TaskError("no lead right now: try again in a moment")
+        out.append(Send(self.lead, TaskOp(op, task_id, actor, target, checkpoint)))
+        return out
+
+    def _lead_op(self, op: TaskOp, now: float, out: list[TaskEffect]) -> None:
+        sched = self.scheduler
+        assert sched is not None
+        if sched.get(op.task_id) is None and op.task_id in self.copies:
+            # A task submitted but not yet taken (its submit is in flight): take it now.
+            self._lead_submit(self.copies[op.task_id].task.origin, self.copies[op.task_id],
+                              now, out, ack=False)  # fmt: skip
+        if op.op is TaskOpKind.CANCEL:
+            effects = sched.cancel(op.task_id, now, actor=op.actor)
+        elif op.op is TaskOpKind.RETRY:
+            effects = sched.operator_retry(op.task_id, now, actor=op.actor)
+        else:
+            effects = sched.handoff(
+                op.task_id, op.target or None, now,
+                from_node=None if op.actor == "operator" else op.actor,
+                checkpoint=op.checkpoint,
+            )  # fmt: skip
+        self._lead_effects(effects, now, out)
+        out.append(OpDone(op.task_id, op.op.value, True))
+
+    # ---- messages ---------------------------------------------------------------------
+
+    def receive(self, sender: str, payload: object, now: float) -> list[TaskEffect]:
+        """A task message from ``sender`` (authenticated by the transport)."""
+        out: list[TaskEffect] = []
+        if isinstance(payload, TaskUpdate):
+            self._on_update(sender, payload, now, out)
+        elif isinstance(payload, TaskAssign):
+            self._on_assign(sender, payload.copy, now, out)
+        elif isinstance(payload, TaskReport):
+            self._on_report(sender, payload, now, out)
+        elif isinstance(payload, TaskAck):
+            self._on_ack(sender, payload, out)
+        elif isinstance(payload, TaskSubmit):
+            self._lead_submit(sender, payload.copy, now, out)
+        elif isinstance(payload, TaskCancel):
+            self._on_cancel(sender, payload, out)
+        elif isinstance(payload, TaskOp):
+            self._on_op(sender, payload, now, out)
+        elif isinstance(payload, TaskSyncReq):
+            self._on_sync_req(sender, payload, out)
+        elif isinstance(payload, TaskSync):
+            self._on_sync(sender, payload, now, out)
+        elif isinstance(payload, AgentInfo):
+            self._infos[sender] = payload
+            self._agents_changed(now, out)
+        self._flush_updates(out)
+        return out
+
+    def _on_update(self, sender: str, msg: TaskUpdate, now: float, out: list[TaskEffect]) -> None:
+        fresh = [c for c in msg.copies if self._newer(c)]
+        for copy in fresh:
+            self._take(copy, out)
+        if fresh:
+            out.append(StoreCopies(tuple(fresh)))
+        if sender == self.lead and self.role is Role.FOLLOWER:
+            wm = self._wm
+            if wm.term != self.term:
+                self._wm = wm = _Watermark(self.term)
+            for copy in msg.copies:
+                if copy.term == self.term:
+                    self._mark(copy.seq)
+            wm.hi = max(wm.hi, msg.seq_hi)
+            if not msg.copies and wm.hi > wm.hw and now - wm.asked_at > 1.0:
+                wm.asked_at = now  # a gap that the beacon shows: ask for what we missed
+                out.append(Send(sender, TaskSyncReq(self.term, wm.hw)))
+
+    def _mark(self, seq: int) -> None:
+        wm = self._wm
+        if seq <= wm.hw:
+            return
+        wm.above.add(seq)
+        while wm.hw + 1 in wm.above:
+            wm.hw += 1
+            wm.above.discard(wm.hw)
+
+    def _newer(self, copy: TaskCopy) -> bool:
+        known = self.copies.get(copy.task.task_id)
+        return known is None or _key(copy) > _key(known)
+
+    def _take(self, copy: TaskCopy, out: list[TaskEffect]) -> None:
+        """Hold a newer copy: events, and clear the outboxes it settles."""
+        task = copy.task
+        old = self.copies.get(task.task_id)
+        self.copies[task.task_id] = copy
+        kind = _event_for(old.task if old else None, task)
+        if kind is not None:
+            out.append(TaskEvent(kind, task))
+        entry = self._reports.get(task.task_id)
+        if entry is not None:
+            report = entry[0]
+            settled = task.attempt > report.attempt or (
+                task.attempt == report.attempt
+                and (task.state not in ACTIVE_STATES or task.assigned_to != self.self_id)
+            )
+            if settled:
+                del self._reports[task.task_id]
+                out.append(SaveOutbox(f"report:{task.task_id}", False))
+        if copy.term > 0 and task.task_id in self._submits:
+            del self._submits[task.task_id]  # the lead has it (it wrote this copy)
+            out.append(SaveOutbox(f"submit:{task.task_id}", False))
+        # The lead moved the task off this node: stop a run that is no longer ours.
+        run = self._runs.get(task.task_id)
+        if run is not None and (task.attempt > run or task.assigned_to != self.self_id or
+                                is_terminal(task)):  # fmt: skip
+            del self._runs[task.task_id]
+            out.append(CancelSkill(task.task_id, "moved off this node"))
+
+    # ---- agent ------------------------------------------------------------------------
+
+    def _on_assign(self, sender: str, copy: TaskCopy, now: float, out: list[TaskEffect]) -> None:
+        task = copy.task
+        fence = task.assignment
+        refuse = ""
+        if fence is None or fence.lead != sender or task.assigned_to != self.self_id:
+            refuse = "assignment does not name this node and its sender as lead"
+        elif fence.term < self.max_term:
+            refuse = f"stale lead term {fence.term} (newest seen {self.max_term})"
+        if refuse:
+            if fence is not None and fence.lead == sender:
+                out.append(Send(sender, TaskReport(task.task_id, task.attempt,
+                                                   ReportKind.REJECTED, code="fenced",
+                                                   message=refuse)))  # fmt: skip
+            return
+        assert fence is not None
+        self.max_term = max(self.max_term, fence.term)
+        running = self._runs.get(task.task_id)
+        if running == task.attempt:
+            self._deliver(TaskReport(task.task_id, task.attempt, ReportKind.STARTED), now, out)
+            return  # a resent assignment: already running
+        entry = self._reports.get(task.task_id)
+        if entry is not None and entry[0].attempt == task.attempt:
+            self._resend(entry[0], now, out)  # already finished here: tell it again
+            return
+        if running is not None:
+            del self._runs[task.task_id]
+            out.append(CancelSkill(task.task_id, "superseded by a newer attempt"))
+        if self._newer(copy):
+            self._take(copy, out)
+            out.append(StoreCopies((copy,)))
+        why = ""
+        if task.skill not in self._skills():
+            why = f"skill {task.skill!r} is not installed here"
+        elif len(self._runs) >= self.max_concurrent:
+            why = f"busy: {len(self._runs)} tasks running, at most {self.max_concurrent}"
+        if why:
+            code = "unknown_skill" if "installed" in why else "busy"
+            self._report(task.task_id, task.attempt, ReportKind.REJECTED, now, out,
+                         code=code, message=why)  # fmt: skip
+            return
+        self._runs[task.task_id] = task.attempt
+        out.append(RunSkill(task))
+        self._deliver(TaskReport(task.task_id, task.attempt, ReportKind.STARTED), now, out)
+
+    def _on_cancel(self, sender: str, msg: TaskCancel, out: list[TaskEffect]) -> None:
+        if sender != self.lead:
+            return
+        attempt = self._runs.get(msg.task_id)
+        if attempt is not None and msg.attempt in (0, attempt):
+            del self._runs[msg.task_id]
+            out.append(CancelSkill(msg.task_id, msg.reason))
+
+    def skill_progress(
+        self, task_id: str, attempt: int, pct: float, message: str, checkpoint: bytes | None,
+        now: float,
+    ) -> list[TaskEffect]:  # fmt: skip
+        """The local run reports progress (and maybe a checkpoint). Best effort."""
+        if self._runs.get(task_id) != attempt:
+            return []
+        report = TaskReport(task_id, attempt, ReportKind.PROGRESS, pct, message[:500], checkpoint)
+        out: list[TaskEffect] = []
+        self._deliver(report, now, out)
+        self._flush_updates(out)
+        return out
+
+    def skill_done(
+        self,
+        task_id: str,
+        attempt: int,
+        ok: bool,
+        result: Any,
+        code: str,
+        message: str,
+        now: float,
+    ) -> list[TaskEffect]:
+        """The local run ended. Its outcome is reported reliably."""
+        if self._runs.get(task_id) != attempt:
+            return []  # cancelled or superseded: the lead no longer wants this outcome
+        del self._runs[task_id]
+        out: list[TaskEffect] = []
+        if ok:
+            self._report(task_id, attempt, ReportKind.COMPLETED, now, out, result=result)
+        else:
+            self._report(task_id, attempt, ReportKind.FAILED, now, out, code=code,
+                         message=message[:1000])  # fmt: skip
+        self._flush_updates(out)
+        return out
+
+    def _report(
+        self, task_id: str, attempt: int, kind: ReportKind, now: float, out: list[TaskEffect],
+        **fields: Any,
+    ) -> None:  # fmt: skip
+        report = TaskReport(task_id, attempt, kind, **fields)
+        self._reports[task_id] = (report, _Pending(now))
+        out.append(SaveOutbox(f"report:{task_id}", True, report))
+        self._resend(report, now, out)
+
+    def _resend(self, report: TaskReport, now: float, out: list[TaskEffect]) -> None:
+        entry = self._reports.get(report.task_id)
+        if entry is not None:
+            pending = entry[1]
+            pending.tries += 1
+            pending.acked_by = None
+            pending.next_try = now + min(2.0, 0.25 * pending.tries)
+        self._deliver(report, now, out)
+
+    def _deliver(self, report: TaskReport, now: float, out: list[TaskEffect]) -> None:
+        if self.lead is None:
+            return
+        if self.lead == self.self_id:
+            if self.role is Role.LEAD:
+                self._lead_report(self.self_id, report, now, out)
+        else:
+            out.append(Send(self.lead, report))
+
+    # ---- acks -------------------------------------------------------------------------
+
+    def _on_ack(self, sender: str, ack: TaskAck, out: list[TaskEffect]) -> None:
+        kind, _, op = ack.code.partition(":")
+        if kind == "submit" and ack.task_id in self._submits:
+            if ack.ok:
+                del self._submits[ack.task_id]
+                out.append(SaveOutbox(f"submit:{ack.task_id}", False))
+            elif ack.message.startswith("refused"):
+                del self._submits[ack.task_id]
+                out.append(SaveOutbox(f"submit:{ack.task_id}", False))
+                self._refused(ack, out)
+            # "not lead": keep it; it goes to the right lead at the next try.
+        elif kind == "report":
+            entry = self._reports.get(ack.task_id)
+            if entry is not None and ack.ok:
+                entry[1].acked_by = sender
+        elif kind == "op":
+            out.append(OpDone(ack.task_id, op, ack.ok, ack.message))
+
+    def _refused(self, ack: TaskAck, out: list[TaskEffect]) -> None:
+        """The lead refused a submit for good: fail the origin's copy with the reason."""
+        copy = self.copies.get(ack.task_id)
+        if copy is None or copy.term > 0:
+            return
+        task = copy.task
+        error = TaskFailure("refused", ack.message)
+        failed = replace(task, state=TaskState.FAILED, error=error)
+        new = TaskCopy(0, 1, failed)
+        self._take(new, out)
+        out.append(StoreCopies((new,)))
+
+    # ---- lead -------------------------------------------------------------------------
+
+    def _ack(self, to: str, task_id: str, code: str, out: list[TaskEffect],
+             ok: bool = True, message: str = "") -> None:  # fmt: skip
+        if to != self.self_id:
+            out.append(Send(to, TaskAck(task_id, ok, code, message)))
+
+    def _lead_submit(
+        self, sender: str, copy: TaskCopy, now: float, out: list[TaskEffect], ack: bool = True
+    ) -> None:
+        task = copy.task
+        if self.role is Role.GATHERING:
+            self._held_submits.append((sender, copy))
+            return
+        if self.role is not Role.LEAD or self.scheduler is None:
+            if ack:
+                self._ack(sender, task.task_id, "submit", out, False, "not lead")
+            return
+        if task.origin != sender:
+            self._ack(sender, task.task_id, "submit", out, False, "refused: origin mismatch")
+            return
+        try:
+            effects = self.scheduler.submit(task, now)
+        except TaskError as exc:
+            if ack:
+                self._ack(sender, task.task_id, "submit", out, False, f"refused: {exc}")
+            return
+        self._lead_effects(effects, now, out)
+        if ack:
+            self._ack(sender, task.task_id, "submit", out)
+
+    def _lead_report(self, sender: str, r: TaskReport, now: float, out: list[TaskEffect]) -> None:
+        sched = self.scheduler
+        if sched is None or self.role is not Role.LEAD:
+            return  # gathering or not lead: the agent resends to the lead once there is one
+        k = r.kind
+        if k is ReportKind.STARTED:
+            eff = sched.on_started(r.task_id, sender, now, r.attempt)
+        elif k is ReportKind.PROGRESS:
+            eff = sched.on_progress(r.task_id, sender, r.pct, r.message, now, r.checkpoint,
+                                    r.attempt)  # fmt: skip
+        elif k is ReportKind.COMPLETED:
+            eff = sched.on_completed(r.task_id, sender, r.result, now, r.attempt)
+        elif k is ReportKind.FAILED:
+            failure = TaskFailure(r.code or "error", r.message)
+            eff = sched.on_failed(r.task_id, sender, failure, now, r.attempt)
+        elif k is ReportKind.REJECTED:
+            eff = sched.on_rejected(r.task_id, sender, r.message or r.code, now, r.attempt)
+        else:
+            eff = sched.on_lost(r.task_id, sender, now, r.attempt)
+        self._lead_effects(eff, now, out)
+        if k in _RELIABLE:
+            self._ack(sender, r.task_id, "report", out)
+
+    def _on_report(self, sender: str, r: TaskReport, now: float, out: list[TaskEffect]) -> None:
+        if self.role is Role.LEAD:
+            self._lead_report(sender, r, now, out)
+        elif r.kind in _RELIABLE and self.role is Role.FOLLOWER:
+            self._ack(sender, r.task_id, "report", out, False, "not lead")
+
+    def _on_op(self, sender: str, op: TaskOp, now: float, out: list[TaskEffect]) -> None:
+        code = f"op:{op.op.value}"
+        if self.role is not Role.LEAD:
+            self._ack(sender, op.task_id, code, out, False, "not lead: try again in a moment")
+            return
+        if op.op is TaskOpKind.HANDOFF and op.actor != "operator" and op.actor != sender:
+            self._ack(sender, op.task_id, code, out, False, "an agent hands off only its own")
+            return
+        try:
+            effects: list[TaskEffect] = []
+            self._lead_op(op, now, effects)
+        except TaskError as exc:
+            self._ack(sender, op.task_id, code, out, False, str(exc))
+            return
+        out.extend(e for e in effects if not isinstance(e, OpDone))
+        self._ack(sender, op.task_id, code, out)
+
+    def _lead_effects(
+        self, effects: Sequence[SchedulerEffect], now: float, out: list[TaskEffect]
+    ) -> None:
+        """Carry out the scheduler's effects: stamp and store copies, assign, cancel..."""
+        for eff in effects:
+            if isinstance(eff, TaskChanged):
+                self._seq += 1
+                copy = TaskCopy(self.term, self._seq, eff.task)
+                old = self.copies.get(eff.task.task_id)
+                self._take(copy, out)
+                out.append(StoreCopies((copy,)))
+                self._updates.append(copy)
+                self._audit(old.task if old else None, eff.task, out)
+            elif isinstance(eff, AssignTask):
+                copy = self.copies[eff.task.task_id]
+                if eff.to == self.self_id:
+                    self._on_assign(self.self_id, copy, now, out)
+                else:
+                    out.append(Send(eff.to, TaskAssign(copy)))
+            elif isinstance(eff, CancelOnAgent):
+                if eff.node == self.self_id:
+                    if self._runs.pop(eff.task_id, None) is not None:
+                        out.append(CancelSkill(eff.task_id, eff.reason))
+                else:
+                    out.append(Send(eff.node, TaskCancel(eff.task_id, 0, eff.reason)))
+            elif isinstance(eff, TaskFinished):
+                copy = self.copies[eff.task.task_id]
+                if eff.task.origin != self.self_id:
+                    out.append(Send(eff.task.origin, TaskUpdate(self._seq, (copy,))))
+            elif isinstance(eff, RequestVerify):
+                ok, reason = (True, "no verify step") if self._verifier is None else (
+                    self._verifier(eff.task))  # fmt: skip
+                sched = self.scheduler
+                assert sched is not None
+                self._lead_effects(sched.on_verified(eff.task.task_id, ok, now,
+                                                     self.self_id, reason), now, out)
+
+    def _audit(self, old: Task | None, new: Task, out: list[TaskEffect]) -> None:
+        """Coordination decisions worth a durable record."""
+        if new.state is TaskState.ASSIGNED and (old is None or old.assigned_to != new.assigned_to):
+            again = old is not None and old.attempt > 0
+            out.append(TaskEvent("TASK_REASSIGNED" if again else "TASK_ASSIGNED", new,
+                                 audit=True, detail=f"to {new.assigned_to}"))  # fmt: skip
+        elif new.state is TaskState.FAILED and (old is None or old.state is not new.state):
+            err = new.error
+            out.append(TaskEvent("TASK_FAILED", new, audit=True,
+                                 detail=f"{err.code}: {err.message}" if err else ""))
+
+    def _flush_updates(self, out: list[TaskEffect]) -> None:
+        """Publish the copies written in this step (chunked)."""
+        if not self._updates:
+            return
+        ups, self._updates = self._updates, []
+        for i in range(0, len(ups), CHUNK):
+            out.append(Publish(TaskUpdate(self._seq, tuple(ups[i : i + CHUNK]))))
+
+    # ---- sync -------------------------------------------------------------------------
+
+    def _on_sync_req(self, sender: str, req: TaskSyncReq, out: list[TaskEffect]) -> None:
+        since = (req.since_term, req.since_seq)
+        wanted = set(req.ids)
+        picked = [
+            c for c in self.copies.values()
+            if _key(c) > since
+            or c.task.task_id in wanted
+            or (req.unfinished and not is_terminal(c.task))
+        ]  # fmt: skip
+        picked.sort(key=_key)
+        if not picked:
+            out.append(Send(sender, TaskSync((), False)))
+        for i in range(0, len(picked), CHUNK):
+            chunk = tuple(picked[i : i + CHUNK])
+            out.append(Send(sender, TaskSync(chunk, i + CHUNK < len(picked))))
+
+    def _on_sync(self, sender: str, msg: TaskSync, now: float, out: list[TaskEffect]) -> None:
+        fresh = [c for c in msg.copies if self._newer(c)]
+        for copy in fresh:
+            self._take(copy, out)
+            if copy.term == self._wm.term:
+                self._mark(copy.seq)
+        if fresh:
+            out.append(StoreCopies(tuple(fresh)))
+        gather = self._gather
+        if gather is not None and not msg.more and sender in gather.waiting:
+            gather.waiting.discard(sender)
+            gather.sources += 1
+            if not gather.waiting:
+                self._resume(now, out)
+
+    # ---- lead changes, members, time ----------------------------------------------------
+
+    def lead_changed(self, lead: str | None, term: int, now: float) -> list[TaskEffect]:
+        """The election's lead is now ``lead`` (None: none) at ``term``."""
+        out: list[TaskEffect] = []
+        self.max_term = max(self.max_term, term)
+        if lead == self.lead and term == self.term:
+            return out
+        was_lead = self.role is not Role.FOLLOWER
+        self.lead, self.term = lead, term
+        if was_lead:
+            self.scheduler = None
+            self._gather = None
+            self.role = Role.FOLLOWER
+            for sender, copy in self._held_submits:
+                self._ack(sender, copy.task.task_id, "submit", out, False, "not lead")
+            self._held_submits.clear()
+        if lead is None:
+            return out
+        if lead == self.self_id:
+            self._start_gather(now, out)
+        else:
+            self._wm = _Watermark(term)
+            newest = max((_key(c) for c in self.copies.values() if c.term > 0), default=(0, 0))
+            out.append(Send(lead, TaskSyncReq(*newest)))
+            out.append(Send(lead, self.agent_info()))
+        self._retarget(now, out)
+        self._flush_updates(out)
+        return out
+
+    def _retarget(self, now: float, out: list[TaskEffect]) -> None:
+        """A new lead: everything unacknowledged goes to it now."""
+        for task_id in list(self._submits):
+            self._send_submit(task_id, now, out)
+        for report, _ in list(self._reports.values()):
+            self._resend(report, now, out)
+
+    def _start_gather(self, now: float, out: list[TaskEffect]) -> None:
+        alive = {m.node_id for m in self._members.values() if m.alive} - {self.self_id}
+        self.role = Role.GATHERING
+        self._gather = _Gather(alive, now + self.cfg.gather_timeout)
+        self._seq = 0
+        newest = max((_key(c) for c in self.copies.values()), default=(0, 0))
+        ids = [c.task.task_id for c in self.copies.values() if not is_terminal(c.task)]
+        for node in sorted(alive):
+            for i in range(0, max(len(ids), 1), IDS_CHUNK):
+                chunk = tuple(ids[i : i + IDS_CHUNK])
+                out.append(Send(node, TaskSyncReq(newest[0], newest[1], chunk, True)))
+        if not alive:
+            self._resume(now, out)
+
+    def _resume(self, now: float, out: list[TaskEffect]) -> None:
+        gather = self._gather
+        self._gather = None
+        self.role = Role.LEAD
+        sched = Scheduler(self.cfg, now)
+        self.scheduler = sched
+        tasks = [c.task for c in self.copies.values() if c.term > 0]
+        unfinished = sum(1 for t in tasks if not is_terminal(t))
+        self._lead_effects(sched.restore(tasks, now), now, out)
+        self._lead_effects(sched.agents_changed(self._views(), now), now, out)
+        self._lead_effects(sched.set_term(self.term, self.self_id, now), now, out)
+        for task in tasks:
+            holder = task.assigned_to
+            if (task.state in ACTIVE_STATES and holder is not None and holder != self.self_id
+                    and not (holder in self._members and self._members[holder].alive)):
+                self._lead_effects(sched.agent_lost(holder, now), now, out)  # fmt: skip
+        # Origins' copies the previous lead never took, and submits held while gathering.
+        for copy in list(self.copies.values()):
+            if copy.term == 0 and not is_terminal(copy.task) and sched.get(
+                copy.task.task_id) is None and copy.task.task_id not in self._submits:
+                self._lead_submit(copy.task.origin, copy, now, out, ack=False)  # fmt: skip
+        held, self._held_submits = self._held_submits, []
+        for sender, copy in held:
+            self._lead_submit(sender, copy, now, out)
+        out.append(Resumed(unfinished, gather.sources if gather else 0))
+        self._next_beacon = now
+        self._retarget(now, out)
+
+    def members_changed(self, members: Sequence[Member], now: float) -> list[TaskEffect]:
+        """The member view changed (this node included in ``members``)."""
+        out: list[TaskEffect] = []
+        before = self._members
+        self._members = {m.node_id: m for m in members}
+        gather = self._gather
+        if gather is not None:
+            gone = {n for n in gather.waiting if not self._members.get(n, Member(n, "", "", 0,
+                                                                               False)).alive}
+            gather.waiting -= gone
+            if not gather.waiting:
+                self._resume(now, out)
+        sched = self.scheduler
+        if sched is not None and self.role is Role.LEAD:
+            self._lead_effects(sched.agents_changed(self._views(), now), now, out)
+            for node_id, old in before.items():
+                new = self._members.get(node_id)
+                if old.alive and (new is None or not new.alive):
+                    self._infos.pop(node_id, None)
+                    self._lead_effects(sched.agent_lost(node_id, now), now, out)
+        self._flush_updates(out)
+        return out
+
+    def _agents_changed(self, now: float, out: list[TaskEffect]) -> None:
+        sched = self.scheduler
+        if sched is not None and self.role is Role.LEAD:
+            self._lead_effects(sched.agents_changed(self._views(), now), now, out)
+
+    def _views(self) -> list[AgentView]:
+        views = []
+        for m in self._members.values():
+            if m.node_id == self.self_id:
+                info: AgentInfo | None = self.agent_info()
+            else:
+                info = self._infos.get(m.node_id)
+            if info is not None:
+                caps, skills, limit = info.capabilities, info.skills, info.max_concurrent
+            else:
+                caps, limit = self._role_defaults(m.role)
+                skills = tuple(self._skills())
+            views.append(
+                AgentView(
+                    node_id=m.node_id,
+                    name=m.name,
+                    role=m.role,
+                    capabilities=frozenset(caps),
+                    skills=frozenset(skills),
+                    priority=m.priority,
+                    load=0,
+                    max_concurrent=limit,
+                    alive=m.alive,
+                )
+            )
+        return views
+
+    def tick(self, now: float) -> list[TaskEffect]:
+        """Let time pass: resends, the gathering deadline, the scheduler's timers, the
+        beacon."""
+        out: list[TaskEffect] = []
+        for task_id, pending in list(self._submits.items()):
+            if pending.next_try <= now:
+                self._send_submit(task_id, now, out)
+        for report, pending in list(self._reports.values()):
+            if pending.acked_by is None and pending.next_try <= now:
+                self._resend(report, now, out)
+        gather = self._gather
+        if gather is not None and gather.deadline <= now:
+            self._resume(now, out)
+        sched = self.scheduler
+        if sched is not None and self.role is Role.LEAD:
+            due = sched.next_deadline()
+            if due is not None and due <= now:
+                self._lead_effects(sched.tick(now), now, out)
+            if self._next_beacon <= now:
+                self._next_beacon = now + self.cfg.beacon_interval
+                if not self._updates:
+                    out.append(Publish(TaskUpdate(self._seq, ())))
+        self._flush_updates(out)
+        return out
+
+    # ---- figures ------------------------------------------------------------------------
+
+    def totals(self) -> dict[str, int]:
+        """Tasks by state over every copy held (the mesh totals of ``meshctl status``)."""
+        counts = {s.value: 0 for s in TaskState}
+        for copy in self.copies.values():
+            counts[copy.task.state.value] += 1
+        return counts

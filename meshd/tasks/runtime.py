@@ -1,0 +1,562 @@
+"""Delegation on a live node: carries out the :class:`TaskMachine`'s effects.
+
+The I/O edge of :mod:`meshd.tasks`, owned by :class:`meshd.node.Node`:
+
+- **group commit**: effects of one event-loop batch are collected; store writes (task
+  copies, outbox, audit) are committed in one LMDB transaction, and only then are the
+  batch's messages sent, its skills started and its clients answered, so nothing is
+  acknowledged before it is durable;
+- the local skill runner (:class:`~meshd.skills.executor.Executor`), whose progress,
+  checkpoints and outcome go back into the machine;
+- the control operations behind ``meshctl delegate`` / ``task ...`` and
+  :class:`meshd.client.TaskHandle`, with long-polls for progress and events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from meshd import log
+from meshd.errors import ControlError
+from meshd.membership import Publish, Send
+from meshd.roles import load_roles
+from meshd.skills.builtin import Registry, default_registry
+from meshd.skills.executor import Executor, ExecutorConfig
+from meshd.skills.spec import SkillError, validate_params
+from meshd.tasks.machine import (
+    CancelSkill,
+    Member,
+    OpDone,
+    Resumed,
+    RunSkill,
+    SaveOutbox,
+    StoreCopies,
+    TaskEffect,
+    TaskEvent,
+    TaskMachine,
+)
+from meshd.tasks.model import Requirement, Task, TaskError, TaskState, is_terminal, new_task
+from meshd.wire import codec
+from meshd.wire.messages import PAYLOAD_TYPES, TaskCopy, TaskOpKind, TaskReport
+
+if TYPE_CHECKING:
+    from meshd.node import Node
+
+_log = log.get("meshd.tasks")
+
+#: s. Longest a control long-poll (task_watch, events) may wait.
+MAX_WAIT = 30.0
+#: s. How long a relayed operator command waits for the lead's answer.
+OP_TIMEOUT = 5.0
+
+
+def task_to_dict(task: Task, version: tuple[int, int] | None, names: Callable[[str], str]) -> dict[str, Any]:
+    """A task as ``meshctl``/the client show it (JSON-ready)."""
+    req = task.requirement
+    return {
+        "id": task.task_id,
+        "skill": task.skill,
+        "params": task.params,
+        "state": task.state.value,
+        "terminal": is_terminal(task),
+        "origin": task.origin,
+        "origin_name": names(task.origin),
+        "requirement": {"role": req.role, "capability": req.capability, "node": req.node},
+        "priority": task.priority,
+        "timeout_s": task.timeout_s,
+        "deadline": task.deadline,
+        "idempotent": task.idempotent,
+        "verify": task.verify,
+        "parent": task.parent,
+        "depends_on": list(task.depends_on),
+        "retry_count": task.retry_count,
+        "retry_limit": task.retry_limit,
+        "progress": {"pct": task.progress.pct, "message": task.progress.message},
+        "has_checkpoint": task.checkpoint is not None,
+        "result": task.result,
+        "error": None if task.error is None else {
+            "code": task.error.code, "message": task.error.message},
+        "assigned_to": task.assigned_to,
+        "assigned_name": names(task.assigned_to) if task.assigned_to else None,
+        "attempt": task.attempt,
+        "term": task.assignment.term if task.assignment else None,
+        "created_at": task.created_at,
+        "updated_at": task.updated_at,
+        "history": [
+            {"state": h.state.value, "at": h.at, "actor": h.actor, "reason": h.reason}
+            for h in task.history
+        ],
+        "version": list(version) if version else None,
+    }  # fmt: skip
+
+
+class TaskRuntime:
+    """Delegation for one :class:`~meshd.node.Node` (see the module docstring)."""
+
+    def __init__(self, node: Node, registry: Registry | None = None) -> None:
+        self.node = node
+        self.registry = registry if registry is not None else default_registry()
+        role = node.role
+        roles = load_roles()
+        self.roles = roles
+        limit = role.limits.max_concurrent_tasks
+        self.executor = Executor(
+            self.registry,
+            config=ExecutorConfig(max_concurrent=max(1, limit)),
+            clock=node.clock,
+        )
+
+        def role_defaults(name: str) -> tuple[tuple[str, ...], int]:
+            r = roles.get(name)
+            return (r.capabilities, r.limits.max_concurrent_tasks) if r else ((), 2)
+
+        self.machine = TaskMachine(
+            node.identity.node_id,
+            node.cfg.tasks,
+            skills=self.registry.names,
+            role_defaults=role_defaults,
+            max_concurrent=limit,
+            capabilities=role.capabilities,
+            verifier=self._verify,
+        )
+        self._copies: dict[str, TaskCopy] = {}
+        self._outbox: dict[str, TaskReport | bool | None] = {}
+        self._audit: list[dict[str, Any]] = []
+        self._sends: list[Send | Publish] = []
+        self._runs: list[RunSkill] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._flushed: asyncio.Future[None] | None = None
+        self._changed = asyncio.Condition()
+        self._event_seq = 0
+        self._ops: dict[tuple[str, str], asyncio.Future[OpDone]] = {}
+        self._skill_tasks: dict[str, asyncio.Task[None]] = {}
+        self._lead: tuple[str | None, int] = (None, 0)
+        self.frames_in = 0
+        self.completed_here = 0
+        self.failed_here = 0
+
+    # ---- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        copies, submits, reports = self.node.store.load_tasks()
+        if self.node.store.bad_task_records:
+            _log.warning("task_records_skipped", count=self.node.store.bad_task_records)
+        now = self.node.clock.wall()
+        self.apply(self.machine.load(copies, submits, reports, now))
+        self.members_changed()
+
+    async def stop(self) -> None:
+        self.executor.cancel_all()
+        for task in list(self._skill_tasks.values()):
+            task.cancel()
+        for task in list(self._skill_tasks.values()):
+            with contextlib.suppress(BaseException):
+                await task
+        self._flush()
+
+    # ---- inputs from the node -----------------------------------------------------------
+
+    def receive(self, sender: str, payload: object) -> None:
+        self.frames_in += 1
+        self.apply(self.machine.receive(sender, payload, self.node.clock.wall()))
+
+    def election_changed(self) -> None:
+        """Called after every core step: tell the machine when the lead or term moved."""
+        election = self.node.machine.election
+        current = (election.lead, election.term)
+        if current != self._lead:
+            self._lead = current
+            self.apply(self.machine.lead_changed(current[0], current[1], self.node.clock.wall()))
+
+    def members_changed(self) -> None:
+        core = self.node.machine
+        me = core.self_info
+        from meshd.wire.messages import MemberState
+
+        members = [Member(me.node_id, me.name, me.role, me.priority, True)]
+        for view in core.members():
+            info = view.info
+            alive = view.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            members.append(Member(info.node_id, info.name, info.role, info.priority, alive))
+        self.apply(self.machine.members_changed(members, self.node.clock.wall()))
+
+    def tick(self) -> None:
+        self.apply(self.machine.tick(self.node.clock.wall()))
+
+    def next_deadline_wall(self) -> float:
+        return self.machine.next_deadline()
+
+    # ---- effects ------------------------------------------------------------------------
+
+    def apply(self, effects: Iterable[TaskEffect]) -> None:
+        any_effect = False
+        for eff in effects:
+            any_effect = True
+            if isinstance(eff, Send | Publish):
+                self._sends.append(eff)
+            elif isinstance(eff, StoreCopies):
+                for copy in eff.copies:
+                    self._copies[copy.task.task_id] = copy
+            elif isinstance(eff, SaveOutbox):
+                self._outbox[eff.key] = (eff.report or True) if eff.pending else None
+            elif isinstance(eff, RunSkill):
+                self._runs.append(eff)
+            elif isinstance(eff, CancelSkill):
+                self.executor.cancel(eff.task_id)
+            elif isinstance(eff, TaskEvent):
+                self._event(eff)
+            elif isinstance(eff, OpDone):
+                fut = self._ops.pop((eff.task_id, eff.op), None)
+                if fut is not None and not fut.done():
+                    fut.set_result(eff)
+            elif isinstance(eff, Resumed):
+                record = {"type": "TASKS_RESUMED", "node": self.node.identity.node_id,
+                          "unfinished": eff.unfinished, "sources": eff.sources,
+                          "term": self.machine.term, "at": self.node.clock.wall()}  # fmt: skip
+                self._audit.append(record)
+                self.node.events.append(record)
+                _log.info("tasks_resumed", unfinished=eff.unfinished, sources=eff.sources)
+        if any_effect and self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        self.node.reschedule()
+
+    def _event(self, eff: TaskEvent) -> None:
+        task = eff.task
+        record: dict[str, Any] = {
+            "type": eff.kind,
+            "task_id": task.task_id,
+            "skill": task.skill,
+            "state": task.state.value,
+            "node": task.assigned_to,
+            "origin": task.origin,
+            "at": self.node.clock.wall(),
+        }
+        if eff.detail:
+            record["detail"] = eff.detail
+        if task.error is not None and task.state is TaskState.FAILED:
+            record["error"] = {"code": task.error.code, "message": task.error.message}
+        if eff.audit:
+            record["term"] = self.machine.term
+            self._audit.append(record)
+        if eff.kind != "TASK_PROGRESS" or task.origin == self.node.identity.node_id:
+            self.node.events.append(record)
+        if eff.kind in ("TASK_COMPLETED", "TASK_VERIFIED"):
+            if task.assigned_to == self.node.identity.node_id:
+                self.completed_here += 1
+        elif eff.kind == "TASK_FAILED" and task.assigned_to == self.node.identity.node_id:
+            self.failed_here += 1
+
+    def _flush(self) -> None:
+        """Commit the batch's writes (one transaction), then send and start skills."""
+        self._flush_handle = None
+        copies, self._copies = list(self._copies.values()), {}
+        outbox, self._outbox = self._outbox, {}
+        audit, self._audit = self._audit, []
+        if copies or outbox or audit:
+            self.node.store.write_batch(copies, outbox, audit)
+        sends, self._sends = self._sends, []
+        node = self.node
+        for eff in sends:
+            if isinstance(eff, Send):
+                if eff.to == node.identity.node_id or not eff.to:
+                    continue
+                node.send_payload(eff.to, eff.payload)
+            else:
+                data = node.envelope(eff.payload)
+                node.transport.publish(codec.topic_for(PAYLOAD_TYPES[type(eff.payload)]), data)
+        runs, self._runs = self._runs, []
+        for run in runs:
+            self._start_skill(run.task)
+        fut, self._flushed = self._flushed, None
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+        if copies or self.node.events:
+            self._notify()
+
+    def _notify(self) -> None:
+        async def wake() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        task = asyncio.get_running_loop().create_task(wake())
+        self.node.keep(task)
+
+    async def durable(self) -> None:
+        """Return once everything applied so far is committed (and its messages sent)."""
+        if self._flush_handle is None:
+            return
+        if self._flushed is None:
+            self._flushed = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._flushed)
+
+    # ---- the local skill runner ------------------------------------------------------------
+
+    def _start_skill(self, task: Task) -> None:
+        task_id, attempt = task.task_id, task.attempt
+        old = self._skill_tasks.get(task_id)
+        if old is not None and not old.done():
+            self.executor.cancel(task_id)
+        last: dict[str, Any] = {"pct": task.progress.pct, "message": task.progress.message}
+        clock = self.node.clock
+
+        def on_progress(pct: float, message: str) -> None:
+            last["pct"], last["message"] = pct, message
+            self.apply(self.machine.skill_progress(task_id, attempt, pct, message, None,
+                                                   clock.wall()))  # fmt: skip
+
+        def on_checkpoint(data: bytes) -> None:
+            self.apply(self.machine.skill_progress(
+                task_id, attempt, float(last["pct"]), str(last["message"]), data,
+                clock.wall()))  # fmt: skip
+
+        async def run() -> None:
+            if old is not None and not old.done():
+                with contextlib.suppress(BaseException):
+                    await old  # the superseded attempt must leave the executor first
+            result = await self.executor.run(
+                task_id, task.skill, task.params, task.checkpoint,
+                on_progress=on_progress, on_checkpoint=on_checkpoint,
+                # The lead's attempt timer fires first and cancels; this is a backstop.
+                timeout=task.timeout_s + 1.0,
+            )  # fmt: skip
+            if self._skill_tasks.get(task_id) is current:
+                del self._skill_tasks[task_id]
+            self.apply(self.machine.skill_done(
+                task_id, attempt, result.ok, result.result, result.code, result.message,
+                clock.wall()))  # fmt: skip
+
+        current = asyncio.get_running_loop().create_task(run(), name=f"skill-{task_id[:8]}")
+        self._skill_tasks[task_id] = current
+
+    def _verify(self, task: Task) -> tuple[bool, str]:
+        """The verify step, run by the lead: the skill's own ``verify(params, result)``
+        when it has one, else the result must be present."""
+        try:
+            skill = self.registry.get(task.skill)
+        except SkillError:
+            return (task.result is not None, "no verify step known here; result present")
+        verify = getattr(skill, "verify", None)
+        if verify is None:
+            ok = task.result is not None
+            return ok, "result present" if ok else "the skill returned no result"
+        try:
+            return bool(verify(task.params, task.result)), f"{task.skill}.verify"
+        except Exception as exc:
+            return False, f"verify raised {type(exc).__name__}: {exc}"
+
+    # ---- control operations ------------------------------------------------------------------
+
+    def names(self, node_id: str) -> str:
+        return self.node.name_of(node_id)
+
+    def resolve_task(self, ref: str) -> str:
+        ref = ref.strip().lower()
+        if not ref:
+            raise ControlError("no task id given", code="bad_request")
+        if ref in self.machine.copies:
+            return ref
+        found = [t for t in self.machine.copies if t.startswith(ref)] if len(ref) >= 4 else []
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            raise ControlError(f"unknown task id {ref!r}", code="unknown_task")
+        raise ControlError(f"{ref!r} matches {len(found)} tasks; give more of the id",
+                           code="ambiguous")  # fmt: skip
+
+    def view(self, task_id: str) -> dict[str, Any]:
+        task = self.machine.get(task_id)
+        assert task is not None
+        return task_to_dict(task, self.machine.version(task_id), self.names)
+
+    async def delegate(self, args: dict[str, Any]) -> dict[str, Any]:
+        task = self.build_task(args)
+        try:
+            effects = self.machine.submit(task, self.node.clock.wall())
+        except TaskError as exc:
+            raise ControlError(str(exc), code="bad_request") from None
+        self.apply(effects)
+        await self.durable()
+        return self.view(task.task_id)
+
+    def build_task(self, args: dict[str, Any]) -> Task:
+        """Check a delegate request before anything is stored (precise errors)."""
+        skill_name = args.get("skill")
+        if not isinstance(skill_name, str) or not skill_name:
+            raise ControlError("no skill given", code="bad_request")
+        params = args.get("params") or {}
+        if not isinstance(params, dict):
+            raise ControlError("params must be a mapping of names to values", "bad_request")
+        try:
+            spec = self.registry.get(skill_name).spec
+        except SkillError:
+            known = sorted(set(self.registry.names()))
+            raise ControlError(
+                f"unknown skill {skill_name!r}; known skills: {', '.join(known) or 'none'}",
+                code="unknown_skill",
+            ) from None
+        try:
+            valid = dict(validate_params(spec, params))
+        except SkillError as exc:
+            raise ControlError(str(exc), code="bad_params") from None
+        role = args.get("role") or None
+        if role is not None and role not in self.roles:
+            raise ControlError(
+                f"unknown role {role!r}; known roles: {', '.join(sorted(self.roles))}",
+                code="unknown_role",
+            )
+        node_ref = args.get("node") or None
+        node_id = None
+        if node_ref is not None:
+            try:
+                node_id = self.node.resolve_peer_or_self(str(node_ref))
+            except ControlError as exc:
+                raise ControlError(str(exc).replace("peer", "node", 1),
+                                   code="unknown_node") from None  # fmt: skip
+        deps = tuple(self.resolve_task(str(d)) for d in args.get("after") or ())
+        idempotent = args.get("idempotent")
+        try:
+            return new_task(
+                skill_name,
+                valid,
+                self.node.identity.node_id,
+                self.node.clock.wall(),
+                config=self.node.cfg.tasks,
+                requirement=Requirement(role=role, capability=args.get("capability") or None,
+                                        node=node_id),  # fmt: skip
+                priority=int(args.get("priority", 5)),
+                timeout_s=None if args.get("timeout") is None else float(args["timeout"]),
+                deadline=None if args.get("deadline") is None else float(args["deadline"]),
+                idempotent=spec.idempotent if idempotent is None else bool(idempotent),
+                verify=bool(args.get("verify", False)),
+                parent=args.get("parent") or None,
+                depends_on=deps,
+                retry_limit=None if args.get("retries") is None else int(args["retries"]),
+            )
+        except TaskError as exc:
+            raise ControlError(str(exc), code="bad_request") from None
+        except (TypeError, ValueError) as exc:
+            raise ControlError(f"bad request: {exc}", code="bad_request") from None
+
+    async def watch(self, task_id: str, after: list[int] | None, wait: float) -> dict[str, Any]:
+        """The task once its version is newer than ``after`` (or it is finished, or
+        ``wait`` s passed): the long-poll behind progress bars and ``result()``."""
+        wait = max(0.0, min(float(wait), MAX_WAIT))
+        key = tuple(after) if after else None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+
+        def ready() -> bool:
+            version = self.machine.version(task_id)
+            task = self.machine.get(task_id)
+            return key is None or version is None or tuple(version) > key or (
+                task is not None and is_terminal(task))  # fmt: skip
+
+        async with self._changed:
+            while not ready():
+                left = end - loop.time()
+                if left <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), left)
+        return self.view(task_id)
+
+    async def wait_events(self, since: float, wait: float) -> None:
+        wait = max(0.0, min(float(wait), MAX_WAIT))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + wait
+        async with self._changed:
+            while not any(e["at"] > since for e in reversed(self.node.events)):
+                left = end - loop.time()
+                if left <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), left)
+
+    async def operator(self, op: str, ref: str, target: str = "") -> dict[str, Any]:
+        task_id = self.resolve_task(ref)
+        try:
+            kind = TaskOpKind(op)
+        except ValueError:
+            raise ControlError(f"unknown task operation {op!r}", code="bad_request") from None
+        if kind is TaskOpKind.HANDOFF and target:
+            target = self.node.resolve_peer_or_self(target)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[OpDone] = loop.create_future()
+        self._ops[(task_id, kind.value)] = fut
+        try:
+            try:
+                effects = self.machine.operator(kind, task_id, "operator", self.node.clock.wall(),
+                                                target)  # fmt: skip
+            except TaskError as exc:
+                raise ControlError(str(exc), code="refused") from None
+            self.apply(effects)
+            await self.durable()
+            try:
+                done = await asyncio.wait_for(fut, OP_TIMEOUT)
+            except TimeoutError:
+                raise ControlError(f"the lead did not answer within {OP_TIMEOUT:g} s",
+                                   code="timeout") from None  # fmt: skip
+        finally:
+            self._ops.pop((task_id, kind.value), None)
+        if not done.ok:
+            raise ControlError(done.message, code="refused")
+        return self.view(task_id)
+
+    def list(self, state: str | None, limit: int) -> list[dict[str, Any]]:
+        if state is not None:
+            try:
+                TaskState(state)
+            except ValueError:
+                known = ", ".join(s.value for s in TaskState)
+                raise ControlError(f"unknown state {state!r}; states: {known}",
+                                   code="bad_request") from None  # fmt: skip
+        tasks = [c.task for c in self.machine.copies.values()
+                 if state is None or c.task.state.value == state]  # fmt: skip
+        tasks.sort(key=lambda t: (t.created_at, t.task_id), reverse=True)
+        return [self.view(t.task_id) for t in tasks[: max(1, limit)]]
+
+    def status(self) -> dict[str, Any]:
+        """Task figures for ``meshctl status``: mesh totals, queue, per-node current task."""
+        totals = self.machine.totals()
+        done = totals["complete"] + totals["verified"]
+        finished = done + totals["failed"]
+        per_node: dict[str, dict[str, Any]] = {}
+        for copy in self.machine.copies.values():
+            task = copy.task
+            holder = task.assigned_to
+            if holder is None or task.state not in (TaskState.ASSIGNED, TaskState.RUNNING):
+                continue
+            entry = per_node.setdefault(holder, {"tasks": 0, "current": None})
+            entry["tasks"] += 1
+            cur = entry["current"]
+            if cur is None or task.updated_at > cur["updated_at"]:
+                entry["current"] = {"id": task.task_id, "skill": task.skill,
+                                    "state": task.state.value, "pct": task.progress.pct,
+                                    "message": task.progress.message,
+                                    "updated_at": task.updated_at}  # fmt: skip
+        sched = self.machine.scheduler
+        return {
+            "totals": {
+                **totals,
+                "total": sum(totals.values()),
+                "success_rate": (done / finished) if finished else None,
+            },
+            "queue": {
+                "pending": totals["pending"],
+                "retry": totals["retry"],
+                "lead_queue": len(sched.queue()) if sched is not None else None,
+            },
+            "nodes": per_node,
+            "here": {
+                "running": len(self.machine.running_here()),
+                "max_concurrent": self.machine.max_concurrent,
+                "completed": self.completed_here,
+                "failed": self.failed_here,
+                "unacked_submits": self.machine.pending_submits(),
+                "unacked_reports": self.machine.pending_reports(),
+                "skills": list(self.registry.names()),
+            },
+        }
