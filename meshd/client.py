@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from meshd.control_proto import CONTROL_VERSION, SOCKET_NAME, header_length, pack, unpack

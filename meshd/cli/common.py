@@ -31,3 +31,7 @@ StateDir = Annotated[
         "/var/lib/meshd for root).",
     ),
 ]
+
+
+#: ``meshctl``'s global options (set by its callback, read by every command module).
+MESHCTL_STATE: dict[str, Path | None] = {"dir": None}

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from meshd.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, StateDir, fail
+from meshd.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, MESHCTL_STATE, StateDir, fail
 from meshd.client import Client
 from meshd.errors import ControlError, DaemonNotRunning
 
@@ -23,7 +22,7 @@ app = typer.Typer(
 )
 
 
-_state: dict[str, Path | None] = {"dir": None}
+_state = MESHCTL_STATE
 
 
 @app.callback()
@@ -174,6 +173,13 @@ def audit(
         print(
             f"{when}  {r['type']:<14} term {r.get('term', '-')!s:<5} lead {lead:<16} {r['reason']}"
         )
+
+
+from meshd.cli.tasks_cli import delegate as _delegate  # noqa: E402
+from meshd.cli.tasks_cli import task_app  # noqa: E402
+
+app.command("delegate")(_delegate)
+app.add_typer(task_app, name="task")
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
         f"{counts.get('dead', 0)} dead, {counts.get('left', 0)} left) · lead: {lead_text}"
     )
     lead_id = lead["id"] if lead else None
-    rows = [("NAME", "ID", "ROLE", "STATE", "PRI", "ADDRESS", "LAST SEEN")]
+    rows = [("NAME", "ID", "ROLE", "STATE", "PRI", "ADDRESS", "LAST SEEN", "TASK")]
     rows.append(
         (
             "* " + me["name"],
@@ -47,6 +47,7 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
             str(me["priority"]),
             f"{me['address'] or '-'}:{me['ports']['router']}",
             "-",
+            task_cell(me),
         )
     )
     for p in peers:
@@ -59,10 +60,39 @@ def status_table(status: dict[str, Any], now: float | None = None) -> str:
                 str(p["priority"]),
                 p["address"] or "-",
                 ago(p["last_seen"], now),
+                task_cell(p),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [head, ""]
     for row in rows:
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    tasks = status.get("tasks")
+    if tasks:
+        lines += ["", tasks_line(tasks)]
     return "\n".join(lines)
+
+
+def task_cell(node: dict[str, Any]) -> str:
+    """A node's current task: ``sleep 40% (+2)`` (``-`` when idle)."""
+    cur = node.get("task")
+    if not cur:
+        return "-"
+    more = int(node.get("tasks", 1)) - 1
+    return f"{cur['skill']} {cur['pct']:.0f}%" + (f" (+{more})" if more > 0 else "")
+
+
+def tasks_line(tasks: dict[str, Any]) -> str:
+    """Mesh totals: ``tasks: 3 pending · 2 running · 120 done · 1 failed · success 99.2%``."""
+    t = tasks["totals"]
+    done = t["complete"] + t["verified"]
+    rate = t.get("success_rate")
+    parts = [
+        f"{t['pending'] + t['retry']} pending",
+        f"{t['assigned'] + t['running']} running",
+        f"{done} done",
+        f"{t['failed']} failed",
+        f"{t['cancelled']} cancelled",
+        "success " + ("-" if rate is None else f"{100 * rate:.1f}%"),
+    ]
+    return "tasks: " + " · ".join(parts)

@@ -86,6 +86,9 @@ class StoreCopies:
     """Write these copies to the store (durable before the batch's messages leave)."""
 
     copies: tuple[TaskCopy, ...]
+    #: False for a replica's copies (from TASK_UPDATE / TASK_SYNC): the lead holds them
+    #: durably, so they need no fsync here.
+    durable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +150,16 @@ class Resumed:
 
 
 TaskEffect = (
-    Send | Publish | StoreCopies | SaveOutbox | RunSkill | CancelSkill | TaskEvent | OpDone
+    Send
+    | Publish
+    | StoreCopies
+    | SaveOutbox
+    | RunSkill
+    | CancelSkill
+    | TaskEvent
+    | OpDone
     | Resumed
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,9 +332,13 @@ class TaskMachine:
                 and task.task_id not in self._reports
             ):
                 self._report(
-                    task.task_id, task.attempt, ReportKind.LOST, now, out,
+                    task.task_id,
+                    task.attempt,
+                    ReportKind.LOST,
+                    now,
+                    out,
                     message="the agent restarted and lost the run",
-                )  # fmt: skip
+                )
         return out
 
     # ---- origin -----------------------------------------------------------------------
@@ -389,18 +403,21 @@ class TaskMachine:
         assert sched is not None
         if sched.get(op.task_id) is None and op.task_id in self.copies:
             # A task submitted but not yet taken (its submit is in flight): take it now.
-            self._lead_submit(self.copies[op.task_id].task.origin, self.copies[op.task_id],
-                              now, out, ack=False)  # fmt: skip
+            self._lead_submit(
+                self.copies[op.task_id].task.origin, self.copies[op.task_id], now, out, ack=False
+            )
         if op.op is TaskOpKind.CANCEL:
             effects = sched.cancel(op.task_id, now, actor=op.actor)
         elif op.op is TaskOpKind.RETRY:
             effects = sched.operator_retry(op.task_id, now, actor=op.actor)
         else:
             effects = sched.handoff(
-                op.task_id, op.target or None, now,
+                op.task_id,
+                op.target or None,
+                now,
                 from_node=None if op.actor == "operator" else op.actor,
                 checkpoint=op.checkpoint,
-            )  # fmt: skip
+            )
         self._lead_effects(effects, now, out)
         out.append(OpDone(op.task_id, op.op.value, True))
 
@@ -438,7 +455,7 @@ class TaskMachine:
         for copy in fresh:
             self._take(copy, out)
         if fresh:
-            out.append(StoreCopies(tuple(fresh)))
+            out.append(StoreCopies(tuple(fresh), durable=False))
         if sender == self.lead and self.role is Role.FOLLOWER:
             wm = self._wm
             if wm.term != self.term:
@@ -487,8 +504,9 @@ class TaskMachine:
             out.append(SaveOutbox(f"submit:{task.task_id}", False))
         # The lead moved the task off this node: stop a run that is no longer ours.
         run = self._runs.get(task.task_id)
-        if run is not None and (task.attempt > run or task.assigned_to != self.self_id or
-                                is_terminal(task)):  # fmt: skip
+        if run is not None and (
+            task.attempt > run or task.assigned_to != self.self_id or is_terminal(task)
+        ):
             del self._runs[task.task_id]
             out.append(CancelSkill(task.task_id, "moved off this node"))
 
@@ -504,9 +522,18 @@ class TaskMachine:
             refuse = f"stale lead term {fence.term} (newest seen {self.max_term})"
         if refuse:
             if fence is not None and fence.lead == sender:
-                out.append(Send(sender, TaskReport(task.task_id, task.attempt,
-                                                   ReportKind.REJECTED, code="fenced",
-                                                   message=refuse)))  # fmt: skip
+                out.append(
+                    Send(
+                        sender,
+                        TaskReport(
+                            task.task_id,
+                            task.attempt,
+                            ReportKind.REJECTED,
+                            code="fenced",
+                            message=refuse,
+                        ),
+                    )
+                )
             return
         assert fence is not None
         self.max_term = max(self.max_term, fence.term)
@@ -531,8 +558,9 @@ class TaskMachine:
             why = f"busy: {len(self._runs)} tasks running, at most {self.max_concurrent}"
         if why:
             code = "unknown_skill" if "installed" in why else "busy"
-            self._report(task.task_id, task.attempt, ReportKind.REJECTED, now, out,
-                         code=code, message=why)  # fmt: skip
+            self._report(
+                task.task_id, task.attempt, ReportKind.REJECTED, now, out, code=code, message=why
+            )
             return
         self._runs[task.task_id] = task.attempt
         out.append(RunSkill(task))
@@ -547,9 +575,14 @@ class TaskMachine:
             out.append(CancelSkill(msg.task_id, msg.reason))
 
     def skill_progress(
-        self, task_id: str, attempt: int, pct: float, message: str, checkpoint: bytes | None,
+        self,
+        task_id: str,
+        attempt: int,
+        pct: float,
+        message: str,
+        checkpoint: bytes | None,
         now: float,
-    ) -> list[TaskEffect]:  # fmt: skip
+    ) -> list[TaskEffect]:
         """The local run reports progress (and maybe a checkpoint). Best effort."""
         if self._runs.get(task_id) != attempt:
             return []
@@ -577,15 +610,21 @@ class TaskMachine:
         if ok:
             self._report(task_id, attempt, ReportKind.COMPLETED, now, out, result=result)
         else:
-            self._report(task_id, attempt, ReportKind.FAILED, now, out, code=code,
-                         message=message[:1000])  # fmt: skip
+            self._report(
+                task_id, attempt, ReportKind.FAILED, now, out, code=code, message=message[:1000]
+            )
         self._flush_updates(out)
         return out
 
     def _report(
-        self, task_id: str, attempt: int, kind: ReportKind, now: float, out: list[TaskEffect],
+        self,
+        task_id: str,
+        attempt: int,
+        kind: ReportKind,
+        now: float,
+        out: list[TaskEffect],
         **fields: Any,
-    ) -> None:  # fmt: skip
+    ) -> None:
         report = TaskReport(task_id, attempt, kind, **fields)
         self._reports[task_id] = (report, _Pending(now))
         out.append(SaveOutbox(f"report:{task_id}", True, report))
@@ -643,8 +682,15 @@ class TaskMachine:
 
     # ---- lead -------------------------------------------------------------------------
 
-    def _ack(self, to: str, task_id: str, code: str, out: list[TaskEffect],
-             ok: bool = True, message: str = "") -> None:  # fmt: skip
+    def _ack(
+        self,
+        to: str,
+        task_id: str,
+        code: str,
+        out: list[TaskEffect],
+        ok: bool = True,
+        message: str = "",
+    ) -> None:
         if to != self.self_id:
             out.append(Send(to, TaskAck(task_id, ok, code, message)))
 
@@ -680,8 +726,9 @@ class TaskMachine:
         if k is ReportKind.STARTED:
             eff = sched.on_started(r.task_id, sender, now, r.attempt)
         elif k is ReportKind.PROGRESS:
-            eff = sched.on_progress(r.task_id, sender, r.pct, r.message, now, r.checkpoint,
-                                    r.attempt)  # fmt: skip
+            eff = sched.on_progress(
+                r.task_id, sender, r.pct, r.message, now, r.checkpoint, r.attempt
+            )
         elif k is ReportKind.COMPLETED:
             eff = sched.on_completed(r.task_id, sender, r.result, now, r.attempt)
         elif k is ReportKind.FAILED:
@@ -748,23 +795,39 @@ class TaskMachine:
                 if eff.task.origin != self.self_id:
                     out.append(Send(eff.task.origin, TaskUpdate(self._seq, (copy,))))
             elif isinstance(eff, RequestVerify):
-                ok, reason = (True, "no verify step") if self._verifier is None else (
-                    self._verifier(eff.task))  # fmt: skip
+                ok, reason = (
+                    (True, "no verify step")
+                    if self._verifier is None
+                    else (self._verifier(eff.task))
+                )
                 sched = self.scheduler
                 assert sched is not None
-                self._lead_effects(sched.on_verified(eff.task.task_id, ok, now,
-                                                     self.self_id, reason), now, out)
+                self._lead_effects(
+                    sched.on_verified(eff.task.task_id, ok, now, self.self_id, reason), now, out
+                )
 
     def _audit(self, old: Task | None, new: Task, out: list[TaskEffect]) -> None:
         """Coordination decisions worth a durable record."""
         if new.state is TaskState.ASSIGNED and (old is None or old.assigned_to != new.assigned_to):
             again = old is not None and old.attempt > 0
-            out.append(TaskEvent("TASK_REASSIGNED" if again else "TASK_ASSIGNED", new,
-                                 audit=True, detail=f"to {new.assigned_to}"))  # fmt: skip
+            out.append(
+                TaskEvent(
+                    "TASK_REASSIGNED" if again else "TASK_ASSIGNED",
+                    new,
+                    audit=True,
+                    detail=f"to {new.assigned_to}",
+                )
+            )
         elif new.state is TaskState.FAILED and (old is None or old.state is not new.state):
             err = new.error
-            out.append(TaskEvent("TASK_FAILED", new, audit=True,
-                                 detail=f"{err.code}: {err.message}" if err else ""))
+            out.append(
+                TaskEvent(
+                    "TASK_FAILED",
+                    new,
+                    audit=True,
+                    detail=f"{err.code}: {err.message}" if err else "",
+                )
+            )
 
     def _flush_updates(self, out: list[TaskEffect]) -> None:
         """Publish the copies written in this step (chunked)."""
@@ -780,11 +843,12 @@ class TaskMachine:
         since = (req.since_term, req.since_seq)
         wanted = set(req.ids)
         picked = [
-            c for c in self.copies.values()
+            c
+            for c in self.copies.values()
             if _key(c) > since
             or c.task.task_id in wanted
             or (req.unfinished and not is_terminal(c.task))
-        ]  # fmt: skip
+        ]
         picked.sort(key=_key)
         if not picked:
             out.append(Send(sender, TaskSync((), False)))
@@ -799,7 +863,8 @@ class TaskMachine:
             if copy.term == self._wm.term:
                 self._mark(copy.seq)
         if fresh:
-            out.append(StoreCopies(tuple(fresh)))
+            # Durable while gathering: the new lead resumes from these copies.
+            out.append(StoreCopies(tuple(fresh), durable=self.role is Role.GATHERING))
         gather = self._gather
         if gather is not None and not msg.more and sender in gather.waiting:
             gather.waiting.discard(sender)
@@ -871,14 +936,22 @@ class TaskMachine:
         self._lead_effects(sched.set_term(self.term, self.self_id, now), now, out)
         for task in tasks:
             holder = task.assigned_to
-            if (task.state in ACTIVE_STATES and holder is not None and holder != self.self_id
-                    and not (holder in self._members and self._members[holder].alive)):
-                self._lead_effects(sched.agent_lost(holder, now), now, out)  # fmt: skip
+            if (
+                task.state in ACTIVE_STATES
+                and holder is not None
+                and holder != self.self_id
+                and not (holder in self._members and self._members[holder].alive)
+            ):
+                self._lead_effects(sched.agent_lost(holder, now), now, out)
         # Origins' copies the previous lead never took, and submits held while gathering.
         for copy in list(self.copies.values()):
-            if copy.term == 0 and not is_terminal(copy.task) and sched.get(
-                copy.task.task_id) is None and copy.task.task_id not in self._submits:
-                self._lead_submit(copy.task.origin, copy, now, out, ack=False)  # fmt: skip
+            if (
+                copy.term == 0
+                and not is_terminal(copy.task)
+                and sched.get(copy.task.task_id) is None
+                and copy.task.task_id not in self._submits
+            ):
+                self._lead_submit(copy.task.origin, copy, now, out, ack=False)
         held, self._held_submits = self._held_submits, []
         for sender, copy in held:
             self._lead_submit(sender, copy, now, out)
@@ -893,8 +966,11 @@ class TaskMachine:
         self._members = {m.node_id: m for m in members}
         gather = self._gather
         if gather is not None:
-            gone = {n for n in gather.waiting if not self._members.get(n, Member(n, "", "", 0,
-                                                                               False)).alive}
+            gone = {
+                n
+                for n in gather.waiting
+                if not self._members.get(n, Member(n, "", "", 0, False)).alive
+            }
             gather.waiting -= gone
             if not gather.waiting:
                 self._resume(now, out)

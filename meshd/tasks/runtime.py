@@ -53,7 +53,9 @@ MAX_WAIT = 30.0
 OP_TIMEOUT = 5.0
 
 
-def task_to_dict(task: Task, version: tuple[int, int] | None, names: Callable[[str], str]) -> dict[str, Any]:
+def task_to_dict(
+    task: Task, version: tuple[int, int] | None, names: Callable[[str], str]
+) -> dict[str, Any]:
     """A task as ``meshctl``/the client show it (JSON-ready)."""
     req = task.requirement
     return {
@@ -77,8 +79,9 @@ def task_to_dict(task: Task, version: tuple[int, int] | None, names: Callable[[s
         "progress": {"pct": task.progress.pct, "message": task.progress.message},
         "has_checkpoint": task.checkpoint is not None,
         "result": task.result,
-        "error": None if task.error is None else {
-            "code": task.error.code, "message": task.error.message},
+        "error": None
+        if task.error is None
+        else {"code": task.error.code, "message": task.error.message},
         "assigned_to": task.assigned_to,
         "assigned_name": names(task.assigned_to) if task.assigned_to else None,
         "attempt": task.attempt,
@@ -90,7 +93,7 @@ def task_to_dict(task: Task, version: tuple[int, int] | None, names: Callable[[s
             for h in task.history
         ],
         "version": list(version) if version else None,
-    }  # fmt: skip
+    }
 
 
 class TaskRuntime:
@@ -125,6 +128,7 @@ class TaskRuntime:
         self._copies: dict[str, TaskCopy] = {}
         self._outbox: dict[str, TaskReport | bool | None] = {}
         self._audit: list[dict[str, Any]] = []
+        self._durable = False
         self._sends: list[Send | Publish] = []
         self._runs: list[RunSkill] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -200,8 +204,10 @@ class TaskRuntime:
             elif isinstance(eff, StoreCopies):
                 for copy in eff.copies:
                     self._copies[copy.task.task_id] = copy
+                self._durable = self._durable or eff.durable
             elif isinstance(eff, SaveOutbox):
                 self._outbox[eff.key] = (eff.report or True) if eff.pending else None
+                self._durable = True
             elif isinstance(eff, RunSkill):
                 self._runs.append(eff)
             elif isinstance(eff, CancelSkill):
@@ -213,9 +219,14 @@ class TaskRuntime:
                 if fut is not None and not fut.done():
                     fut.set_result(eff)
             elif isinstance(eff, Resumed):
-                record = {"type": "TASKS_RESUMED", "node": self.node.identity.node_id,
-                          "unfinished": eff.unfinished, "sources": eff.sources,
-                          "term": self.machine.term, "at": self.node.clock.wall()}  # fmt: skip
+                record = {
+                    "type": "TASKS_RESUMED",
+                    "node": self.node.identity.node_id,
+                    "unfinished": eff.unfinished,
+                    "sources": eff.sources,
+                    "term": self.machine.term,
+                    "at": self.node.clock.wall(),
+                }
                 self._audit.append(record)
                 self.node.events.append(record)
                 _log.info("tasks_resumed", unfinished=eff.unfinished, sources=eff.sources)
@@ -255,8 +266,9 @@ class TaskRuntime:
         copies, self._copies = list(self._copies.values()), {}
         outbox, self._outbox = self._outbox, {}
         audit, self._audit = self._audit, []
+        durable, self._durable = self._durable or bool(audit), False
         if copies or outbox or audit:
-            self.node.store.write_batch(copies, outbox, audit)
+            self.node.store.write_batch(copies, outbox, audit, durable)
         sends, self._sends = self._sends, []
         node = self.node
         for eff in sends:
@@ -304,29 +316,44 @@ class TaskRuntime:
 
         def on_progress(pct: float, message: str) -> None:
             last["pct"], last["message"] = pct, message
-            self.apply(self.machine.skill_progress(task_id, attempt, pct, message, None,
-                                                   clock.wall()))  # fmt: skip
+            self.apply(
+                self.machine.skill_progress(task_id, attempt, pct, message, None, clock.wall())
+            )
 
         def on_checkpoint(data: bytes) -> None:
-            self.apply(self.machine.skill_progress(
-                task_id, attempt, float(last["pct"]), str(last["message"]), data,
-                clock.wall()))  # fmt: skip
+            self.apply(
+                self.machine.skill_progress(
+                    task_id, attempt, float(last["pct"]), str(last["message"]), data, clock.wall()
+                )
+            )
 
         async def run() -> None:
             if old is not None and not old.done():
                 with contextlib.suppress(BaseException):
                     await old  # the superseded attempt must leave the executor first
             result = await self.executor.run(
-                task_id, task.skill, task.params, task.checkpoint,
-                on_progress=on_progress, on_checkpoint=on_checkpoint,
+                task_id,
+                task.skill,
+                task.params,
+                task.checkpoint,
+                on_progress=on_progress,
+                on_checkpoint=on_checkpoint,
                 # The lead's attempt timer fires first and cancels; this is a backstop.
                 timeout=task.timeout_s + 1.0,
-            )  # fmt: skip
+            )
             if self._skill_tasks.get(task_id) is current:
                 del self._skill_tasks[task_id]
-            self.apply(self.machine.skill_done(
-                task_id, attempt, result.ok, result.result, result.code, result.message,
-                clock.wall()))  # fmt: skip
+            self.apply(
+                self.machine.skill_done(
+                    task_id,
+                    attempt,
+                    result.ok,
+                    result.result,
+                    result.code,
+                    result.message,
+                    clock.wall(),
+                )
+            )
 
         current = asyncio.get_running_loop().create_task(run(), name=f"skill-{task_id[:8]}")
         self._skill_tasks[task_id] = current
@@ -363,8 +390,9 @@ class TaskRuntime:
             return found[0]
         if not found:
             raise ControlError(f"unknown task id {ref!r}", code="unknown_task")
-        raise ControlError(f"{ref!r} matches {len(found)} tasks; give more of the id",
-                           code="ambiguous")  # fmt: skip
+        raise ControlError(
+            f"{ref!r} matches {len(found)} tasks; give more of the id", code="ambiguous"
+        )
 
     def view(self, task_id: str) -> dict[str, Any]:
         task = self.machine.get(task_id)
@@ -413,8 +441,9 @@ class TaskRuntime:
             try:
                 node_id = self.node.resolve_peer_or_self(str(node_ref))
             except ControlError as exc:
-                raise ControlError(str(exc).replace("peer", "node", 1),
-                                   code="unknown_node") from None  # fmt: skip
+                raise ControlError(
+                    str(exc).replace("peer", "node", 1), code="unknown_node"
+                ) from None
         deps = tuple(self.resolve_task(str(d)) for d in args.get("after") or ())
         idempotent = args.get("idempotent")
         try:
@@ -424,8 +453,9 @@ class TaskRuntime:
                 self.node.identity.node_id,
                 self.node.clock.wall(),
                 config=self.node.cfg.tasks,
-                requirement=Requirement(role=role, capability=args.get("capability") or None,
-                                        node=node_id),  # fmt: skip
+                requirement=Requirement(
+                    role=role, capability=args.get("capability") or None, node=node_id
+                ),
                 priority=int(args.get("priority", 5)),
                 timeout_s=None if args.get("timeout") is None else float(args["timeout"]),
                 deadline=None if args.get("deadline") is None else float(args["deadline"]),
@@ -451,8 +481,12 @@ class TaskRuntime:
         def ready() -> bool:
             version = self.machine.version(task_id)
             task = self.machine.get(task_id)
-            return key is None or version is None or tuple(version) > key or (
-                task is not None and is_terminal(task))  # fmt: skip
+            return (
+                key is None
+                or version is None
+                or tuple(version) > key
+                or (task is not None and is_terminal(task))
+            )
 
         async with self._changed:
             while not ready():
@@ -488,8 +522,9 @@ class TaskRuntime:
         self._ops[(task_id, kind.value)] = fut
         try:
             try:
-                effects = self.machine.operator(kind, task_id, "operator", self.node.clock.wall(),
-                                                target)  # fmt: skip
+                effects = self.machine.operator(
+                    kind, task_id, "operator", self.node.clock.wall(), target
+                )
             except TaskError as exc:
                 raise ControlError(str(exc), code="refused") from None
             self.apply(effects)
@@ -497,8 +532,9 @@ class TaskRuntime:
             try:
                 done = await asyncio.wait_for(fut, OP_TIMEOUT)
             except TimeoutError:
-                raise ControlError(f"the lead did not answer within {OP_TIMEOUT:g} s",
-                                   code="timeout") from None  # fmt: skip
+                raise ControlError(
+                    f"the lead did not answer within {OP_TIMEOUT:g} s", code="timeout"
+                ) from None
         finally:
             self._ops.pop((task_id, kind.value), None)
         if not done.ok:
@@ -511,10 +547,14 @@ class TaskRuntime:
                 TaskState(state)
             except ValueError:
                 known = ", ".join(s.value for s in TaskState)
-                raise ControlError(f"unknown state {state!r}; states: {known}",
-                                   code="bad_request") from None  # fmt: skip
-        tasks = [c.task for c in self.machine.copies.values()
-                 if state is None or c.task.state.value == state]  # fmt: skip
+                raise ControlError(
+                    f"unknown state {state!r}; states: {known}", code="bad_request"
+                ) from None
+        tasks = [
+            c.task
+            for c in self.machine.copies.values()
+            if state is None or c.task.state.value == state
+        ]
         tasks.sort(key=lambda t: (t.created_at, t.task_id), reverse=True)
         return [self.view(t.task_id) for t in tasks[: max(1, limit)]]
 
@@ -533,10 +573,14 @@ class TaskRuntime:
             entry["tasks"] += 1
             cur = entry["current"]
             if cur is None or task.updated_at > cur["updated_at"]:
-                entry["current"] = {"id": task.task_id, "skill": task.skill,
-                                    "state": task.state.value, "pct": task.progress.pct,
-                                    "message": task.progress.message,
-                                    "updated_at": task.updated_at}  # fmt: skip
+                entry["current"] = {
+                    "id": task.task_id,
+                    "skill": task.skill,
+                    "state": task.state.value,
+                    "pct": task.progress.pct,
+                    "message": task.progress.message,
+                    "updated_at": task.updated_at,
+                }
         sched = self.machine.scheduler
         return {
             "totals": {
@@ -558,5 +602,6 @@ class TaskRuntime:
                 "unacked_submits": self.machine.pending_submits(),
                 "unacked_reports": self.machine.pending_reports(),
                 "skills": list(self.registry.names()),
+                "skill_stats": {k: v.to_dict() for k, v in self.executor.stats().items()},
             },
         }
