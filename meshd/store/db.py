@@ -19,8 +19,10 @@ dir refuse with a clear message; LMDB alone would happily let two writers share 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,9 +87,7 @@ class Store:
         path = state_dir / DB_DIR
         path.mkdir(mode=0o700, exist_ok=True)
         try:
-            self.env = lmdb.open(
-                str(path), map_size=map_size, max_dbs=16, subdir=True, sync=fsync
-            )
+            self.env = lmdb.open(str(path), map_size=map_size, max_dbs=16, subdir=True, sync=False)
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the store in {path}: {exc}") from exc
         self._meta = self.env.open_db(b"meta")
@@ -96,9 +96,24 @@ class Store:
         self._tasks = self.env.open_db(b"tasks")
         self._outbox = self.env.open_db(b"outbox")
         self._audit_seq = 0
+        self.fsync = fsync
+        self.syncs = 0
 
     def close(self) -> None:
+        if self.fsync:
+            self.env.sync(True)
         self.env.close()
+
+    @contextlib.contextmanager
+    def _write(self, db: Any, sync: bool = True) -> Iterator[Any]:
+        """A write transaction; committed, then fsync'd when ``sync`` and the store is
+        configured to (the environment itself never syncs on its own: a batch of replica
+        copies needs no fsync, a vote or an acknowledged task does)."""
+        with self.env.begin(db=db, write=True) as txn:
+            yield txn
+        if sync and self.fsync:
+            self.env.sync(True)
+            self.syncs += 1
 
     # -- meta --------------------------------------------------------------------
     def get_meta(self, key: str) -> Any:
@@ -107,12 +122,12 @@ class Store:
         return None if raw is None else msgpack.unpackb(raw, raw=False)
 
     def set_meta(self, key: str, value: Any) -> None:
-        with self.env.begin(db=self._meta, write=True) as txn:
+        with self._write(self._meta) as txn:
             txn.put(key.encode(), msgpack.packb(value, use_bin_type=True))
 
     def next_incarnation(self) -> int:
         """Bump and return the node's incarnation: each start outranks the last one."""
-        with self.env.begin(db=self._meta, write=True) as txn:
+        with self._write(self._meta) as txn:
             raw = txn.get(b"incarnation")
             value = (msgpack.unpackb(raw) if raw else 0) + 1
             txn.put(b"incarnation", msgpack.packb(value))
@@ -120,7 +135,7 @@ class Store:
 
     def save_incarnation(self, value: int) -> None:
         """Remember a refutation bump so a restart starts above it."""
-        with self.env.begin(db=self._meta, write=True) as txn:
+        with self._write(self._meta) as txn:
             raw = txn.get(b"incarnation")
             if raw is None or msgpack.unpackb(raw) < value:
                 txn.put(b"incarnation", msgpack.packb(value))
@@ -137,7 +152,7 @@ class Store:
 
     def save_election(self, term: int, voted_for: str | None) -> None:
         """One durable transaction: the caller sends its vote only after this returns."""
-        with self.env.begin(db=self._meta, write=True) as txn:
+        with self._write(self._meta) as txn:
             txn.put(b"term", msgpack.packb(term))
             txn.put(b"voted_for", msgpack.packb(voted_for))
 
@@ -145,7 +160,7 @@ class Store:
     def append_audit(self, record: dict[str, Any]) -> None:
         """Append one decision record; ``record["at"]`` (wall seconds) orders the log."""
         key = self._audit_key(record)
-        with self.env.begin(db=self._audit, write=True) as txn:
+        with self._write(self._audit) as txn:
             txn.put(key, msgpack.packb(record, use_bin_type=True))
 
     def read_audit(self, since: float = 0.0, kind: str | None = None) -> list[dict[str, Any]]:
@@ -167,11 +182,13 @@ class Store:
         copies: list[TaskCopy],
         outbox: dict[str, TaskReport | bool | None],
         audit: list[dict[str, Any]],
+        durable: bool = True,
     ) -> None:
-        """One durable transaction: task copies, outbox changes (a report, True for a
-        pending submit, None to delete) and audit records. The node sends nothing that
-        depends on them before this returns (group commit: one fsync per batch)."""
-        with self.env.begin(write=True) as txn:
+        """One transaction (``durable``: fsync'd before returning): task copies, outbox
+        changes (a report, True for a pending submit, None to delete) and audit records.
+        The node sends nothing that depends on them before this returns (group commit:
+        one fsync per batch)."""
+        with self._write(None, sync=durable) as txn:
             for copy in copies:
                 txn.put(copy.task.task_id.encode(), encode_task_copy(copy), db=self._tasks)
             for key, value in outbox.items():
@@ -220,13 +237,13 @@ class Store:
     def save_peers(self, peers: list[StoredPeer]) -> None:
         if not peers:
             return
-        with self.env.begin(db=self._peers, write=True) as txn:
+        with self._write(self._peers) as txn:
             for peer in peers:
                 value = {"r": member_record_to_wire(peer.record), "seen": peer.last_seen}
                 txn.put(peer.record.info.node_id.encode(), msgpack.packb(value, use_bin_type=True))
 
     def delete_peer(self, node_id: str) -> None:
-        with self.env.begin(db=self._peers, write=True) as txn:
+        with self._write(self._peers) as txn:
             txn.delete(node_id.encode())
 
     def load_peers(self) -> list[StoredPeer]:

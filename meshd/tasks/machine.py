@@ -464,9 +464,21 @@ class TaskMachine:
                 if copy.term == self.term:
                     self._mark(copy.seq)
             wm.hi = max(wm.hi, msg.seq_hi)
-            if not msg.copies and wm.hi > wm.hw and now - wm.asked_at > 1.0:
-                wm.asked_at = now  # a gap that the beacon shows: ask for what we missed
-                out.append(Send(sender, TaskSyncReq(self.term, wm.hw)))
+            if not msg.copies and now - wm.asked_at > 1.0:
+                # A beacon: ask for what we missed in this term (a gap below seq_hi),
+                # and for unfinished tasks whose copies are from an older term.
+                stale = self._stale_ids()
+                if wm.hi > wm.hw or stale:
+                    wm.asked_at = now if wm.hi > wm.hw else now + 4.0
+                    out.append(Send(sender, TaskSyncReq(self.term, wm.hw, stale)))
+
+    def _stale_ids(self) -> tuple[str, ...]:
+        """Unfinished tasks whose newest copy here predates the current lead's term."""
+        return tuple(
+            c.task.task_id
+            for c in self.copies.values()
+            if c.term < self.term and not is_terminal(c.task)
+        )[:IDS_CHUNK]
 
     def _mark(self, seq: int) -> None:
         wm = self._wm
@@ -896,7 +908,7 @@ class TaskMachine:
         else:
             self._wm = _Watermark(term)
             newest = max((_key(c) for c in self.copies.values() if c.term > 0), default=(0, 0))
-            out.append(Send(lead, TaskSyncReq(*newest)))
+            out.append(Send(lead, TaskSyncReq(*newest, self._stale_ids())))
             out.append(Send(lead, self.agent_info()))
         self._retarget(now, out)
         self._flush_updates(out)

@@ -16,14 +16,20 @@ this version defines is required.
 :func:`encode` validates with the very same rules :func:`decode` applies, so a frame
 this node sends is a frame every node of the same version accepts; a violation raises
 :class:`~meshd.errors.LocalProtocolError`.
+
+Tasks (:class:`~meshd.tasks.model.Task`) travel as maps inside the task messages and are
+stored the same way (:func:`encode_task_copy` / :func:`decode_task_copy`); their free
+``params`` and ``result`` values are checked to be plain msgpack data (see
+:data:`MAX_VALUE_DEPTH`).
 """
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]
 
@@ -36,6 +42,15 @@ from meshd.errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
+from meshd.tasks.model import (
+    Assignment,
+    Progress,
+    Requirement,
+    Task,
+    TaskFailure,
+    TaskState,
+    Transition,
+)
 from meshd.wire.messages import (
     MAX_FRAME_BYTES,
     MSG_ID_BYTES,
@@ -43,6 +58,7 @@ from meshd.wire.messages import (
     PAYLOAD_TYPES,
     PROTOCOL_VERSION,
     Ack,
+    AgentInfo,
     Envelope,
     Error,
     Heartbeat,
@@ -60,9 +76,21 @@ from meshd.wire.messages import (
     Payload,
     Ping,
     PingReq,
+    ReportKind,
     StepDown,
     Sync,
     SyncReq,
+    TaskAck,
+    TaskAssign,
+    TaskCancel,
+    TaskCopy,
+    TaskOp,
+    TaskOpKind,
+    TaskReport,
+    TaskSubmit,
+    TaskSync,
+    TaskSyncReq,
+    TaskUpdate,
     TransferReq,
     Vote,
     VoteReq,
@@ -73,14 +101,29 @@ __all__ = [
     "KEY_BYTES",
     "MAX_ADDRESSES",
     "MAX_ADDRESS_CHARS",
+    "MAX_AGENT_CONCURRENCY",
+    "MAX_CAPABILITIES",
+    "MAX_CHECKPOINT_BYTES",
     "MAX_CODE_CHARS",
     "MAX_DIGEST_BYTES",
     "MAX_ERROR_MESSAGE_CHARS",
     "MAX_MEMBERS",
     "MAX_NAME_CHARS",
+    "MAX_PROGRESS_PCT",
     "MAX_REASON_CHARS",
     "MAX_ROLE_CHARS",
+    "MAX_SKILLS",
+    "MAX_SKILL_CHARS",
+    "MAX_SYNC_IDS",
+    "MAX_TASK_COPIES",
+    "MAX_TASK_DEPS",
+    "MAX_TASK_ERROR_CHARS",
+    "MAX_TASK_HISTORY",
+    "MAX_TASK_PRIORITY",
+    "MAX_TASK_TEXT_CHARS",
+    "MAX_VALUE_DEPTH",
     "PORT_MAX",
+    "TASK_ID_CHARS",
     "TOPIC_BYTES",
     "U31_MAX",
     "U63_MAX",
@@ -88,16 +131,22 @@ __all__ = [
     "decode_member_info",
     "decode_member_record",
     "decode_payload",
+    "decode_task_copy",
     "encode",
     "encode_member_info",
     "encode_member_record",
     "encode_payload",
+    "encode_task_copy",
     "is_node_id",
     "member_info_from_wire",
     "member_info_to_wire",
     "member_record_from_wire",
     "member_record_to_wire",
     "msg_type_from_topic",
+    "task_copy_from_wire",
+    "task_copy_to_wire",
+    "task_from_wire",
+    "task_to_wire",
     "topic_for",
 ]
 
@@ -126,11 +175,50 @@ MAX_REASON_CHARS: Final = 64
 #: Length of the PUB/SUB topic frame (big-endian message type code).
 TOPIC_BYTES: Final = 2
 
+# tasks (PROTOCOL.md, "Tasks")
+#: Task ids are 32 lowercase hex characters, like node ids.
+TASK_ID_CHARS: Final = 32
+#: Length of a skill name (a task's ``skill``, AGENT_INFO ``skills``).
+MAX_SKILL_CHARS: Final = 64
+#: Task priorities are 0..9 (higher runs first).
+MAX_TASK_PRIORITY: Final = 9
+#: Progress and report messages, history reasons.
+MAX_TASK_TEXT_CHARS: Final = 500
+#: A task's error message.
+MAX_TASK_ERROR_CHARS: Final = 1000
+#: A skill's checkpoint (resume data).
+MAX_CHECKPOINT_BYTES: Final = 256 * 1024
+#: Dependencies of one task (``TaskConfig.max_depends``).
+MAX_TASK_DEPS: Final = 64
+#: History entries of one task.
+MAX_TASK_HISTORY: Final = 1000
+#: Task copies in one TASK_UPDATE / TASK_SYNC.
+MAX_TASK_COPIES: Final = 1000
+#: Task ids in one TASK_SYNC_REQ.
+MAX_SYNC_IDS: Final = 10000
+#: Skills and capabilities in one AGENT_INFO.
+MAX_SKILLS: Final = 1000
+MAX_CAPABILITIES: Final = 256
+#: Largest AGENT_INFO ``max_concurrent``.
+MAX_AGENT_CONCURRENCY: Final = 100_000
+#: Progress is a percentage.
+MAX_PROGRESS_PCT: Final = 100.0
+#: Arrays/maps nested in a task's ``params`` (the params map included) or a ``result``.
+MAX_VALUE_DEPTH: Final = 32
+
 _NODE_ID_RE: Final = re.compile(f"[0-9a-f]{{{NODE_ID_CHARS}}}")
+_TASK_ID_RE: Final = re.compile(f"[0-9a-f]{{{TASK_ID_CHARS}}}")
 _MISSING: Final = object()
 _MSG_TYPES: Final[dict[int, MsgType]] = {int(t): t for t in MsgType}
 _STATES: Final[dict[str, MemberState]] = {s.value: s for s in MemberState}
 _TOPICS: Final[dict[int, bytes]] = {int(t): int(t).to_bytes(TOPIC_BYTES, "big") for t in MsgType}
+_TASK_STATES: Final[dict[str, TaskState]] = {s.value: s for s in TaskState}
+_REPORT_KINDS: Final[dict[str, ReportKind]] = {k.value: k for k in ReportKind}
+_OP_KINDS: Final[dict[str, TaskOpKind]] = {k.value: k for k in TaskOpKind}
+_SCALAR_TYPES: Final = frozenset({bool, float, str, bytes})
+_I64_MIN: Final = -(2**63)
+_U64_MAX: Final = 2**64 - 1
+_E = TypeVar("_E", bound=enum.Enum)
 
 WireMap = dict[str, Any]
 
@@ -156,6 +244,8 @@ def _describe(v: object) -> str:
         return f"bool {v}"
     if type(v) is int:
         return f"int {v}" if -(10**20) < v < 10**20 else "int (huge)"
+    if type(v) is float:
+        return f"float {v!r}"
     if type(v) is str:
         return f"str of {len(v)} chars"
     if type(v) is bytes:
@@ -319,6 +409,331 @@ def _info(v: object, path: str, name: str) -> MemberInfo:
     return _member_info(v, _where(path, name))
 
 
+# ---- tasks ------------------------------------------------------------------------
+
+
+def _task_id(v: object, path: str, name: str) -> str:
+    if type(v) is str and _TASK_ID_RE.fullmatch(v) is not None:
+        return v
+    raise _bad(path, name, v, f"task id ({TASK_ID_CHARS} lowercase hex chars)")
+
+
+def _task_id_or_empty(v: object, path: str, name: str) -> str:
+    if type(v) is str and v == "":
+        return ""
+    return _task_id(v, path, name)
+
+
+def _opt_task_id(v: object, path: str, name: str) -> str | None:
+    if v is None:
+        return None
+    if type(v) is str and _TASK_ID_RE.fullmatch(v) is not None:
+        return v
+    raise _bad(path, name, v, f"nil or task id ({TASK_ID_CHARS} lowercase hex chars)")
+
+
+def _opt_node_id(v: object, path: str, name: str) -> str | None:
+    if v is None:
+        return None
+    if type(v) is str and _NODE_ID_RE.fullmatch(v) is not None:
+        return v
+    raise _bad(path, name, v, f"nil or node id ({NODE_ID_CHARS} lowercase hex chars)")
+
+
+def _opt_str(v: object, path: str, name: str, max_chars: int) -> str | None:
+    if v is None or (type(v) is str and len(v) <= max_chars):
+        return v
+    raise _bad(path, name, v, f"nil or str of 0..{max_chars} chars")
+
+
+def _opt_bin(v: object, path: str, name: str, max_size: int) -> bytes | None:
+    if v is None or (type(v) is bytes and len(v) <= max_size):
+        return v
+    raise _bad(path, name, v, f"nil or bin of at most {max_size} bytes")
+
+
+def _number(
+    v: object, path: str, name: str, *, hi: float = math.inf, positive: bool = False
+) -> float:
+    """A float (an int is accepted and made a float): finite, >= 0 (> 0 if ``positive``)
+    and <= ``hi``. Bool is not a number."""
+    f = -1.0
+    if type(v) is float:
+        f = v
+    elif type(v) is int and 0 <= v <= _U64_MAX:
+        f = float(v)
+    if math.isfinite(f) and (f > 0.0 if positive else f >= 0.0) and f <= hi:
+        return f
+    if positive:
+        expected = "finite number > 0"
+    elif math.isfinite(hi):
+        expected = f"number in 0..{hi:g}"
+    else:
+        expected = "finite number >= 0"
+    raise _bad(path, name, v, expected)
+
+
+def _opt_number(v: object, path: str, name: str) -> float | None:
+    if v is None:
+        return None
+    if type(v) in (int, float):
+        return _number(v, path, name)
+    raise _bad(path, name, v, "nil or finite number >= 0")
+
+
+def _tuple(v: object, path: str, name: str, size: int) -> list[Any]:
+    if type(v) is list and len(v) == size:
+        return v
+    raise _bad(path, name, v, f"array of {size} items")
+
+
+def _choice(v: object, path: str, name: str, table: dict[str, _E]) -> _E:
+    found = table.get(v) if type(v) is str else None
+    if found is None:
+        raise _bad(path, name, v, "one of " + "|".join(table))
+    return found
+
+
+def _str_list(v: object, path: str, name: str, max_items: int, max_chars: int) -> tuple[str, ...]:
+    items = _list(v, path, name, max_items)
+    for i, s in enumerate(items):
+        if type(s) is not str or len(s) > max_chars:
+            raise _bad(path, f"{name}[{i}]", s, f"str of at most {max_chars} chars")
+    return tuple(items)
+
+
+def _key_path(where: str, key: str | bytes) -> str:
+    if type(key) is str and key.isidentifier() and len(key) <= MAX_NAME_CHARS:
+        return f"{where}.{key}"
+    return f"{where}[{key[:MAX_NAME_CHARS]!r}]"
+
+
+def _value(v: object, where: str, depth: int) -> None:
+    """Check that ``v`` is a msgpack value this codec round-trips: nil, bool, int in
+    -2**63..2**64-1, float, str, bin, array, or map with str/bin keys, nested at most
+    :data:`MAX_VALUE_DEPTH` arrays/maps deep (``depth``: the containers around ``v``).
+    A tuple is accepted as an array (it decodes as a list)."""
+    if v is None or type(v) in _SCALAR_TYPES:
+        return
+    if type(v) is int:
+        if _I64_MIN <= v <= _U64_MAX:
+            return
+        raise MalformedFrame(f"{where}: int out of the msgpack range")
+    if type(v) is dict:
+        _check_depth(where, depth)
+        for k, item in v.items():
+            if type(k) is not str and type(k) is not bytes:
+                raise MalformedFrame(f"{where}: map key is {_describe(k)}, expected str or bin")
+            _value(item, _key_path(where, k), depth + 1)
+        return
+    if type(v) is list or type(v) is tuple:
+        _check_depth(where, depth)
+        for i, item in enumerate(v):
+            _value(item, f"{where}[{i}]", depth + 1)
+        return
+    if v is _MISSING:
+        raise MalformedFrame(f"{where}: missing")
+    raise MalformedFrame(f"{where}: {type(v).__name__} is not a msgpack value")
+
+
+def _check_depth(where: str, depth: int) -> None:
+    if depth >= MAX_VALUE_DEPTH:
+        raise MalformedFrame(f"{where}: nested deeper than {MAX_VALUE_DEPTH} arrays/maps")
+
+
+def _any(v: object, path: str, name: str) -> Any:
+    _value(v, _where(path, name), 0)
+    return v
+
+
+def _params(v: object, path: str, name: str) -> dict[str, Any]:
+    d = _map(v, path, name)
+    where = _where(path, name)
+    for k, item in d.items():
+        if type(k) is not str:
+            raise MalformedFrame(f"{where}: key is {_describe(k)}, expected str")
+        _value(item, _key_path(where, k), 1)
+    return d
+
+
+def _requirement(v: object, path: str, name: str) -> Requirement:
+    role, capability, node = _tuple(v, path, name, 3)
+    where = _where(path, name)
+    return Requirement(
+        role=_opt_str(role, where, "role", MAX_ROLE_CHARS),
+        capability=_opt_str(capability, where, "capability", MAX_NAME_CHARS),
+        node=_opt_str(node, where, "node", MAX_NAME_CHARS),
+    )
+
+
+def _history(v: object, path: str, name: str) -> tuple[Transition, ...]:
+    items = _list(v, path, name, MAX_TASK_HISTORY)
+    where = _where(path, name)
+    out: list[Transition] = []
+    for i, item in enumerate(items):
+        at = f"{where}[{i}]"
+        state, when, actor, reason = _tuple(item, at, "", 4)
+        out.append(
+            Transition(
+                state=_choice(state, at, "state", _TASK_STATES),
+                at=_number(when, at, "at"),
+                actor=_str(actor, at, "actor", MAX_NAME_CHARS),
+                reason=_str(reason, at, "reason", MAX_TASK_TEXT_CHARS),
+            )
+        )
+    return tuple(out)
+
+
+def _progress(v: object, path: str, name: str) -> Progress:
+    pct, message = _tuple(v, path, name, 2)
+    where = _where(path, name)
+    return Progress(
+        pct=_number(pct, where, "pct", hi=MAX_PROGRESS_PCT),
+        message=_str(message, where, "message", MAX_TASK_TEXT_CHARS),
+    )
+
+
+def _failure(v: object, path: str, name: str) -> TaskFailure | None:
+    if v is None:
+        return None
+    if type(v) is not list or len(v) != 2:
+        raise _bad(path, name, v, "nil or array of 2 items")
+    where = _where(path, name)
+    return TaskFailure(
+        code=_str(v[0], where, "code", MAX_CODE_CHARS),
+        message=_str(v[1], where, "message", MAX_TASK_ERROR_CHARS),
+    )
+
+
+def _fence(v: object, path: str, name: str) -> Assignment | None:
+    if v is None:
+        return None
+    if type(v) is not list or len(v) != 2:
+        raise _bad(path, name, v, "nil or array of 2 items")
+    where = _where(path, name)
+    return Assignment(term=_int(v[0], where, "term"), lead=_node_id(v[1], where, "lead"))
+
+
+def _task_ids(v: object, path: str, name: str, max_items: int) -> tuple[str, ...]:
+    items = _list(v, path, name, max_items)
+    return tuple([_task_id(t, path, f"{name}[{i}]") for i, t in enumerate(items)])
+
+
+def _enum_value(v: object) -> object:
+    return v.value if isinstance(v, enum.Enum) else v
+
+
+def _float_of(v: object) -> object:
+    """An int where a float is expected becomes a float (canonical form); anything else
+    is left for the checks to judge."""
+    if type(v) is int and 0 <= v <= _U64_MAX:
+        return float(v)
+    return v
+
+
+def task_to_wire(task: Task) -> WireMap:
+    """The wire map of a :class:`~meshd.tasks.model.Task` (keys in canonical order; not
+    validated: :func:`task_from_wire` of it does that)."""
+    req = task.requirement
+    prog = task.progress
+    err = task.error
+    fence = task.assignment
+    return {
+        "id": task.task_id,
+        "skill": task.skill,
+        "params": task.params,
+        "origin": task.origin,
+        "req": [req.role, req.capability, req.node],
+        "pri": task.priority,
+        "timeout": _float_of(task.timeout_s),
+        "deadline": _float_of(task.deadline),
+        "idem": task.idempotent,
+        "verify": task.verify,
+        "parent": task.parent,
+        "deps": list(task.depends_on),
+        "retries": task.retry_count,
+        "retry_limit": task.retry_limit,
+        "state": _enum_value(task.state),
+        "hist": [[_enum_value(t.state), _float_of(t.at), t.actor, t.reason] for t in task.history],
+        "prog": [_float_of(prog.pct), prog.message],
+        "ckpt": task.checkpoint,
+        "result": task.result,
+        "error": None if err is None else [err.code, err.message],
+        "to": task.assigned_to,
+        "fence": None if fence is None else [fence.term, fence.lead],
+        "attempt": task.attempt,
+        "created": _float_of(task.created_at),
+        "updated": _float_of(task.updated_at),
+    }
+
+
+def _task(obj: object, path: str) -> Task:
+    d = _map(obj, path, "") if path else _map(obj, "", "task")
+    g = d.get
+    return Task(
+        task_id=_task_id(g("id", _MISSING), path, "id"),
+        skill=_str(g("skill", _MISSING), path, "skill", MAX_SKILL_CHARS, min_chars=1),
+        params=_params(g("params", _MISSING), path, "params"),
+        origin=_node_id(g("origin", _MISSING), path, "origin"),
+        requirement=_requirement(g("req", _MISSING), path, "req"),
+        priority=_int(g("pri", _MISSING), path, "pri", MAX_TASK_PRIORITY),
+        timeout_s=_number(g("timeout", _MISSING), path, "timeout", positive=True),
+        deadline=_opt_number(g("deadline", _MISSING), path, "deadline"),
+        idempotent=_bool(g("idem", _MISSING), path, "idem"),
+        verify=_bool(g("verify", _MISSING), path, "verify"),
+        parent=_opt_task_id(g("parent", _MISSING), path, "parent"),
+        depends_on=_task_ids(g("deps", _MISSING), path, "deps", MAX_TASK_DEPS),
+        retry_count=_int(g("retries", _MISSING), path, "retries"),
+        retry_limit=_int(g("retry_limit", _MISSING), path, "retry_limit"),
+        state=_choice(g("state", _MISSING), path, "state", _TASK_STATES),
+        history=_history(g("hist", _MISSING), path, "hist"),
+        progress=_progress(g("prog", _MISSING), path, "prog"),
+        checkpoint=_opt_bin(g("ckpt", _MISSING), path, "ckpt", MAX_CHECKPOINT_BYTES),
+        result=_any(g("result", _MISSING), path, "result"),
+        error=_failure(g("error", _MISSING), path, "error"),
+        assigned_to=_opt_node_id(g("to", _MISSING), path, "to"),
+        assignment=_fence(g("fence", _MISSING), path, "fence"),
+        attempt=_int(g("attempt", _MISSING), path, "attempt"),
+        created_at=_number(g("created", _MISSING), path, "created"),
+        updated_at=_number(g("updated", _MISSING), path, "updated"),
+    )
+
+
+def task_from_wire(obj: object, path: str = "task") -> Task:
+    """Validate a decoded task map and build a :class:`~meshd.tasks.model.Task`.
+
+    Raises :class:`MalformedFrame` naming the bad field, prefixed with ``path``
+    (``task.hist[2].at``). Checks the wire rules only (types, lengths, ranges), not the
+    task rules of :func:`meshd.tasks.model.validate_task`.
+    """
+    return _task(obj, path)
+
+
+def task_copy_to_wire(copy: TaskCopy) -> WireMap:
+    """The wire map ``{"term", "seq", "task"}`` of a :class:`TaskCopy` (not validated)."""
+    return {"term": copy.term, "seq": copy.seq, "task": task_to_wire(copy.task)}
+
+
+def _task_copy(obj: object, path: str) -> TaskCopy:
+    d = _map(obj, path, "") if path else _map(obj, "", "task copy")
+    return TaskCopy(
+        term=_int(d.get("term", _MISSING), path, "term"),
+        seq=_int(d.get("seq", _MISSING), path, "seq"),
+        task=_task(d.get("task", _MISSING), _where(path, "task")),
+    )
+
+
+def task_copy_from_wire(obj: object) -> TaskCopy:
+    """Validate a decoded task copy map and build a :class:`TaskCopy`."""
+    return _task_copy(obj, "")
+
+
+def _copies(v: object, path: str, name: str) -> tuple[TaskCopy, ...]:
+    items = _list(v, path, name, MAX_TASK_COPIES)
+    where = _where(path, name)
+    return tuple([_task_copy(item, f"{where}[{i}]") for i, item in enumerate(items)])
+
+
 # ---- payloads -----------------------------------------------------------------------
 
 
@@ -401,6 +816,66 @@ def _enc_transfer_req(p: Any) -> WireMap:
     return {"target": p.target}
 
 
+def _enc_task_copy_msg(p: Any) -> WireMap:
+    return {"copy": task_copy_to_wire(p.copy)}
+
+
+def _enc_task_report(p: Any) -> WireMap:
+    return {
+        "task_id": p.task_id,
+        "attempt": p.attempt,
+        "kind": _enum_value(p.kind),
+        "pct": _float_of(p.pct),
+        "message": p.message,
+        "ckpt": p.checkpoint,
+        "result": p.result,
+        "code": p.code,
+    }
+
+
+def _enc_task_cancel(p: Any) -> WireMap:
+    return {"task_id": p.task_id, "attempt": p.attempt, "reason": p.reason}
+
+
+def _enc_task_update(p: Any) -> WireMap:
+    return {"seq_hi": p.seq_hi, "copies": [task_copy_to_wire(c) for c in p.copies]}
+
+
+def _enc_task_ack(p: Any) -> WireMap:
+    return {"task_id": p.task_id, "ok": p.ok, "code": p.code, "message": p.message}
+
+
+def _enc_task_op(p: Any) -> WireMap:
+    return {
+        "op": _enum_value(p.op),
+        "task_id": p.task_id,
+        "actor": p.actor,
+        "target": p.target,
+        "ckpt": p.checkpoint,
+    }
+
+
+def _enc_task_sync_req(p: Any) -> WireMap:
+    return {
+        "since_term": p.since_term,
+        "since_seq": p.since_seq,
+        "ids": list(p.ids),
+        "unfinished": p.unfinished,
+    }
+
+
+def _enc_task_sync(p: Any) -> WireMap:
+    return {"copies": [task_copy_to_wire(c) for c in p.copies], "more": p.more}
+
+
+def _enc_agent_info(p: Any) -> WireMap:
+    return {
+        "skills": list(p.skills),
+        "caps": list(p.capabilities),
+        "max_concurrent": p.max_concurrent,
+    }
+
+
 _BODY_ENCODERS: Final[dict[MsgType, Callable[[Any], WireMap]]] = {
     MsgType.HELLO: _enc_hello,
     MsgType.HEARTBEAT: _enc_heartbeat,
@@ -420,6 +895,16 @@ _BODY_ENCODERS: Final[dict[MsgType, Callable[[Any], WireMap]]] = {
     MsgType.LEAD_ACK: _enc_lead_ack,
     MsgType.STEP_DOWN: _enc_step_down,
     MsgType.TRANSFER_REQ: _enc_transfer_req,
+    MsgType.TASK_SUBMIT: _enc_task_copy_msg,
+    MsgType.TASK_ASSIGN: _enc_task_copy_msg,
+    MsgType.TASK_REPORT: _enc_task_report,
+    MsgType.TASK_CANCEL: _enc_task_cancel,
+    MsgType.TASK_UPDATE: _enc_task_update,
+    MsgType.TASK_ACK: _enc_task_ack,
+    MsgType.TASK_OP: _enc_task_op,
+    MsgType.TASK_SYNC_REQ: _enc_task_sync_req,
+    MsgType.TASK_SYNC: _enc_task_sync,
+    MsgType.AGENT_INFO: _enc_agent_info,
 }
 
 _B: Final = "body"
@@ -544,6 +1029,89 @@ def _dec_transfer_req(b: dict[Any, Any]) -> Payload:
     return TransferReq(target=_node_id_or_empty(b.get("target", _MISSING), _B, "target"))
 
 
+def _dec_task_submit(b: dict[Any, Any]) -> Payload:
+    return TaskSubmit(copy=_task_copy(b.get("copy", _MISSING), _where(_B, "copy")))
+
+
+def _dec_task_assign(b: dict[Any, Any]) -> Payload:
+    return TaskAssign(copy=_task_copy(b.get("copy", _MISSING), _where(_B, "copy")))
+
+
+def _dec_task_report(b: dict[Any, Any]) -> Payload:
+    return TaskReport(
+        task_id=_task_id(b.get("task_id", _MISSING), _B, "task_id"),
+        attempt=_int(b.get("attempt", _MISSING), _B, "attempt"),
+        kind=_choice(b.get("kind", _MISSING), _B, "kind", _REPORT_KINDS),
+        pct=_number(b.get("pct", _MISSING), _B, "pct", hi=MAX_PROGRESS_PCT),
+        message=_str(b.get("message", _MISSING), _B, "message", MAX_TASK_TEXT_CHARS),
+        checkpoint=_opt_bin(b.get("ckpt", _MISSING), _B, "ckpt", MAX_CHECKPOINT_BYTES),
+        result=_any(b.get("result", _MISSING), _B, "result"),
+        code=_str(b.get("code", _MISSING), _B, "code", MAX_CODE_CHARS),
+    )
+
+
+def _dec_task_cancel(b: dict[Any, Any]) -> Payload:
+    return TaskCancel(
+        task_id=_task_id(b.get("task_id", _MISSING), _B, "task_id"),
+        attempt=_int(b.get("attempt", _MISSING), _B, "attempt"),
+        reason=_str(b.get("reason", _MISSING), _B, "reason", MAX_REASON_CHARS),
+    )
+
+
+def _dec_task_update(b: dict[Any, Any]) -> Payload:
+    return TaskUpdate(
+        seq_hi=_int(b.get("seq_hi", _MISSING), _B, "seq_hi"),
+        copies=_copies(b.get("copies", _MISSING), _B, "copies"),
+    )
+
+
+def _dec_task_ack(b: dict[Any, Any]) -> Payload:
+    return TaskAck(
+        task_id=_task_id_or_empty(b.get("task_id", _MISSING), _B, "task_id"),
+        ok=_bool(b.get("ok", _MISSING), _B, "ok"),
+        code=_str(b.get("code", _MISSING), _B, "code", MAX_CODE_CHARS),
+        message=_str(b.get("message", _MISSING), _B, "message", MAX_ERROR_MESSAGE_CHARS),
+    )
+
+
+def _dec_task_op(b: dict[Any, Any]) -> Payload:
+    return TaskOp(
+        op=_choice(b.get("op", _MISSING), _B, "op", _OP_KINDS),
+        task_id=_task_id(b.get("task_id", _MISSING), _B, "task_id"),
+        actor=_str(b.get("actor", _MISSING), _B, "actor", MAX_NAME_CHARS),
+        target=_str(b.get("target", _MISSING), _B, "target", MAX_NAME_CHARS),
+        checkpoint=_opt_bin(b.get("ckpt", _MISSING), _B, "ckpt", MAX_CHECKPOINT_BYTES),
+    )
+
+
+def _dec_task_sync_req(b: dict[Any, Any]) -> Payload:
+    return TaskSyncReq(
+        since_term=_int(b.get("since_term", _MISSING), _B, "since_term"),
+        since_seq=_int(b.get("since_seq", _MISSING), _B, "since_seq"),
+        ids=_task_ids(b.get("ids", _MISSING), _B, "ids", MAX_SYNC_IDS),
+        unfinished=_bool(b.get("unfinished", _MISSING), _B, "unfinished"),
+    )
+
+
+def _dec_task_sync(b: dict[Any, Any]) -> Payload:
+    return TaskSync(
+        copies=_copies(b.get("copies", _MISSING), _B, "copies"),
+        more=_bool(b.get("more", _MISSING), _B, "more"),
+    )
+
+
+def _dec_agent_info(b: dict[Any, Any]) -> Payload:
+    return AgentInfo(
+        skills=_str_list(b.get("skills", _MISSING), _B, "skills", MAX_SKILLS, MAX_SKILL_CHARS),
+        capabilities=_str_list(
+            b.get("caps", _MISSING), _B, "caps", MAX_CAPABILITIES, MAX_ROLE_CHARS
+        ),
+        max_concurrent=_int(
+            b.get("max_concurrent", _MISSING), _B, "max_concurrent", MAX_AGENT_CONCURRENCY
+        ),
+    )
+
+
 _BODY_DECODERS: Final[dict[MsgType, Callable[[dict[Any, Any]], Payload]]] = {
     MsgType.HELLO: _dec_hello,
     MsgType.HEARTBEAT: _dec_heartbeat,
@@ -563,6 +1131,16 @@ _BODY_DECODERS: Final[dict[MsgType, Callable[[dict[Any, Any]], Payload]]] = {
     MsgType.LEAD_ACK: _dec_lead_ack,
     MsgType.STEP_DOWN: _dec_step_down,
     MsgType.TRANSFER_REQ: _dec_transfer_req,
+    MsgType.TASK_SUBMIT: _dec_task_submit,
+    MsgType.TASK_ASSIGN: _dec_task_assign,
+    MsgType.TASK_REPORT: _dec_task_report,
+    MsgType.TASK_CANCEL: _dec_task_cancel,
+    MsgType.TASK_UPDATE: _dec_task_update,
+    MsgType.TASK_ACK: _dec_task_ack,
+    MsgType.TASK_OP: _dec_task_op,
+    MsgType.TASK_SYNC_REQ: _dec_task_sync_req,
+    MsgType.TASK_SYNC: _dec_task_sync,
+    MsgType.AGENT_INFO: _dec_agent_info,
 }
 
 
@@ -773,6 +1351,23 @@ def encode_member_record(record: MemberRecord) -> bytes:
 def decode_member_record(data: bytes) -> MemberRecord:
     """Inverse of :func:`encode_member_record`; raises :class:`DecodeError` only."""
     return member_record_from_wire(_unpack_standalone(data))
+
+
+def encode_task_copy(copy: TaskCopy) -> bytes:
+    """msgpack bytes of one task copy map (the local task store); checked like a frame,
+    raises :class:`LocalProtocolError`."""
+    return _encode_standalone(task_copy_to_wire, task_copy_from_wire, copy)
+
+
+def decode_task_copy(data: bytes) -> TaskCopy:
+    """Inverse of :func:`encode_task_copy`; raises :class:`DecodeError` only."""
+    obj = _unpack_standalone(data)
+    try:
+        return task_copy_from_wire(obj)
+    except DecodeError:
+        raise
+    except Exception as exc:  # safety net: the contract is DecodeError only
+        raise MalformedFrame(f"unexpected decoder failure: {exc!r}") from None
 
 
 def _encode_standalone(

@@ -27,8 +27,18 @@ if str(ROOT) not in sys.path:
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # noqa: E402
 
+from meshd.tasks.model import (  # noqa: E402
+    Assignment,
+    Progress,
+    Requirement,
+    Task,
+    TaskFailure,
+    TaskState,
+    Transition,
+)
 from meshd.wire import (  # noqa: E402
     Ack,
+    AgentInfo,
     Envelope,
     Error,
     Heartbeat,
@@ -45,9 +55,21 @@ from meshd.wire import (  # noqa: E402
     MsgType,
     Ping,
     PingReq,
+    ReportKind,
     StepDown,
     Sync,
     SyncReq,
+    TaskAck,
+    TaskAssign,
+    TaskCancel,
+    TaskCopy,
+    TaskOp,
+    TaskOpKind,
+    TaskReport,
+    TaskSubmit,
+    TaskSync,
+    TaskSyncReq,
+    TaskUpdate,
     TransferReq,
     Vote,
     VoteReq,
@@ -111,6 +133,91 @@ RECORDS = (
     MemberRecord(INFO_A, MemberState.ALIVE),
     MemberRecord(INFO_B, MemberState.SUSPECT),
     MemberRecord(INFO_C, MemberState.DEAD),
+)
+
+
+# tasks: ids are made like node ids (32 lowercase hex chars); times are epoch seconds
+TASK_ECHO = node_id("task-echo")
+TASK_SUM = node_id("task-summarize")
+TASK_PARENT = node_id("task-parent")
+TASK_DEP_1 = node_id("task-dep-1")
+TASK_DEP_2 = node_id("task-dep-2")
+T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+
+#: A new task as its origin C stores and submits it: optional fields unset.
+TASK_NEW = Task(
+    task_id=TASK_ECHO,
+    skill="echo",
+    params={"text": "hello", "times": 3},
+    origin=NODE_C,
+    timeout_s=60.0,
+    history=(Transition(TaskState.PENDING, T0, NODE_C, "submitted"),),
+    created_at=T0,
+    updated_at=T0,
+)
+#: The same task once agent A completed it (lead B, term 8).
+TASK_DONE = dataclasses.replace(
+    TASK_NEW,
+    state=TaskState.COMPLETE,
+    history=(
+        *TASK_NEW.history,
+        Transition(TaskState.ASSIGNED, T0 + 0.5, NODE_B, "assigned to alpha"),
+        Transition(TaskState.RUNNING, T0 + 0.75, NODE_A, "started"),
+        Transition(TaskState.COMPLETE, T0 + 2.25, NODE_A, "completed"),
+    ),
+    progress=Progress(100.0, "done"),
+    result={"echo": "hello hello hello", "lines": [1, 2, 3], "ok": True, "warning": None},
+    assigned_to=NODE_A,
+    assignment=Assignment(8, NODE_B),
+    attempt=1,
+    updated_at=T0 + 2.25,
+)
+#: A task with every optional field set: second attempt, assigned to A by lead B.
+TASK_FULL = Task(
+    task_id=TASK_SUM,
+    skill="summarize",
+    params={
+        "url": "https://example.org/report.pdf",
+        "max_words": 200,
+        "ratio": 0.25,
+        "opts": {"lang": "en", "bullets": True, "tags": ["q1", "finance"]},
+        "seed": None,
+    },
+    origin=NODE_C,
+    requirement=Requirement(role="worker", capability="gpu", node="alpha"),
+    priority=7,
+    timeout_s=120.5,
+    deadline=T0 + 3600.0,
+    idempotent=True,
+    verify=True,
+    parent=TASK_PARENT,
+    depends_on=(TASK_DEP_1, TASK_DEP_2),
+    retry_count=1,
+    retry_limit=3,
+    state=TaskState.ASSIGNED,
+    history=(
+        Transition(TaskState.PENDING, T0, NODE_C, "submitted"),
+        Transition(TaskState.ASSIGNED, T0 + 1.0, NODE_B, "assigned to alpha"),
+        Transition(TaskState.RUNNING, T0 + 1.5, NODE_A, "started"),
+        Transition(TaskState.RETRY, T0 + 121.5, NODE_B, "timeout"),
+        Transition(TaskState.ASSIGNED, T0 + 122.0, NODE_B, "assigned to alpha"),
+    ),
+    progress=Progress(12.5, "fetched the document"),
+    checkpoint=fixed_bytes("task-summarize/ckpt-1", 24),
+    result=None,
+    error=TaskFailure("timeout", "attempt 1 took longer than 120.5 s"),
+    assigned_to=NODE_A,
+    assignment=Assignment(8, NODE_B),
+    attempt=2,
+    created_at=T0,
+    updated_at=T0 + 122.0,
+)
+#: TASK_FULL once A reported it started the second attempt.
+TASK_FULL_RUNNING = dataclasses.replace(
+    TASK_FULL,
+    state=TaskState.RUNNING,
+    history=(*TASK_FULL.history, Transition(TaskState.RUNNING, T0 + 122.25, NODE_A, "started")),
+    updated_at=T0 + 122.25,
 )
 
 
@@ -255,6 +362,179 @@ VALID: list[tuple[str, str, Envelope]] = [
         "TRANSFER_REQ with an empty target: the lead is asked to step down",
         env(MsgType.TRANSFER_REQ, TransferReq(""), n=25, sender=NODE_C, term=8),
     ),
+    # ---- tasks (appended: the vectors above never change) ----
+    (
+        "task_submit",
+        "TASK_SUBMIT: origin C submits a new echo task to lead B (origin copy, term 0 seq 0)",
+        env(
+            MsgType.TASK_SUBMIT,
+            TaskSubmit(TaskCopy(0, 0, TASK_NEW)),
+            n=26,
+            sender=NODE_C,
+            term=8,
+        ),
+    ),
+    (
+        "task_ack",
+        "TASK_ACK: lead B stored C's task",
+        env(MsgType.TASK_ACK, TaskAck(TASK_ECHO, True), n=27, sender=NODE_B, corr=26, term=8),
+    ),
+    (
+        "task_ack_refused",
+        "TASK_ACK refusing a TASK_SUBMIT sent to A, which is not the lead (empty task id)",
+        env(
+            MsgType.TASK_ACK,
+            TaskAck("", False, "not_lead", "this node is not the lead"),
+            n=28,
+            corr=26,
+            term=8,
+        ),
+    ),
+    (
+        "task_assign",
+        "TASK_ASSIGN: lead B assigns attempt 2 of a task with every field set to agent A",
+        env(
+            MsgType.TASK_ASSIGN, TaskAssign(TaskCopy(8, 5, TASK_FULL)), n=29, sender=NODE_B, term=8
+        ),
+    ),
+    (
+        "task_report",
+        "TASK_REPORT: A completed attempt 1 of the echo task, with a result",
+        env(
+            MsgType.TASK_REPORT,
+            TaskReport(
+                TASK_ECHO,
+                1,
+                ReportKind.COMPLETED,
+                100.0,
+                "done",
+                None,
+                {"echo": "hello hello hello", "lines": [1, 2, 3], "ok": True, "warning": None},
+                "",
+            ),
+            n=30,
+            term=8,
+        ),
+    ),
+    (
+        "task_report_progress",
+        "TASK_REPORT: progress of attempt 2 with a checkpoint (best effort)",
+        env(
+            MsgType.TASK_REPORT,
+            TaskReport(
+                TASK_SUM,
+                2,
+                ReportKind.PROGRESS,
+                42.5,
+                "page 17 of 40",
+                fixed_bytes("task-summarize/ckpt-2", 32),
+            ),
+            n=31,
+            term=8,
+        ),
+    ),
+    (
+        "task_report_failed",
+        "TASK_REPORT: attempt 2 failed with a skill error code",
+        env(
+            MsgType.TASK_REPORT,
+            TaskReport(
+                TASK_SUM,
+                2,
+                ReportKind.FAILED,
+                message="upstream answered 503",
+                code="fetch_failed",
+            ),
+            n=32,
+            term=8,
+        ),
+    ),
+    (
+        "task_cancel",
+        "TASK_CANCEL: lead B stops attempt 2 on agent A",
+        env(
+            MsgType.TASK_CANCEL,
+            TaskCancel(TASK_SUM, 2, "operator"),
+            n=33,
+            sender=NODE_B,
+            term=8,
+        ),
+    ),
+    (
+        "task_update",
+        "TASK_UPDATE: two new copies from lead B (seq 6 and 7 of term 8)",
+        env(
+            MsgType.TASK_UPDATE,
+            TaskUpdate(7, (TaskCopy(8, 6, TASK_DONE), TaskCopy(8, 7, TASK_FULL_RUNNING))),
+            n=34,
+            sender=NODE_B,
+            term=8,
+        ),
+    ),
+    (
+        "task_update_beacon",
+        "TASK_UPDATE beacon: no copies, newest seq 7",
+        env(MsgType.TASK_UPDATE, TaskUpdate(7, ()), n=35, sender=NODE_B, term=8),
+    ),
+    (
+        "task_op",
+        "TASK_OP: agent A hands its running task off to C, with its checkpoint",
+        env(
+            MsgType.TASK_OP,
+            TaskOp(
+                TaskOpKind.HANDOFF,
+                TASK_SUM,
+                "alice",
+                NODE_C,
+                fixed_bytes("task-summarize/ckpt-3", 32),
+            ),
+            n=36,
+            term=8,
+        ),
+    ),
+    (
+        "task_op_cancel",
+        "TASK_OP: an operator on C cancels the echo task",
+        env(
+            MsgType.TASK_OP,
+            TaskOp(TaskOpKind.CANCEL, TASK_ECHO, "operator"),
+            n=37,
+            sender=NODE_C,
+            term=8,
+        ),
+    ),
+    (
+        "task_sync_req",
+        "TASK_SYNC_REQ: new lead A (term 9) gathers: its unfinished ids, unfinished set",
+        env(
+            MsgType.TASK_SYNC_REQ,
+            TaskSyncReq(8, 3, (TASK_SUM, TASK_PARENT), True),
+            n=38,
+            term=9,
+        ),
+    ),
+    (
+        "task_sync",
+        "TASK_SYNC: C answers A with its one copy, last chunk",
+        env(
+            MsgType.TASK_SYNC,
+            TaskSync((TaskCopy(8, 7, TASK_FULL_RUNNING),), False),
+            n=39,
+            sender=NODE_C,
+            corr=38,
+            term=9,
+        ),
+    ),
+    (
+        "agent_info",
+        "AGENT_INFO: A runs echo and summarize, has a GPU, 4 tasks at a time",
+        env(
+            MsgType.AGENT_INFO,
+            AgentInfo(("echo", "summarize"), ("gpu", "cuda12"), 4),
+            n=40,
+            term=9,
+        ),
+    ),
 ]
 
 # ---- JSON forms ---------------------------------------------------------------------
@@ -264,11 +544,13 @@ def to_json(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     if isinstance(value, enum.Enum):
-        return value.value if isinstance(value, str) else value.name
+        return value.value if isinstance(value.value, str) else value.name
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (tuple, list)):
         return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_json(v) for k, v in value.items()}
     return value
 
 
@@ -448,6 +730,49 @@ def invalid_vectors() -> list[dict[str, Any]]:
         "MalformedFrame",
         "body.reason",
     )
+    tu = wire_of(by_name["task_update"])
+    copies = [dict(cp) for cp in tu[7]["copies"]]
+    copies[1] = {**copies[1], "task": {**copies[1]["task"], "state": "zombie"}}
+    add(
+        "invalid_task_state",
+        "TASK_UPDATE whose second copy has task state 'zombie'",
+        pack([*tu[:7], {**tu[7], "copies": copies}]),
+        "MalformedFrame",
+        "body.copies[1].task.state",
+    )
+    tr = wire_of(by_name["task_report"])
+    add(
+        "invalid_task_id",
+        "TASK_REPORT whose task id is not hex",
+        pack([*tr[:7], {**tr[7], "task_id": "g" + TASK_ECHO[1:]}]),
+        "MalformedFrame",
+        "body.task_id",
+    )
+    tp = wire_of(by_name["task_report_progress"])
+    add(
+        "invalid_task_pct",
+        "TASK_REPORT with progress 150 %",
+        pack([*tp[:7], {**tp[7], "pct": 150.0}]),
+        "MalformedFrame",
+        "body.pct",
+    )
+    tc = wire_of(by_name["task_cancel"])
+    add(
+        "invalid_task_attempt_bool",
+        "TASK_CANCEL with attempt = true instead of an int",
+        pack([*tc[:7], {**tc[7], "attempt": True}]),
+        "MalformedFrame",
+        "body.attempt",
+    )
+    ta = wire_of(by_name["task_assign"])
+    bad_copy = {**ta[7]["copy"], "task": {**ta[7]["copy"]["task"], "fence": [8, "bravo"]}}
+    add(
+        "invalid_task_fence_lead",
+        "TASK_ASSIGN whose fence names the lead by name instead of node id",
+        pack([*ta[:7], {"copy": bad_copy}]),
+        "MalformedFrame",
+        "body.copy.task.fence.lead",
+    )
     add(
         "invalid_int_map_key",
         "envelope body map with an int key",
@@ -462,13 +787,30 @@ def compat_vectors() -> list[tuple[str, str, bytes, Envelope]]:
     hb = next(e for n, _, e in VALID if n == "heartbeat")
     w = wire_of(hb)
     body = {"zz_future": [1, 2, 3], **w[7], "extra": {"nested": b"\x00"}}
+    submit = next(e for n, _, e in VALID if n == "task_submit")
+    s = wire_of(submit)
+    task = dict(s[7]["copy"]["task"])
+    task.update(
+        timeout=60,
+        created=int(T0),
+        updated=int(T0),
+        hist=[["pending", int(T0), NODE_C, "submitted"]],
+    )
+    task["future"] = {"x": 1}
     return [
         (
             "heartbeat_unknown_keys",
             "HEARTBEAT with unknown body keys before and after the known ones: ignored",
             pack([*w[:7], body]),
             hb,
-        )
+        ),
+        (
+            "task_submit_int_times",
+            "TASK_SUBMIT with ints where floats are expected (accepted, re-encoded as "
+            "float64) and an unknown task key (ignored)",
+            pack([*s[:7], {"copy": {**s[7]["copy"], "task": task}}]),
+            submit,
+        ),
     ]
 
 

@@ -18,11 +18,13 @@ from meshd.errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
+from meshd.tasks.model import Task, TaskState, Transition
 from meshd.wire import (
     MAX_FRAME_BYTES,
     MAX_MEMBERS,
     PROTOCOL_VERSION,
     Ack,
+    AgentInfo,
     Envelope,
     Error,
     Heartbeat,
@@ -39,9 +41,21 @@ from meshd.wire import (
     MsgType,
     Ping,
     PingReq,
+    ReportKind,
     StepDown,
     Sync,
     SyncReq,
+    TaskAck,
+    TaskAssign,
+    TaskCancel,
+    TaskCopy,
+    TaskOp,
+    TaskOpKind,
+    TaskReport,
+    TaskSubmit,
+    TaskSync,
+    TaskSyncReq,
+    TaskUpdate,
     TransferReq,
     Vote,
     VoteReq,
@@ -85,6 +99,18 @@ INFO = MemberInfo(
 INFO_B = dataclasses.replace(INFO, node_id=B, name="", role="", addresses=(), started_at=0.0)
 RECORDS = (MemberRecord(INFO, MemberState.ALIVE), MemberRecord(INFO_B, MemberState.LEFT))
 
+T = "0123456789abcdef" * 2
+TASK = Task(
+    task_id=T,
+    skill="echo",
+    params={"text": "hi"},
+    origin=C,
+    history=(Transition(TaskState.PENDING, 1.5, C, "submitted"),),
+    created_at=1.5,
+    updated_at=1.5,
+)
+COPY = TaskCopy(term=4, seq=2, task=TASK)
+
 PAYLOADS: dict[MsgType, Any] = {
     MsgType.HELLO: Hello(INFO),
     MsgType.HEARTBEAT: Heartbeat(incarnation=5, digest=b"\xaa" * 16, members=2),
@@ -104,6 +130,16 @@ PAYLOADS: dict[MsgType, Any] = {
     MsgType.LEAD_ACK: LeadAck(term=4, seq=17, ok=True),
     MsgType.STEP_DOWN: StepDown(term=4, successor=B, reason="transfer"),
     MsgType.TRANSFER_REQ: TransferReq(target=C),
+    MsgType.TASK_SUBMIT: TaskSubmit(COPY),
+    MsgType.TASK_ASSIGN: TaskAssign(COPY),
+    MsgType.TASK_REPORT: TaskReport(T, 1, ReportKind.COMPLETED, 100.0, "done", None, [1], ""),
+    MsgType.TASK_CANCEL: TaskCancel(T, 1, "operator"),
+    MsgType.TASK_UPDATE: TaskUpdate(seq_hi=2, copies=(COPY,)),
+    MsgType.TASK_ACK: TaskAck(T, True),
+    MsgType.TASK_OP: TaskOp(TaskOpKind.RETRY, T, "operator"),
+    MsgType.TASK_SYNC_REQ: TaskSyncReq(4, 0, (T,), True),
+    MsgType.TASK_SYNC: TaskSync((COPY,), False),
+    MsgType.AGENT_INFO: AgentInfo(("echo",), ("gpu",), 2),
 }
 
 BODY_KEYS: dict[MsgType, list[str]] = {
@@ -125,6 +161,16 @@ BODY_KEYS: dict[MsgType, list[str]] = {
     MsgType.LEAD_ACK: ["term", "seq", "ok"],
     MsgType.STEP_DOWN: ["term", "successor", "reason"],
     MsgType.TRANSFER_REQ: ["target"],
+    MsgType.TASK_SUBMIT: ["copy"],
+    MsgType.TASK_ASSIGN: ["copy"],
+    MsgType.TASK_REPORT: ["task_id", "attempt", "kind", "pct", "message", "ckpt", "result", "code"],
+    MsgType.TASK_CANCEL: ["task_id", "attempt", "reason"],
+    MsgType.TASK_UPDATE: ["seq_hi", "copies"],
+    MsgType.TASK_ACK: ["task_id", "ok", "code", "message"],
+    MsgType.TASK_OP: ["op", "task_id", "actor", "target", "ckpt"],
+    MsgType.TASK_SYNC_REQ: ["since_term", "since_seq", "ids", "unfinished"],
+    MsgType.TASK_SYNC: ["copies", "more"],
+    MsgType.AGENT_INFO: ["skills", "caps", "max_concurrent"],
 }
 INFO_KEYS = [
     *("id", "name", "role", "pri", "tier", "ek", "ck", "proof"),
@@ -333,7 +379,7 @@ def test_wrong_array_length(n: int) -> None:
         decode(pack(items))
 
 
-@pytest.mark.parametrize("code", [0, 19, 999, 65535, 2**64 - 1, -1])
+@pytest.mark.parametrize("code", [0, len(MsgType) + 1, 999, 65535, 2**64 - 1, -1])
 def test_unknown_message_type(code: int) -> None:
     w = wire(HB)
     with pytest.raises(UnknownMessageType):

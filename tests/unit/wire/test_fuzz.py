@@ -185,7 +185,7 @@ _MSGPACK_VALUES = st.recursive(
 
 
 @FUZZ
-@given(st.lists(_MSGPACK_VALUES, min_size=0, max_size=10), st.integers(0, 19))
+@given(st.lists(_MSGPACK_VALUES, min_size=0, max_size=10), st.integers(0, len(MsgType) + 1))
 def test_random_msgpack_structures(items: list[Any], code: int) -> None:
     for obj in (items, [1, code, *items]):
         data = msgpack.packb(obj, use_bin_type=True)

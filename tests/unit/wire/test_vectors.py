@@ -14,9 +14,19 @@ import pytest
 
 import meshd.errors
 from meshd.errors import DecodeError
+from meshd.tasks.model import (
+    Assignment,
+    Progress,
+    Requirement,
+    Task,
+    TaskFailure,
+    TaskState,
+    Transition,
+)
 from meshd.wire import (
     PAYLOAD_TYPES,
     Ack,
+    AgentInfo,
     Envelope,
     Error,
     Heartbeat,
@@ -34,9 +44,21 @@ from meshd.wire import (
     Payload,
     Ping,
     PingReq,
+    ReportKind,
     StepDown,
     Sync,
     SyncReq,
+    TaskAck,
+    TaskAssign,
+    TaskCancel,
+    TaskCopy,
+    TaskOp,
+    TaskOpKind,
+    TaskReport,
+    TaskSubmit,
+    TaskSync,
+    TaskSyncReq,
+    TaskUpdate,
     TransferReq,
     Vote,
     VoteReq,
@@ -82,6 +104,52 @@ def records_from_json(items: list[dict[str, Any]]) -> tuple[MemberRecord, ...]:
     return tuple(MemberRecord(info_from_json(r["info"]), MemberState(r["state"])) for r in items)
 
 
+def hex_or_none(value: str | None) -> bytes | None:
+    return None if value is None else bytes.fromhex(value)
+
+
+def task_from_json(j: dict[str, Any]) -> Task:
+    err, fence = j["error"], j["assignment"]
+    return Task(
+        task_id=j["task_id"],
+        skill=j["skill"],
+        params=j["params"],
+        origin=j["origin"],
+        requirement=Requirement(**j["requirement"]),
+        priority=j["priority"],
+        timeout_s=j["timeout_s"],
+        deadline=j["deadline"],
+        idempotent=j["idempotent"],
+        verify=j["verify"],
+        parent=j["parent"],
+        depends_on=tuple(j["depends_on"]),
+        retry_count=j["retry_count"],
+        retry_limit=j["retry_limit"],
+        state=TaskState(j["state"]),
+        history=tuple(
+            Transition(TaskState(h["state"]), h["at"], h["actor"], h["reason"])
+            for h in j["history"]
+        ),
+        progress=Progress(j["progress"]["pct"], j["progress"]["message"]),
+        checkpoint=hex_or_none(j["checkpoint"]),
+        result=j["result"],
+        error=None if err is None else TaskFailure(err["code"], err["message"]),
+        assigned_to=j["assigned_to"],
+        assignment=None if fence is None else Assignment(fence["term"], fence["lead"]),
+        attempt=j["attempt"],
+        created_at=j["created_at"],
+        updated_at=j["updated_at"],
+    )
+
+
+def copy_from_json(j: dict[str, Any]) -> TaskCopy:
+    return TaskCopy(j["term"], j["seq"], task_from_json(j["task"]))
+
+
+def copies_from_json(items: list[dict[str, Any]]) -> tuple[TaskCopy, ...]:
+    return tuple(copy_from_json(c) for c in items)
+
+
 def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
     builders: dict[MsgType, Any] = {
         MsgType.HELLO: lambda: Hello(info_from_json(p["info"])),
@@ -106,6 +174,35 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
         MsgType.LEAD_ACK: lambda: LeadAck(p["term"], p["seq"], p["ok"]),
         MsgType.STEP_DOWN: lambda: StepDown(p["term"], p["successor"], p["reason"]),
         MsgType.TRANSFER_REQ: lambda: TransferReq(p["target"]),
+        MsgType.TASK_SUBMIT: lambda: TaskSubmit(copy_from_json(p["copy"])),
+        MsgType.TASK_ASSIGN: lambda: TaskAssign(copy_from_json(p["copy"])),
+        MsgType.TASK_REPORT: lambda: TaskReport(
+            p["task_id"],
+            p["attempt"],
+            ReportKind(p["kind"]),
+            p["pct"],
+            p["message"],
+            hex_or_none(p["checkpoint"]),
+            p["result"],
+            p["code"],
+        ),
+        MsgType.TASK_CANCEL: lambda: TaskCancel(p["task_id"], p["attempt"], p["reason"]),
+        MsgType.TASK_UPDATE: lambda: TaskUpdate(p["seq_hi"], copies_from_json(p["copies"])),
+        MsgType.TASK_ACK: lambda: TaskAck(p["task_id"], p["ok"], p["code"], p["message"]),
+        MsgType.TASK_OP: lambda: TaskOp(
+            TaskOpKind(p["op"]),
+            p["task_id"],
+            p["actor"],
+            p["target"],
+            hex_or_none(p["checkpoint"]),
+        ),
+        MsgType.TASK_SYNC_REQ: lambda: TaskSyncReq(
+            p["since_term"], p["since_seq"], tuple(p["ids"]), p["unfinished"]
+        ),
+        MsgType.TASK_SYNC: lambda: TaskSync(copies_from_json(p["copies"]), p["more"]),
+        MsgType.AGENT_INFO: lambda: AgentInfo(
+            tuple(p["skills"]), tuple(p["capabilities"]), p["max_concurrent"]
+        ),
     }
     payload: Payload = builders[msg_type]()
     return payload
