@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-from asyncio import FIRST_COMPLETED
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -147,6 +146,7 @@ class _Run:
     ctx: SkillContext
     task: asyncio.Task[object] | None = None
     cancel_requested: bool = False
+    on_cancel: Callable[[], None] | None = None
 
 
 class Executor:
@@ -181,7 +181,9 @@ class Executor:
             return False
         run.cancel_requested = True
         run.ctx.cancel()
-        if run.task is not None:
+        if run.on_cancel is not None:
+            run.on_cancel()
+        elif run.task is not None:
             run.task.cancel()
         return True
 
@@ -271,31 +273,54 @@ class Executor:
     async def _supervise(
         self, run: _Run, coro: Coroutine[Any, Any, object], timeout: float | None
     ) -> ExecResult:
-        task: asyncio.Task[object] = asyncio.create_task(coro)
+        # Callbacks and timers only: no watcher task and no asyncio.wait per run, so a
+        # trivial skill costs one task and one loop turn.
+        loop = asyncio.get_running_loop()
+        task: asyncio.Task[object] = loop.create_task(coro)
         run.task = task
         if run.cancel_requested:  # cancelled between registration and start
             task.cancel()
-        # Wake on the skill's end, a cancel (so that a skill that ignores it is still
-        # given up after the grace) or the timeout, whichever comes first.
-        cancelled = asyncio.create_task(run.ctx.wait_cancelled())
+        settled: asyncio.Future[None] = loop.create_future()
+        state = {"timed_out": False}
+
+        def settle(*_: object) -> None:
+            if not settled.done():
+                settled.set_result(None)
+
+        def give_up() -> None:
+            # A cancel or timeout is in force: the skill gets ``cancel_grace`` to unwind.
+            run.ctx.cancel()
+            task.cancel()
+            timers.append(loop.call_later(self.config.cancel_grace, settle))
+
+        def on_timeout() -> None:
+            if not task.done():
+                state["timed_out"] = True
+                give_up()
+
+        task.add_done_callback(settle)
+        timers: list[asyncio.TimerHandle] = []
+        if timeout is not None:
+            timers.append(loop.call_later(timeout, on_timeout))
+        run.on_cancel = give_up
         try:
-            await asyncio.wait({task, cancelled}, timeout=timeout, return_when=FIRST_COMPLETED)
+            await settled
         except asyncio.CancelledError:
             # The caller (the node shutting down) cancelled us: stop the skill too.
             await self._stop(run, task)
             raise
         finally:
-            cancelled.cancel()
-        timed_out = not task.done() and not run.ctx.cancelled
+            for timer in timers:
+                timer.cancel()
+            task.remove_done_callback(settle)
+        timed_out = state["timed_out"]
         if not task.done():
-            await self._stop(run, task)
-            if not task.done():
-                why = f"timed out after {timeout:g} s" if timed_out else "was cancelled"
-                return failed(
-                    "timeout" if timed_out else "cancelled",
-                    f"skill {run.skill!r} {why} and did not stop within "
-                    f"{self.config.cancel_grace:g} s; abandoned",
-                )
+            why = f"timed out after {timeout:g} s" if timed_out else "was cancelled"
+            return failed(
+                "timeout" if timed_out else "cancelled",
+                f"skill {run.skill!r} {why} and did not stop within "
+                f"{self.config.cancel_grace:g} s; abandoned",
+            )
         if task.cancelled():
             return self._cancel_result(run, timed_out, timeout)
         exc = task.exception()

@@ -3,9 +3,10 @@
 The I/O edge of :mod:`meshd.tasks`, owned by :class:`meshd.node.Node`:
 
 - **group commit**: effects of one event-loop batch are collected; store writes (task
-  copies, outbox, audit) are committed in one LMDB transaction, and only then are the
-  batch's messages sent, its skills started and its clients answered, so nothing is
-  acknowledged before it is durable;
+  copies, outbox, audit) are committed in one LMDB transaction (one fsync), and only
+  then are the batch's acknowledgements sent, its skills started and its clients
+  answered, so nothing is acknowledged before it is durable. Other messages leave at
+  once (see :func:`_is_ack`);
 - the local skill runner (:class:`~meshd.skills.executor.Executor`), whose progress,
   checkpoints and outcome go back into the machine;
 - the control operations behind ``meshctl delegate`` / ``task ...`` and
@@ -40,7 +41,14 @@ from meshd.tasks.machine import (
 )
 from meshd.tasks.model import Requirement, Task, TaskError, TaskState, is_terminal, new_task
 from meshd.wire import codec
-from meshd.wire.messages import PAYLOAD_TYPES, TaskCopy, TaskOpKind, TaskReport
+from meshd.wire.messages import (
+    PAYLOAD_TYPES,
+    ReportKind,
+    TaskAck,
+    TaskCopy,
+    TaskOpKind,
+    TaskReport,
+)
 
 if TYPE_CHECKING:
     from meshd.node import Node
@@ -49,6 +57,9 @@ _log = log.get("meshd.tasks")
 
 #: s. Longest a control long-poll (task_watch, events) may wait.
 MAX_WAIT = 30.0
+#: s. Longest a replica's copy (from the lead's updates) waits to be written: replicas
+#: need no fsync, and writing them in batches keeps the fsyncs of durable writes cheap.
+LAZY_WRITE = 0.5
 #: s. How long a relayed operator command waits for the lead's answer.
 OP_TIMEOUT = 5.0
 
@@ -96,6 +107,17 @@ def task_to_dict(
     }
 
 
+def _is_ack(payload: object) -> bool:
+    """Acknowledgements promise durability: they leave only after the batch's commit
+    (TASK_ACK, and STARTED, the agent's acknowledgement of an assignment). Everything
+    else may go at once: a copy or an outcome sent before it is durable here is still
+    held by its sender (an unacknowledged submit or report is resent), so a crash in
+    between loses nothing."""
+    if isinstance(payload, TaskAck):
+        return True
+    return isinstance(payload, TaskReport) and payload.kind is ReportKind.STARTED
+
+
 class TaskRuntime:
     """Delegation for one :class:`~meshd.node.Node` (see the module docstring)."""
 
@@ -128,12 +150,16 @@ class TaskRuntime:
         self._copies: dict[str, TaskCopy] = {}
         self._outbox: dict[str, TaskReport | bool | None] = {}
         self._audit: list[dict[str, Any]] = []
+        #: Replica copies: written with the next batch or within LAZY_WRITE s, unsynced.
+        self._lazy: dict[str, TaskCopy] = {}
+        self._lazy_handle: asyncio.TimerHandle | None = None
+        self._task_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._event_waiters: list[asyncio.Future[None]] = []
         self._durable = False
         self._sends: list[Send | Publish] = []
         self._runs: list[RunSkill] = []
         self._flush_handle: asyncio.Handle | None = None
         self._flushed: asyncio.Future[None] | None = None
-        self._changed = asyncio.Condition()
         self._event_seq = 0
         self._ops: dict[tuple[str, str], asyncio.Future[OpDone]] = {}
         self._skill_tasks: dict[str, asyncio.Task[None]] = {}
@@ -196,15 +222,23 @@ class TaskRuntime:
     # ---- effects ------------------------------------------------------------------------
 
     def apply(self, effects: Iterable[TaskEffect]) -> None:
-        any_effect = False
         for eff in effects:
-            any_effect = True
             if isinstance(eff, Send | Publish):
-                self._sends.append(eff)
+                if _is_ack(eff.payload):
+                    self._sends.append(eff)  # after the batch is durable
+                else:
+                    self._send(eff)
             elif isinstance(eff, StoreCopies):
-                for copy in eff.copies:
-                    self._copies[copy.task.task_id] = copy
-                self._durable = self._durable or eff.durable
+                if eff.durable:
+                    self._durable = True
+                    for copy in eff.copies:
+                        self._copies[copy.task.task_id] = copy
+                        self._lazy.pop(copy.task.task_id, None)
+                        self._wake(copy.task.task_id)
+                else:
+                    for copy in eff.copies:
+                        self._lazy[copy.task.task_id] = copy
+                        self._wake(copy.task.task_id)
             elif isinstance(eff, SaveOutbox):
                 self._outbox[eff.key] = (eff.report or True) if eff.pending else None
                 self._durable = True
@@ -230,9 +264,23 @@ class TaskRuntime:
                 self._audit.append(record)
                 self.node.events.append(record)
                 _log.info("tasks_resumed", unfinished=eff.unfinished, sources=eff.sources)
-        if any_effect and self._flush_handle is None:
+        if self._flush_handle is None and (
+            self._copies or self._outbox or self._audit or self._sends or self._runs
+            or self._flushed is not None
+        ):
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+        if self._lazy and self._lazy_handle is None:
+            self._lazy_handle = asyncio.get_running_loop().call_later(LAZY_WRITE, self._flush)
         self.node.reschedule()
+
+    def _send(self, eff: Send | Publish) -> None:
+        node = self.node
+        if isinstance(eff, Send):
+            if eff.to and eff.to != node.identity.node_id:
+                node.send_payload(eff.to, eff.payload)
+        else:
+            data = node.envelope(eff.payload)
+            node.transport.publish(codec.topic_for(PAYLOAD_TYPES[type(eff.payload)]), data)
 
     def _event(self, eff: TaskEvent) -> None:
         task = eff.task
@@ -254,6 +302,10 @@ class TaskRuntime:
             self._audit.append(record)
         if eff.kind != "TASK_PROGRESS" or task.origin == self.node.identity.node_id:
             self.node.events.append(record)
+            waiters, self._event_waiters = self._event_waiters, []
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
         if eff.kind in ("TASK_COMPLETED", "TASK_VERIFIED"):
             if task.assigned_to == self.node.identity.node_id:
                 self.completed_here += 1
@@ -263,38 +315,49 @@ class TaskRuntime:
     def _flush(self) -> None:
         """Commit the batch's writes (one transaction), then send and start skills."""
         self._flush_handle = None
-        copies, self._copies = list(self._copies.values()), {}
+        if self._lazy_handle is not None:
+            self._lazy_handle.cancel()
+            self._lazy_handle = None
+        lazy, self._lazy = self._lazy, {}
+        copies = [*lazy.values(), *self._copies.values()]
+        self._copies = {}
         outbox, self._outbox = self._outbox, {}
         audit, self._audit = self._audit, []
         durable, self._durable = self._durable or bool(audit), False
         if copies or outbox or audit:
             self.node.store.write_batch(copies, outbox, audit, durable)
         sends, self._sends = self._sends, []
-        node = self.node
         for eff in sends:
-            if isinstance(eff, Send):
-                if eff.to == node.identity.node_id or not eff.to:
-                    continue
-                node.send_payload(eff.to, eff.payload)
-            else:
-                data = node.envelope(eff.payload)
-                node.transport.publish(codec.topic_for(PAYLOAD_TYPES[type(eff.payload)]), data)
+            self._send(eff)
         runs, self._runs = self._runs, []
         for run in runs:
             self._start_skill(run.task)
         fut, self._flushed = self._flushed, None
         if fut is not None and not fut.done():
             fut.set_result(None)
-        if copies or self.node.events:
-            self._notify()
 
-    def _notify(self) -> None:
-        async def wake() -> None:
-            async with self._changed:
-                self._changed.notify_all()
+    def _wake(self, task_id: str) -> None:
+        for fut in self._task_waiters.pop(task_id, ()):
+            if not fut.done():
+                fut.set_result(None)
 
-        task = asyncio.get_running_loop().create_task(wake())
-        self.node.keep(task)
+    async def _wait(self, waiters: list[asyncio.Future[None]], seconds: float) -> None:
+        """Wait until a future put in ``waiters`` is set, or ``seconds`` pass."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        waiters.append(fut)
+
+        def expire() -> None:
+            if not fut.done():
+                fut.set_result(None)
+
+        timer = loop.call_later(seconds, expire)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            if fut in waiters:
+                waiters.remove(fut)
 
     async def durable(self) -> None:
         """Return once everything applied so far is committed (and its messages sent)."""
@@ -488,26 +551,22 @@ class TaskRuntime:
                 or (task is not None and is_terminal(task))
             )
 
-        async with self._changed:
-            while not ready():
-                left = end - loop.time()
-                if left <= 0:
-                    break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), left)
+        while not ready():
+            left = end - loop.time()
+            if left <= 0:
+                break
+            await self._wait(self._task_waiters.setdefault(task_id, []), left)
         return self.view(task_id)
 
     async def wait_events(self, since: float, wait: float) -> None:
         wait = max(0.0, min(float(wait), MAX_WAIT))
         loop = asyncio.get_running_loop()
         end = loop.time() + wait
-        async with self._changed:
-            while not any(e["at"] > since for e in reversed(self.node.events)):
-                left = end - loop.time()
-                if left <= 0:
-                    return
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), left)
+        while not any(e["at"] > since for e in reversed(self.node.events)):
+            left = end - loop.time()
+            if left <= 0:
+                return
+            await self._wait(self._event_waiters, left)
 
     async def operator(self, op: str, ref: str, target: str = "") -> dict[str, Any]:
         task_id = self.resolve_task(ref)

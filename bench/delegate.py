@@ -1,0 +1,155 @@
+"""Delegation figures: round trip and throughput of a trivial skill on a 3-node mesh, the
+same workload on Celery + Redis measured in the same run, and the time from a worker's
+crash to its task running on another agent.
+
+meshd: three daemons on loopback (a team-lead and two network-admins, every one an agent).
+The client talks to a node that is not the lead, as a user on any host would:
+
+- **round trip**: ``delegate("echo") -> result()``, one at a time, warm: client -> local
+  daemon (stored, fsync) -> lead (stored, assigned) -> agent (stored, run, reported) ->
+  lead (stored) -> the origin's copy -> client;
+- **throughput**: N echo tasks submitted back to back (``delegate(..., wait=False)``),
+  then every result collected; tasks/s from the first submit to the last result;
+- **crash**: a ``sleep`` on a worker is ``kill -9``-ed; time until the task is RUNNING
+  on the other worker (membership detection included).
+
+Celery: ``bench/_celery_baseline.py`` (redis-server on loopback, 3 solo workers).
+
+    python bench/delegate.py --roundtrip 500 --throughput 5000 --crash-trials 5
+    python bench/delegate.py --no-fsync          # [store] fsync = false on every node
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import Daemon, Mesh, all_see_all, fmt, pct, wait_for
+
+from meshd.client import Client
+
+
+def start_mesh(root: Path, fsync: bool) -> list[Daemon]:
+    extra: tuple[str, ...] = ()
+    if not fsync:
+        conf = root / "nofsync.toml"
+        conf.write_text("[store]\nfsync = false\n")
+        extra = ("--config", str(conf))
+    mesh = Mesh(root)
+    lead = mesh.add("lead", role="team-lead", extra=extra).start()
+    lead.wait_ready()
+    nodes = [lead] + [
+        mesh.add(n, role="network-admin", peers=(lead.seed,), extra=extra).start()
+        for n in ("w1", "w2")
+    ]
+    for d in nodes:
+        d.wait_ready()
+    wait_for(lambda: all_see_all(nodes), what="mesh to form")
+    wait_for(lambda: all((d.status()["lead"] or {}).get("name") == "lead" for d in nodes),
+             what="the team-lead to lead")  # fmt: skip
+    nodes[0].mesh = mesh  # type: ignore[attr-defined]
+    return nodes
+
+
+def roundtrip(client: Client, n: int, warmup: int = 50) -> list[float]:
+    for i in range(warmup):
+        client.delegate("echo", {"message": f"w{i}"}).result(timeout=30)
+    times = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        out = client.delegate("echo", {"message": f"r{i}"}).result(timeout=30)
+        times.append(time.perf_counter() - t0)
+        assert out == {"message": f"r{i}"}, out
+    return times
+
+
+def throughput(client: Client, n: int) -> tuple[float, dict[str, int]]:
+    t0 = time.perf_counter()
+    handles = [client.delegate("echo", {"message": f"t{i}"}) for i in range(n)]
+    submitted = time.perf_counter() - t0
+    where: dict[str, int] = {}
+    for i, h in enumerate(handles):
+        assert h.result(timeout=120) == {"message": f"t{i}"}
+    elapsed = time.perf_counter() - t0
+    for t in client.tasks(limit=n):
+        where[t["assigned_name"]] = where.get(t["assigned_name"], 0) + 1
+    print(f"  submitted {n} in {submitted:.2f} s, all results after {elapsed:.2f} s")
+    return n / elapsed, where
+
+
+def crash_trials(nodes: list[Daemon], trials: int) -> list[float]:
+    lead, w1, w2 = nodes
+    out: list[float] = []
+    for trial in range(trials):
+        with lead.client() as client:
+            h = client.delegate("sleep", {"seconds": 30.0, "step": 0.05}, role="network-admin")
+            view = wait_for(lambda: (v := client.task(h.task_id))["state"] == "running"
+                            and v["has_checkpoint"] and v, what="sleep running")  # fmt: skip
+            victim = w1 if view["assigned_name"] == "w1" else w2
+            other = w2 if victim is w1 else w1
+            t0 = time.monotonic()
+            victim.kill9()
+            deadline = t0 + 30
+            while time.monotonic() < deadline:
+                v = client.task(h.task_id)
+                if v["state"] == "running" and v["assigned_name"] == other.name:
+                    out.append(time.monotonic() - t0)
+                    break
+                time.sleep(0.005)
+            else:
+                raise AssertionError(f"trial {trial}: not running elsewhere within 30 s")
+            client.cancel(h.task_id)
+        victim.start()
+        victim.wait_ready()
+        wait_for(lambda: all_see_all(nodes), what="the victim to rejoin")
+    return out
+
+
+def line(name: str, v: list[float]) -> str:
+    return (f"{name:<22} p50 {fmt(pct(v, 50))}  p99 {fmt(pct(v, 99))}  "
+            f"mean {fmt(sum(v) / len(v))}  n={len(v)}")  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--roundtrip", type=int, default=500)
+    ap.add_argument("--throughput", type=int, default=5000)
+    ap.add_argument("--crash-trials", type=int, default=5)
+    ap.add_argument("--no-fsync", action="store_true", help="[store] fsync = false")
+    ap.add_argument("--no-celery", action="store_true", help="skip the Celery baseline")
+    args = ap.parse_args()
+    figures: dict[str, Any] = {"fsync": not args.no_fsync}
+    with tempfile.TemporaryDirectory(prefix="meshd-bench-delegate-") as tmp:
+        nodes = start_mesh(Path(tmp), fsync=not args.no_fsync)
+        mesh: Mesh = nodes[0].mesh  # type: ignore[attr-defined]
+        try:
+            with nodes[1].client() as client:
+                rt = roundtrip(client, args.roundtrip)
+                print(line("meshd round trip", rt))
+                tput, where = throughput(client, args.throughput)
+                print(f"meshd throughput       {tput:.0f} tasks/s  (by agent: {where})")
+            figures.update(rtt_p50=pct(rt, 50), rtt_p99=pct(rt, 99), throughput=tput)
+            if args.crash_trials:
+                crash = crash_trials(nodes, args.crash_trials)
+                print(line("crash -> running again", crash))
+                figures.update(crash_p50=pct(crash, 50), crash_max=max(crash))
+        finally:
+            mesh.close()
+    if not args.no_celery:
+        from _celery_baseline import run_celery
+
+        cel = run_celery(args.roundtrip, args.throughput, workers=3)
+        print(f"celery round trip      p50 {fmt(cel['rtt_p50'])}  p99 {fmt(cel['rtt_p99'])}")
+        print(f"celery throughput      {cel['throughput']:.0f} tasks/s")
+        figures["celery"] = cel
+        print(f"ratio round trip p50   meshd/celery = {figures['rtt_p50'] / cel['rtt_p50']:.2f}")
+        print(f"ratio throughput       meshd/celery = {figures['throughput'] / cel['throughput']:.2f}")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
