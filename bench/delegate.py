@@ -8,8 +8,9 @@ The client talks to a node that is not the lead, as a user on any host would:
 - **round trip**: ``delegate("echo") -> result()``, one at a time, warm: client -> local
   daemon (stored, fsync) -> lead (stored, assigned) -> agent (stored, run, reported) ->
   lead (stored) -> the origin's copy -> client;
-- **throughput**: N echo tasks submitted back to back (``delegate(..., wait=False)``),
-  then every result collected; tasks/s from the first submit to the last result;
+- **throughput**: N echo tasks, one client per node (threads) submitting back to back
+  (``delegate`` returns once stored), then collecting every result; tasks/s from the
+  first submit to the last result;
 - **crash**: a ``sleep`` on a worker is ``kill -9``-ed; time until the task is RUNNING
   on the other worker (membership detection included).
 
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -67,17 +69,39 @@ def roundtrip(client: Client, n: int, warmup: int = 50) -> list[float]:
     return times
 
 
-def throughput(client: Client, n: int) -> tuple[float, dict[str, int]]:
+def throughput(nodes: list[Daemon], n: int) -> tuple[float, dict[str, int]]:
+    """N echo tasks from one client per node (threads), submitted back to back, then
+    every result collected."""
+    per = [n // len(nodes) + (1 if i < n % len(nodes) else 0) for i in range(len(nodes))]
+    clients = [d.client() for d in nodes]
+    for c in clients:
+        c.connect()
+    barrier = threading.Barrier(len(nodes) + 1)
+    done: list[list[str]] = [[] for _ in nodes]
+
+    def work(i: int) -> None:
+        client = clients[i]
+        barrier.wait()
+        handles = [client.delegate("echo", {"message": f"t{i}-{k}"}) for k in range(per[i])]
+        for k, h in enumerate(handles):
+            assert h.result(timeout=120) == {"message": f"t{i}-{k}"}
+        done[i] = [h.task_id for h in handles]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(nodes))]
+    for t in threads:
+        t.start()
+    barrier.wait()
     t0 = time.perf_counter()
-    handles = [client.delegate("echo", {"message": f"t{i}"}) for i in range(n)]
-    submitted = time.perf_counter() - t0
-    where: dict[str, int] = {}
-    for i, h in enumerate(handles):
-        assert h.result(timeout=120) == {"message": f"t{i}"}
+    for t in threads:
+        t.join(timeout=300)
     elapsed = time.perf_counter() - t0
-    for t in client.tasks(limit=n):
-        where[t["assigned_name"]] = where.get(t["assigned_name"], 0) + 1
-    print(f"  submitted {n} in {submitted:.2f} s, all results after {elapsed:.2f} s")
+    assert sum(len(d) for d in done) == n, "a client did not finish"
+    where: dict[str, int] = {}
+    for t in clients[0].tasks(limit=10 * n):
+        if t["params"].get("message", "").startswith("t"):
+            where[t["assigned_name"]] = where.get(t["assigned_name"], 0) + 1
+    for c in clients:
+        c.close()
     return n / elapsed, where
 
 
@@ -130,8 +154,8 @@ def main() -> None:
             with nodes[1].client() as client:
                 rt = roundtrip(client, args.roundtrip)
                 print(line("meshd round trip", rt))
-                tput, where = throughput(client, args.throughput)
-                print(f"meshd throughput       {tput:.0f} tasks/s  (by agent: {where})")
+            tput, where = throughput(nodes, args.throughput)
+            print(f"meshd throughput       {tput:.0f} tasks/s  (by agent: {where})")
             figures.update(rtt_p50=pct(rt, 50), rtt_p99=pct(rt, 99), throughput=tput)
             if args.crash_trials:
                 crash = crash_trials(nodes, args.crash_trials)

@@ -104,6 +104,12 @@ class Store:
             self.env.sync(True)
         self.env.close()
 
+    def sync(self) -> None:
+        """fsync what earlier transactions committed (safe from a worker thread)."""
+        if self.fsync:
+            self.env.sync(True)
+            self.syncs += 1
+
     @contextlib.contextmanager
     def _write(self, db: Any, sync: bool = True) -> Iterator[Any]:
         """A write transaction; committed, then fsync'd when ``sync`` and the store is

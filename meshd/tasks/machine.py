@@ -70,6 +70,9 @@ from meshd.wire.messages import (
 
 #: Copies per TASK_UPDATE / TASK_SYNC frame: ~1-2 KiB each keeps a frame far below 1 MiB.
 CHUNK: Final = 200
+#: s. First resend of an unsettled submit or outcome (then 2x, 3x..., at most 4 s). The
+#: lead's published copy settles them within milliseconds; this covers a lost frame.
+RESEND: Final = 1.0
 #: Ids per gathering TASK_SYNC_REQ (34 bytes each).
 IDS_CHUNK: Final = 5000
 
@@ -196,6 +199,7 @@ class _Watermark:
     above: set[int] = field(default_factory=set)
     hi: int = 0
     asked_at: float = float("-inf")
+    asked_hi: int = 0
 
 
 def _key(copy: TaskCopy) -> tuple[int, int]:
@@ -264,6 +268,7 @@ class TaskMachine:
         self._submits: dict[str, _Pending] = {}
         self._reports: dict[str, tuple[TaskReport, _Pending]] = {}
         self._runs: dict[str, int] = {}  # task id -> attempt running here
+        self._starting: dict[str, tuple[int, float]] = {}  # STARTED not sent yet
         self._gather: _Gather | None = None
         self._held_submits: list[tuple[str, TaskCopy]] = []
         self._wm = _Watermark()
@@ -294,6 +299,7 @@ class TaskMachine:
 
     def next_deadline(self) -> float:
         times = [p.next_try for p in self._submits.values()]
+        times += [due for _, due in self._starting.values()]
         times += [p.next_try for _, p in self._reports.values() if p.acked_by is None]
         if self._gather is not None:
             times.append(self._gather.deadline)
@@ -366,7 +372,7 @@ class TaskMachine:
         pending = self._submits[task_id]
         copy = self.copies[task_id]
         pending.tries += 1
-        pending.next_try = now + min(2.0, 0.25 * pending.tries)
+        pending.next_try = now + min(4.0, RESEND * pending.tries)
         if self.lead is None:
             return
         if self.lead == self.self_id:
@@ -470,6 +476,7 @@ class TaskMachine:
                 stale = self._stale_ids()
                 if wm.hi > wm.hw or stale:
                     wm.asked_at = now if wm.hi > wm.hw else now + 4.0
+                    wm.asked_hi = wm.hi
                     out.append(Send(sender, TaskSyncReq(self.term, wm.hw, stale)))
 
     def _stale_ids(self) -> tuple[str, ...]:
@@ -576,7 +583,9 @@ class TaskMachine:
             return
         self._runs[task.task_id] = task.attempt
         out.append(RunSkill(task))
-        self._deliver(TaskReport(task.task_id, task.attempt, ReportKind.STARTED), now, out)
+        # STARTED waits a moment: a skill that finishes sooner says COMPLETED instead (it
+        # implies the start), which spares a report and a task change per short task.
+        self._starting[task.task_id] = (task.attempt, now + self.cfg.started_delay)
 
     def _on_cancel(self, sender: str, msg: TaskCancel, out: list[TaskEffect]) -> None:
         if sender != self.lead:
@@ -615,6 +624,7 @@ class TaskMachine:
         now: float,
     ) -> list[TaskEffect]:
         """The local run ended. Its outcome is reported reliably."""
+        self._starting.pop(task_id, None)
         if self._runs.get(task_id) != attempt:
             return []  # cancelled or superseded: the lead no longer wants this outcome
         del self._runs[task_id]
@@ -648,7 +658,7 @@ class TaskMachine:
             pending = entry[1]
             pending.tries += 1
             pending.acked_by = None
-            pending.next_try = now + min(2.0, 0.25 * pending.tries)
+            pending.next_try = now + min(4.0, RESEND * pending.tries)
         self._deliver(report, now, out)
 
     def _deliver(self, report: TaskReport, now: float, out: list[TaskEffect]) -> None:
@@ -727,7 +737,10 @@ class TaskMachine:
                 self._ack(sender, task.task_id, "submit", out, False, f"refused: {exc}")
             return
         self._lead_effects(effects, now, out)
-        if ack:
+        if ack and not effects:
+            # A resent submit of a task already taken: acknowledge it so the origin stops.
+            # A first submit needs no ack: the origin settles it when the lead's
+            # published copy of the task arrives (one message fewer per task).
             self._ack(sender, task.task_id, "submit", out)
 
     def _lead_report(self, sender: str, r: TaskReport, now: float, out: list[TaskEffect]) -> None:
@@ -751,7 +764,9 @@ class TaskMachine:
         else:
             eff = sched.on_lost(r.task_id, sender, now, r.attempt)
         self._lead_effects(eff, now, out)
-        if k in _RELIABLE:
+        if k in _RELIABLE and not eff:
+            # A duplicate or stale outcome: acknowledge it so the agent stops resending.
+            # A new one is settled by the published copy it produced.
             self._ack(sender, r.task_id, "report", out)
 
     def _on_report(self, sender: str, r: TaskReport, now: float, out: list[TaskEffect]) -> None:
@@ -803,9 +818,7 @@ class TaskMachine:
                 else:
                     out.append(Send(eff.node, TaskCancel(eff.task_id, 0, eff.reason)))
             elif isinstance(eff, TaskFinished):
-                copy = self.copies[eff.task.task_id]
-                if eff.task.origin != self.self_id:
-                    out.append(Send(eff.task.origin, TaskUpdate(self._seq, (copy,))))
+                pass  # the origin learns it from the published copy (or catches up)
             elif isinstance(eff, RequestVerify):
                 ok, reason = (
                     (True, "no verify step")
@@ -872,8 +885,19 @@ class TaskMachine:
         fresh = [c for c in msg.copies if self._newer(c)]
         for copy in fresh:
             self._take(copy, out)
-            if copy.term == self._wm.term:
+        wm = self._wm
+        for copy in msg.copies:
+            if copy.term == wm.term:
                 self._mark(copy.seq)
+        if not msg.more and sender == self.lead and wm.asked_hi > wm.hw:
+            # The lead keeps only the newest copy of a task, so a missed seq may never
+            # come; but a complete answer to "everything after hw" brings us up to date
+            # as of the seq_hi we had seen when we asked.
+            wm.hw = wm.asked_hi
+            wm.above = {x for x in wm.above if x > wm.hw}
+            while wm.hw + 1 in wm.above:
+                wm.hw += 1
+                wm.above.discard(wm.hw)
         if fresh:
             # Durable while gathering: the new lead resumes from these copies.
             out.append(StoreCopies(tuple(fresh), durable=self.role is Role.GATHERING))
@@ -1039,6 +1063,11 @@ class TaskMachine:
         for report, pending in list(self._reports.values()):
             if pending.acked_by is None and pending.next_try <= now:
                 self._resend(report, now, out)
+        for task_id, (attempt, start_due) in list(self._starting.items()):
+            if start_due <= now:
+                del self._starting[task_id]
+                if self._runs.get(task_id) == attempt:
+                    self._deliver(TaskReport(task_id, attempt, ReportKind.STARTED), now, out)
         gather = self._gather
         if gather is not None and gather.deadline <= now:
             self._resume(now, out)

@@ -28,6 +28,7 @@ from meshd.skills.builtin import Registry, default_registry
 from meshd.skills.executor import Executor, ExecutorConfig
 from meshd.skills.spec import SkillError, validate_params
 from meshd.tasks.machine import (
+    CHUNK,
     CancelSkill,
     Member,
     OpDone,
@@ -48,6 +49,7 @@ from meshd.wire.messages import (
     TaskCopy,
     TaskOpKind,
     TaskReport,
+    TaskUpdate,
 )
 
 if TYPE_CHECKING:
@@ -156,6 +158,13 @@ class TaskRuntime:
         self._task_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._event_waiters: list[asyncio.Future[None]] = []
         self._durable = False
+        self._pub: list[TaskCopy] = []
+        self._pub_hi = 0
+        self._syncing = False
+        self._sync_job: asyncio.Future[None] | None = None
+        self._unsynced: list[
+            tuple[list[Send | Publish], list[RunSkill], asyncio.Future[None] | None]
+        ] = []
         self._sends: list[Send | Publish] = []
         self._runs: list[RunSkill] = []
         self._flush_handle: asyncio.Handle | None = None
@@ -185,7 +194,13 @@ class TaskRuntime:
         for task in list(self._skill_tasks.values()):
             with contextlib.suppress(BaseException):
                 await task
-        self._flush()
+        if self._sync_job is not None:
+            with contextlib.suppress(BaseException):
+                await self._sync_job  # never close the store under a running fsync
+        self._flush(final=True)
+        for batch in self._unsynced:
+            self._release(batch)
+        self._unsynced.clear()
 
     # ---- inputs from the node -----------------------------------------------------------
 
@@ -223,7 +238,11 @@ class TaskRuntime:
 
     def apply(self, effects: Iterable[TaskEffect]) -> None:
         for eff in effects:
-            if isinstance(eff, Send | Publish):
+            if isinstance(eff, Publish) and isinstance(eff.payload, TaskUpdate):
+                # Merged into one publication per loop turn (fewer, larger frames).
+                self._pub.extend(eff.payload.copies)
+                self._pub_hi = max(self._pub_hi, eff.payload.seq_hi)
+            elif isinstance(eff, Send | Publish):
                 if _is_ack(eff.payload):
                     self._sends.append(eff)  # after the batch is durable
                 else:
@@ -266,7 +285,7 @@ class TaskRuntime:
                 _log.info("tasks_resumed", unfinished=eff.unfinished, sources=eff.sources)
         if self._flush_handle is None and (
             self._copies or self._outbox or self._audit or self._sends or self._runs
-            or self._flushed is not None
+            or self._flushed is not None or self._pub_hi
         ):
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         if self._lazy and self._lazy_handle is None:
@@ -312,9 +331,17 @@ class TaskRuntime:
         elif eff.kind == "TASK_FAILED" and task.assigned_to == self.node.identity.node_id:
             self.failed_here += 1
 
-    def _flush(self) -> None:
-        """Commit the batch's writes (one transaction), then send and start skills."""
+    def _flush(self, final: bool = False) -> None:
+        """Commit the batch's writes (one transaction); once durable, send its
+        acknowledgements, start its skills and answer its clients.
+
+        The fsync runs in a worker thread, one at a time: while it runs the loop keeps
+        taking requests, whose batches then share the next fsync (group commit)."""
         self._flush_handle = None
+        if self._pub_hi:
+            copies_out, self._pub, hi, self._pub_hi = self._pub, [], self._pub_hi, 0
+            for i in range(0, max(1, len(copies_out)), CHUNK):
+                self._send(Publish(TaskUpdate(hi, tuple(copies_out[i : i + CHUNK]))))
         if self._lazy_handle is not None:
             self._lazy_handle.cancel()
             self._lazy_handle = None
@@ -324,15 +351,48 @@ class TaskRuntime:
         outbox, self._outbox = self._outbox, {}
         audit, self._audit = self._audit, []
         durable, self._durable = self._durable or bool(audit), False
+        store = self.node.store
         if copies or outbox or audit:
-            self.node.store.write_batch(copies, outbox, audit, durable)
+            store.write_batch(copies, outbox, audit, durable=final and durable)
         sends, self._sends = self._sends, []
+        runs, self._runs = self._runs, []
+        fut, self._flushed = self._flushed, None
+        batch = (sends, runs, fut)
+        if durable and store.fsync and not final:
+            self._unsynced.append(batch)
+            self._sync_next()
+        elif self._syncing or self._unsynced:
+            self._unsynced.append(batch)  # keep the order of acknowledgements
+        else:
+            self._release(batch)
+
+    def _sync_next(self) -> None:
+        if self._syncing or not self._unsynced:
+            return
+        batches, self._unsynced = self._unsynced, []
+        self._syncing = True
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(None, self.node.store.sync)
+        self._sync_job = job
+
+        def synced(job: asyncio.Future[None]) -> None:
+            self._syncing = False
+            if job.cancelled() or job.exception() is not None:
+                _log.error("fsync_failed", error=str(job.exception()))
+            for batch in batches:
+                self._release(batch)
+            self._sync_next()
+
+        job.add_done_callback(synced)
+
+    def _release(
+        self, batch: tuple[list[Send | Publish], list[RunSkill], asyncio.Future[None] | None]
+    ) -> None:
+        sends, runs, fut = batch
         for eff in sends:
             self._send(eff)
-        runs, self._runs = self._runs, []
         for run in runs:
             self._start_skill(run.task)
-        fut, self._flushed = self._flushed, None
         if fut is not None and not fut.done():
             fut.set_result(None)
 
@@ -361,8 +421,10 @@ class TaskRuntime:
 
     async def durable(self) -> None:
         """Return once everything applied so far is committed (and its messages sent)."""
-        if self._flush_handle is None:
+        if self._flush_handle is None and not self._unsynced and not self._syncing:
             return
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         if self._flushed is None:
             self._flushed = asyncio.get_running_loop().create_future()
         await asyncio.shield(self._flushed)
