@@ -111,8 +111,13 @@ def crash_trials(nodes: list[Daemon], trials: int) -> list[float]:
     for trial in range(trials):
         with lead.client() as client:
             h = client.delegate("sleep", {"seconds": 30.0, "step": 0.05}, role="network-admin")
-            view = wait_for(lambda: (v := client.task(h.task_id))["state"] == "running"
-                            and v["has_checkpoint"] and v, what="sleep running")  # fmt: skip
+            tid = h.task_id
+            view = wait_for(
+                lambda tid=tid: (v := client.task(tid))["state"] == "running"
+                and v["has_checkpoint"]
+                and v,
+                what="sleep running",
+            )
             victim = w1 if view["assigned_name"] == "w1" else w2
             other = w2 if victim is w1 else w1
             t0 = time.monotonic()
@@ -171,7 +176,8 @@ def main() -> None:
         print(f"celery throughput      {cel['throughput']:.0f} tasks/s")
         figures["celery"] = cel
         print(f"ratio round trip p50   meshd/celery = {figures['rtt_p50'] / cel['rtt_p50']:.2f}")
-        print(f"ratio throughput       meshd/celery = {figures['throughput'] / cel['throughput']:.2f}")
+        ratio = figures["throughput"] / cel["throughput"]
+        print(f"ratio throughput       meshd/celery = {ratio:.2f}")
     print(json.dumps(figures))
 
 

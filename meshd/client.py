@@ -232,10 +232,15 @@ class Client:
         AGENT_FAILED, AGENT_LEFT, LEAD_ELECTED, LEAD_LOST, ..."""
         self._handlers.setdefault(kind, []).append(fn)
 
-    def listen(self, duration: float | None = None, since: float | None = None) -> int:
+    def listen(
+        self,
+        duration: float | None = None,
+        since: float | None = None,
+        until: Callable[[], bool] | None = None,
+    ) -> int:
         """Deliver events to the :meth:`on` handlers for ``duration`` seconds (None: until
-        interrupted). Starts with events after ``since`` (default: now). Returns how
-        many were delivered."""
+        interrupted), or until ``until()`` is true after a delivery. Starts with events
+        after ``since`` (default: now). Returns how many were delivered."""
         import time
 
         cursor = time.time() if since is None else since
@@ -258,6 +263,8 @@ class Client:
                 for fn in [*self._handlers.get(event["type"], []), *self._handlers.get("*", [])]:
                     fn(event)
                     delivered += 1
+            if until is not None and until():
+                break
         return delivered
 
 

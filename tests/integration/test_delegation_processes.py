@@ -4,6 +4,7 @@ resumable task, kill the lead during a burst, refuse bad input before storing an
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -164,3 +165,50 @@ def test_kill9_lead_during_burst_loses_none_and_runs_none_twice(mesh: Mesh) -> N
     assert any(r["type"] == "TASKS_RESUMED" for r in b.client().events()) or any(
         r["type"] == "TASKS_RESUMED" for r in c.client().events()
     )
+
+
+def test_dependencies_verify_handoff_and_events(mesh: Mesh) -> None:
+    a, b, c = start(mesh, [("a", "team-lead"), ("b", "network-admin"), ("c", "network-admin")])
+    seen: list[dict[str, Any]] = []
+    with a.client() as client:
+        first = client.delegate("sleep", {"seconds": 0.5}, role="network-admin")
+        after = client.delegate("echo", {"message": "second"}, after=[first.task_id], verify=True)
+        assert after.result(timeout=30) == {"message": "second"}
+        done_first = client.task(first.task_id)
+        done_after = client.task(after.task_id)
+        assert done_after["state"] == "verified"
+        # It started only once its dependency had completed.
+        started = next(h["at"] for h in done_after["history"] if h["state"] == "assigned")
+        assert started >= done_first["updated_at"]
+        # A dependency that fails fails its dependents with that reason.
+        doomed = client.delegate("sleep", {"seconds": 30.0}, role="network-admin")
+        waiting = client.delegate("echo", {"message": "never"}, after=[doomed.task_id])
+        client.cancel(doomed.task_id)
+        with pytest.raises(TaskFailed) as failed:
+            waiting.result(timeout=30)
+        assert failed.value.code == f"dependency_failed:{doomed.task_id}"
+        # Operator handoff: a running sleep moves to the other agent with its checkpoint.
+        moving = client.delegate("sleep", {"seconds": 2.0, "step": 0.1}, role="network-admin")
+        view = wait_for(
+            lambda: (v := client.task(moving.task_id))["progress"]["pct"] >= 25 and v,
+            what="the sleep to be a quarter done",
+        )
+        target = "c" if view["assigned_name"] == "b" else "b"
+        out = ctl(a, "task", "handoff", moving.task_id, "--to", target)
+        assert out.returncode == 0, out.stderr
+        result = moving.result(timeout=30)
+        assert client.task(moving.task_id)["assigned_name"] == target
+        assert result["resumed_from"] >= 0.4, result
+    # Events: a subscriber sees a task complete.
+    with b.client() as listener:
+        listener.on("TASK_COMPLETED", seen.append)
+        since = time.time()
+        with c.client() as client:
+            h = client.delegate("echo", {"message": "evt"})
+            h.result(timeout=20)
+        listener.listen(
+            duration=20.0,
+            since=since - 0.001,
+            until=lambda: any(e["task_id"] == h.task_id for e in seen),
+        )
+    assert any(e["task_id"] == h.task_id for e in seen), seen
