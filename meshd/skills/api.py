@@ -15,7 +15,7 @@ import contextlib
 import math
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Protocol, runtime_checkable
+from typing import NoReturn, Protocol, runtime_checkable
 
 from meshd.clock import Clock, SystemClock
 from meshd.skills.spec import SkillSpec
@@ -24,6 +24,15 @@ from meshd.skills.spec import SkillSpec
 ProgressFn = Callable[[float, str], None]
 #: Called with the skill's opaque checkpoint data.
 CheckpointFn = Callable[[bytes], None]
+
+
+class SkillHandoff(Exception):
+    """Raised by :meth:`SkillContext.handoff`: the skill asks that the task move, with
+    its last checkpoint, to another agent (``to``: a node id or name; None: the best)."""
+
+    def __init__(self, to: str | None = None) -> None:
+        super().__init__(to or "")
+        self.to = to
 
 
 class SkillCancelled(Exception):
@@ -84,6 +93,11 @@ class SkillContext:
             raise TypeError(f"checkpoint data must be bytes, not {type(data).__name__}")
         self._checkpoint_data = bytes(data)
         self._on_checkpoint(bytes(data))
+
+    def handoff(self, to: str | None = None) -> NoReturn:
+        """Stop here and hand the task to another agent (``to``, or the best other one),
+        which resumes it from the last :meth:`checkpoint`. Save one first."""
+        raise SkillHandoff(to)
 
     @property
     def cancelled(self) -> bool:

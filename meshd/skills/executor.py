@@ -26,13 +26,15 @@ import msgpack
 
 from meshd import log
 from meshd.clock import Clock, SystemClock
-from meshd.skills.api import CheckpointFn, ProgressFn, SkillCancelled, SkillContext
+from meshd.skills.api import CheckpointFn, ProgressFn, SkillCancelled, SkillContext, SkillHandoff
 from meshd.skills.builtin import Registry, default_registry
 from meshd.skills.spec import SkillError, validate_params
 from meshd.tasks.model import TaskFailure
 
 _log = log.get("meshd.skills.executor")
 
+#: The code of a run that ended by handing its task off (message: the target, or "").
+HANDOFF: Final = "handoff"
 #: Longest failure message kept (an exception's text can be arbitrarily long).
 MAX_MESSAGE: Final = 500
 
@@ -332,6 +334,8 @@ class Executor:
             return self._cancel_result(run, timed_out, timeout)
         if isinstance(exc, SkillError):
             return failed(exc.code, str(exc))
+        if isinstance(exc, SkillHandoff):
+            return failed(HANDOFF, exc.to or "")
         _log.warning(
             "skill raised",
             skill=run.skill,

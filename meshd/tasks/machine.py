@@ -269,6 +269,7 @@ class TaskMachine:
         self._reports: dict[str, tuple[TaskReport, _Pending]] = {}
         self._runs: dict[str, int] = {}  # task id -> attempt running here
         self._starting: dict[str, tuple[int, float]] = {}  # STARTED not sent yet
+        self._handoffs: dict[str, int] = {}  # handoffs asked of the lead, unanswered
         self._gather: _Gather | None = None
         self._held_submits: list[tuple[str, TaskCopy]] = []
         self._wm = _Watermark()
@@ -638,6 +639,44 @@ class TaskMachine:
         self._flush_updates(out)
         return out
 
+    def skill_handoff(
+        self, task_id: str, attempt: int, target: str, checkpoint: bytes | None, now: float
+    ) -> list[TaskEffect]:
+        """The local run asked to hand its task to ``target`` ("" = the best other agent)
+        with ``checkpoint``. If the lead refuses, the task fails with ``handoff_refused``."""
+        self._starting.pop(task_id, None)
+        if self._runs.get(task_id) != attempt:
+            return []
+        del self._runs[task_id]
+        self._handoffs[task_id] = attempt
+        op = TaskOp(TaskOpKind.HANDOFF, task_id, self.self_id, target, checkpoint)
+        out: list[TaskEffect] = []
+        if self.role is Role.LEAD:
+            try:
+                self._lead_op(op, now, out)
+                self._handoffs.pop(task_id, None)
+            except TaskError as exc:
+                self._handoff_refused(task_id, str(exc), now, out)
+        elif self.lead is not None:
+            out.append(Send(self.lead, op))
+        else:
+            self._handoff_refused(task_id, "no lead", now, out)
+        self._flush_updates(out)
+        return [e for e in out if not isinstance(e, OpDone)]
+
+    def _handoff_refused(self, task_id: str, why: str, now: float, out: list[TaskEffect]) -> None:
+        attempt = self._handoffs.pop(task_id, None)
+        if attempt is not None:
+            self._report(
+                task_id,
+                attempt,
+                ReportKind.FAILED,
+                now,
+                out,
+                code="handoff_refused",
+                message=why[:500],
+            )
+
     def _report(
         self,
         task_id: str,
@@ -688,6 +727,12 @@ class TaskMachine:
             if entry is not None and ack.ok:
                 entry[1].acked_by = sender
         elif kind == "op":
+            if op == TaskOpKind.HANDOFF.value and ack.task_id in self._handoffs:
+                if ack.ok:
+                    del self._handoffs[ack.task_id]
+                else:
+                    self._handoff_refused(ack.task_id, ack.message, 0.0, out)
+                return
             out.append(OpDone(ack.task_id, op, ack.ok, ack.message))
 
     def _refused(self, ack: TaskAck, out: list[TaskEffect]) -> None:

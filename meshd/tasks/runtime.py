@@ -25,7 +25,7 @@ from meshd.errors import ControlError
 from meshd.membership import Publish, Send
 from meshd.roles import load_roles
 from meshd.skills.builtin import Registry, default_registry
-from meshd.skills.executor import Executor, ExecutorConfig
+from meshd.skills.executor import HANDOFF, Executor, ExecutorConfig
 from meshd.skills.spec import SkillError, validate_params
 from meshd.tasks.machine import (
     CHUNK,
@@ -284,8 +284,13 @@ class TaskRuntime:
                 self.node.events.append(record)
                 _log.info("tasks_resumed", unfinished=eff.unfinished, sources=eff.sources)
         if self._flush_handle is None and (
-            self._copies or self._outbox or self._audit or self._sends or self._runs
-            or self._flushed is not None or self._pub_hi
+            self._copies
+            or self._outbox
+            or self._audit
+            or self._sends
+            or self._runs
+            or self._flushed is not None
+            or self._pub_hi
         ):
             self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
         if self._lazy and self._lazy_handle is None:
@@ -446,6 +451,7 @@ class TaskRuntime:
             )
 
         def on_checkpoint(data: bytes) -> None:
+            last["ckpt"] = data
             self.apply(
                 self.machine.skill_progress(
                     task_id, attempt, float(last["pct"]), str(last["message"]), data, clock.wall()
@@ -468,6 +474,13 @@ class TaskRuntime:
             )
             if self._skill_tasks.get(task_id) is current:
                 del self._skill_tasks[task_id]
+            if result.code == HANDOFF:
+                self.apply(
+                    self.machine.skill_handoff(
+                        task_id, attempt, result.message, last.get("ckpt"), clock.wall()
+                    )
+                )
+                return
             self.apply(
                 self.machine.skill_done(
                     task_id,

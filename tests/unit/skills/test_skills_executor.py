@@ -457,3 +457,20 @@ async def test_skills_that_break_the_protocol() -> None:
         "skill 'raises-on-call' did not start: KeyError: 'k'",
     )
     assert ex.running() == ()
+
+
+class Mover:
+    spec = SkillSpec(name="mover", description="Checkpoints, then hands off.", version="1.0.0")
+
+    async def run(self, ctx: SkillContext) -> object:
+        ctx.checkpoint(b"half")
+        ctx.handoff("node-b")
+
+
+async def test_handoff_ends_the_run_with_its_target_and_last_checkpoint() -> None:
+    ex, _ = make(Mover(), checkpoint_min_interval=10.0)
+    seen: list[bytes] = []
+    res = await ex.run("t1", "mover", {}, on_checkpoint=seen.append)
+    assert (res.ok, res.code, res.message) == (False, "handoff", "node-b")
+    assert seen == [b"half"]
+    assert ex.running() == ()

@@ -193,6 +193,15 @@ class TaskNode:
             return self._tasks(
                 self.tm.skill_done(task_id, task.attempt, True, result, "", "", now), now
             )
+        handoff_at = task.params.get("handoff_at")
+        if handoff_at is not None and run.elapsed >= float(handoff_at) and task.attempt == 1:
+            # The skill hands its task off (ctx.handoff()) after checkpointing.
+            del self.runs[task_id]
+            to = str(task.params.get("to", ""))
+            return self._tasks(
+                self.tm.skill_handoff(task_id, task.attempt, to, repr(run.elapsed).encode(), now),
+                now,
+            )
         run.elapsed = min(total, run.elapsed + 0.1)
         run.next_at = now + 0.1
         pct = 100.0 * run.elapsed / total
@@ -429,3 +438,34 @@ def test_thousand_tasks_with_random_crashes_each_end_in_one_terminal_state(seed:
     done = sum(1 for t in ids if m.task(m.ids[0], t).state is TaskState.COMPLETE)
     assert done >= 900, done
     print(f"\n[sim] 1000 tasks: {done} complete, {len(ids) - done} failed agent_lost")
+
+
+@pytest.mark.parametrize("from_lead", [False, True])
+def test_an_agent_hands_its_task_off_with_its_checkpoint(from_lead: bool) -> None:
+    m = Mesh([100, 50, 50], lead_runs=from_lead)
+    lead = m.wait_lead()
+    tid = m.submit(m.ids[2], "sleep", {"seconds": 1.0, "handoff_at": 0.5})
+    assert m.net.run_until(lambda: m.state(lead, tid) is TaskState.RUNNING, 5) is not None
+    first = m.task(lead, tid).assigned_to
+    assert (first == lead) is from_lead
+    assert m.net.run_until(lambda: m.all_terminal([tid], m.ids), 20) is not None
+    final = m.task(m.ids[2], tid)
+    assert final.state is TaskState.COMPLETE, final.error
+    assert final.assigned_to not in (first, None)
+    assert m.world.resumed_from[tid] >= 0.5  # from the checkpoint it handed over
+    assert any(h.reason.startswith("handed off") for h in final.history)
+
+
+def test_a_refused_handoff_fails_the_task_with_the_reason() -> None:
+    m = Mesh([100, 50, 50])
+    lead = m.wait_lead()
+    tid = m.submit(
+        m.ids[1],
+        "sleep",
+        {"seconds": 1.0, "handoff_at": 0.3, "to": lead},
+        requirement=Requirement(node=m.ids[1]),
+    )
+    assert m.net.run_until(lambda: m.all_terminal([tid], m.ids), 20) is not None
+    final = m.task(lead, tid)
+    assert final.state is TaskState.FAILED
+    assert final.error is not None and final.error.code == "handoff_refused"
