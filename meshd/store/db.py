@@ -196,7 +196,9 @@ class Store:
         one fsync per batch)."""
         with self._write(None, sync=durable) as txn:
             for copy in copies:
-                txn.put(copy.task.task_id.encode(), encode_task_copy(copy), db=self._tasks)
+                txn.put(
+                    copy.task.task_id.encode(), encode_task_copy(copy, check=False), db=self._tasks
+                )
             for key, value in outbox.items():
                 if value is None or value is False:
                     txn.delete(key.encode(), db=self._outbox)

@@ -1353,9 +1353,16 @@ def decode_member_record(data: bytes) -> MemberRecord:
     return member_record_from_wire(_unpack_standalone(data))
 
 
-def encode_task_copy(copy: TaskCopy) -> bytes:
+def encode_task_copy(copy: TaskCopy, check: bool = True) -> bytes:
     """msgpack bytes of one task copy map (the local task store); checked like a frame,
-    raises :class:`LocalProtocolError`."""
+    raises :class:`LocalProtocolError`. ``check=False`` skips the check (the store's hot
+    path: a copy it writes was built or decoded by this node, and every read decodes it
+    with the full checks anyway)."""
+    if not check:
+        try:
+            return _packb(task_copy_to_wire(copy))
+        except Exception as exc:
+            raise LocalProtocolError(f"cannot encode TaskCopy: {exc!r}") from exc
     return _encode_standalone(task_copy_to_wire, task_copy_from_wire, copy)
 
 

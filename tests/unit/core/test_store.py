@@ -100,3 +100,36 @@ def test_audit_reads_back_in_time_order_and_filters(tmp_path: Path) -> None:
     assert [r["term"] for r in store.read_audit(kind="LEAD_ELECTED")] == [1, 2]
     assert store.read_audit(since=500.0) == []
     store.close()
+
+
+def test_tasks_outbox_and_audit_survive_reopen_and_bad_records_are_kept(tmp_path: Path) -> None:
+    from meshd.tasks.model import new_task
+    from meshd.wire.messages import ReportKind, TaskCopy, TaskReport
+
+    origin = f"{1:032x}"
+    t1 = new_task("echo", {"message": "a"}, origin, 1000.0)
+    t2 = new_task("sleep", {"seconds": 1.0}, origin, 1001.0)
+    report = TaskReport(t2.task_id, 1, ReportKind.COMPLETED, result={"slept": 1.0})
+    store = Store(tmp_path, map_size=8 << 20)
+    store.write_batch(
+        [TaskCopy(0, 0, t1), TaskCopy(3, 7, t2)],
+        {f"submit:{t1.task_id}": True, f"report:{t2.task_id}": report},
+        [{"type": "TASK_ASSIGNED", "at": 1002.0, "task_id": t2.task_id}],
+    )
+    store.write_batch([], {f"submit:{t1.task_id}": None}, [], durable=False)
+    with store.env.begin(write=True) as txn:  # a record from a future version, or damage
+        txn.put(b"f" * 32, b"\xc1garbage", db=store._tasks)
+    store.sync()
+    store.close()
+
+    again = Store(tmp_path, map_size=8 << 20)
+    copies, submits, reports = again.load_tasks()
+    got = sorted(((c.term, c.seq, c.task) for c in copies), key=lambda x: x[0])
+    assert got == [(0, 0, t1), (3, 7, t2)]
+    assert submits == []
+    assert reports == [report]
+    assert again.bad_task_records == 1
+    with again.env.begin(db=again._tasks) as txn:
+        assert txn.get(b"f" * 32) == b"\xc1garbage"  # skipped, never destroyed
+    assert again.read_audit(kind="TASK_ASSIGNED")[0]["task_id"] == t2.task_id
+    again.close()
