@@ -57,6 +57,25 @@ def _wait_port(state_dir: Path, proc: subprocess.Popen[bytes], timeout: float) -
     raise RuntimeError(f"the first node did not start; see {state_dir / 'meshd.log'}")
 
 
+def _show_delegation(dirs: list[Path], nodes: int) -> None:
+    """Delegate two tasks from the last node, as a user would, and show where they ran."""
+    role = ROLES[2] if nodes > 2 else None
+    with Client(dirs[-1], timeout=10.0) as c:
+        where = f" --role {role}" if role else ""
+        print(f"\n$ meshctl delegate sysinfo{where}    (from node{nodes})")
+        handle = c.delegate("sysinfo", {}, role=role)
+        info = handle.result(timeout=30)
+        view = c.task(handle.task_id)
+        print(
+            f"  ran on {view['assigned_name']}: {info['hostname']}, {info['cpu_count']} CPUs, "
+            f"load {info['load_avg']}"
+        )
+        print(f"$ meshctl delegate echo message=hello    (from node{nodes})")
+        handle = c.delegate("echo", {"message": "hello"})
+        out = handle.result(timeout=30)
+        print(f"  ran on {c.task(handle.task_id)['assigned_name']}: {out}")
+
+
 def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> int:
     root = Path(tempfile.mkdtemp(prefix="meshd-demo-"))
     dirs = [root / f"node{i + 1}" for i in range(nodes)]
@@ -92,8 +111,11 @@ def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> 
         )
         with Client(dirs[0]) as c:
             print(status_table(c.status()))
+        _show_delegation(dirs, nodes)
         print(
             f"\nTry it yourself:\n  meshctl --state-dir {dirs[0]} status\n"
+            f"  meshctl --state-dir {dirs[-1]} delegate sleep seconds=5\n"
+            f"  meshctl --state-dir {dirs[0]} task list\n"
             f"  kill -9 {procs[-1].pid}    # then watch node{nodes} turn dead:\n"
             f"  meshctl --state-dir {dirs[0]} status --watch\n"
             + ("Stopping after the duration ..." if duration else "Ctrl-C stops the demo.")
