@@ -113,9 +113,9 @@ def crash_trials(nodes: list[Daemon], trials: int) -> list[float]:
             h = client.delegate("sleep", {"seconds": 30.0, "step": 0.05}, role="network-admin")
             tid = h.task_id
             view = wait_for(
-                lambda tid=tid: (v := client.task(tid))["state"] == "running"
-                and v["has_checkpoint"]
-                and v,
+                lambda tid=tid: (
+                    (v := client.task(tid))["state"] == "running" and v["has_checkpoint"] and v
+                ),
                 what="sleep running",
             )
             victim = w1 if view["assigned_name"] == "w1" else w2
@@ -139,8 +139,9 @@ def crash_trials(nodes: list[Daemon], trials: int) -> list[float]:
 
 
 def line(name: str, v: list[float]) -> str:
-    return (f"{name:<22} p50 {fmt(pct(v, 50))}  p99 {fmt(pct(v, 99))}  "
-            f"mean {fmt(sum(v) / len(v))}  n={len(v)}")  # fmt: skip
+    ms = [x * 1000 for x in v]
+    return (f"{name:<22} p50 {pct(ms, 50):.2f} ms  p99 {pct(ms, 99):.2f} ms  "
+            f"mean {sum(ms) / len(ms):.2f} ms  n={len(v)}")  # fmt: skip
 
 
 def main() -> None:
@@ -172,7 +173,8 @@ def main() -> None:
         from _celery_baseline import run_celery
 
         cel = run_celery(args.roundtrip, args.throughput, workers=3)
-        print(f"celery round trip      p50 {fmt(cel['rtt_p50'])}  p99 {fmt(cel['rtt_p99'])}")
+        p50, p99 = cel["rtt_p50"] * 1000, cel["rtt_p99"] * 1000
+        print(f"celery round trip      p50 {p50:.2f} ms  p99 {p99:.2f} ms")
         print(f"celery throughput      {cel['throughput']:.0f} tasks/s")
         figures["celery"] = cel
         print(f"ratio round trip p50   meshd/celery = {figures['rtt_p50'] / cel['rtt_p50']:.2f}")
