@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Daemon, Mesh, all_see_all, fmt, pct, wait_for
+from _common import Daemon, Mesh, all_see_all, pct, wait_for
 
 from meshd.client import Client
 
