@@ -45,8 +45,12 @@ def start_mesh(mesh: Mesh, priorities: list[int]) -> list[Daemon]:
 def test_highest_priority_leads_and_kill9_fails_over(mesh: Mesh) -> None:
     nodes = start_mesh(mesh, [40, 90, 60, 0, 20])
     ids = {d.name: d.node_id for d in nodes}
-    lead, term = wait_for(lambda: agreed_lead(nodes), what="one lead agreed by all")
-    assert lead == ids["p1"]  # priority 90
+    # p0 starts first and may lead alone for a moment on a loaded machine (the others are
+    # still starting); the highest priority must end up leading either way.
+    lead, term = wait_for(
+        lambda: (a := agreed_lead(nodes)) and a[0] == ids["p1"] and a,
+        what="p1 (priority 90) agreed by all as the lead",
+    )
     st = nodes[0].status()
     assert st["lead"]["name"] == "p1" and st["lead"]["since"] is not None
     table = run_meshctl("--state-dir", str(nodes[0].state_dir), "status").stdout
