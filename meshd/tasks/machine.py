@@ -89,9 +89,14 @@ class StoreCopies:
     """Write these copies to the store (durable before the batch's messages leave)."""
 
     copies: tuple[TaskCopy, ...]
-    #: False for a replica's copies (from TASK_UPDATE / TASK_SYNC): the lead holds them
-    #: durably, so they need no fsync here.
+    #: fsync'd before the batch's acknowledgements leave, its skills start and its
+    #: clients are answered (the origin's new task). False for a replica's copies (from
+    #: TASK_UPDATE / TASK_SYNC): written lazily, never fsync'd.
     durable: bool = True
+    #: The lead's own copies: committed now, fsync'd within ``store.sync_delay`` without
+    #: holding anything back (every copy is also published to, and held by, the members
+    #: at once, so a lead that dies loses nothing the next lead cannot gather).
+    sync_soon: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +108,9 @@ class SaveOutbox:
     key: str
     pending: bool
     report: TaskReport | None = None
+    #: fsync'd before the batch's acknowledgements leave (a submit: the client was told
+    #: the task is stored). An outcome needs no fsync (see :meth:`TaskMachine._report`).
+    durable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -570,7 +578,10 @@ class TaskMachine:
             out.append(CancelSkill(task.task_id, "superseded by a newer attempt"))
         if self._newer(copy):
             self._take(copy, out)
-            out.append(StoreCopies((copy,)))
+            # Committed before the run starts and STARTED leaves, so a restarted agent
+            # knows what it lost; not fsync'd: a host that dies is declared dead by
+            # membership, and the lead handles its tasks as lost anyway.
+            out.append(StoreCopies((copy,), durable=False))
         why = ""
         if task.skill not in self._skills():
             why = f"skill {task.skill!r} is not installed here"
@@ -686,9 +697,12 @@ class TaskMachine:
         out: list[TaskEffect],
         **fields: Any,
     ) -> None:
+        """Record an outcome in the outbox and send it. The outbox entry is committed but
+        not fsync'd: after a meshd crash it is resent; after a host crash the lead has
+        already declared the agent dead and handled the task as lost."""
         report = TaskReport(task_id, attempt, kind, **fields)
         self._reports[task_id] = (report, _Pending(now))
-        out.append(SaveOutbox(f"report:{task_id}", True, report))
+        out.append(SaveOutbox(f"report:{task_id}", True, report, durable=False))
         self._resend(report, now, out)
 
     def _resend(self, report: TaskReport, now: float, out: list[TaskEffect]) -> None:
@@ -847,7 +861,7 @@ class TaskMachine:
                 copy = TaskCopy(self.term, self._seq, eff.task)
                 old = self.copies.get(eff.task.task_id)
                 self._take(copy, out)
-                out.append(StoreCopies((copy,)))
+                out.append(StoreCopies((copy,), durable=False, sync_soon=True))
                 self._updates.append(copy)
                 self._audit(old.task if old else None, eff.task, out)
             elif isinstance(eff, AssignTask):

@@ -62,6 +62,9 @@ MAX_WAIT = 30.0
 #: s. Longest a replica's copy (from the lead's updates) waits to be written: replicas
 #: need no fsync, and writing them in batches keeps the fsyncs of durable writes cheap.
 LAZY_WRITE = 0.5
+#: s. Longest the lead's own copies and audit records wait for their fsync (they hold
+#: nothing back; see StoreCopies.sync_soon). Many batches share one fsync.
+SYNC_DELAY = 0.05
 #: s. How long a relayed operator command waits for the lead's answer.
 OP_TIMEOUT = 5.0
 
@@ -161,6 +164,8 @@ class TaskRuntime:
         self._pub: list[TaskCopy] = []
         self._pub_hi = 0
         self._syncing = False
+        self._needs_sync = False
+        self._soon_handle: asyncio.TimerHandle | None = None
         self._sync_job: asyncio.Future[None] | None = None
         self._unsynced: list[
             tuple[list[Send | Publish], list[RunSkill], asyncio.Future[None] | None]
@@ -194,6 +199,9 @@ class TaskRuntime:
         for task in list(self._skill_tasks.values()):
             with contextlib.suppress(BaseException):
                 await task
+        if self._soon_handle is not None:
+            self._soon_handle.cancel()
+            self._soon_handle = None
         if self._sync_job is not None:
             with contextlib.suppress(BaseException):
                 await self._sync_job  # never close the store under a running fsync
@@ -248,8 +256,10 @@ class TaskRuntime:
                 else:
                     self._send(eff)
             elif isinstance(eff, StoreCopies):
-                if eff.durable:
-                    self._durable = True
+                if eff.sync_soon:
+                    self._sync_soon()
+                if eff.durable or eff.sync_soon:
+                    self._durable = self._durable or eff.durable
                     for copy in eff.copies:
                         self._copies[copy.task.task_id] = copy
                         self._lazy.pop(copy.task.task_id, None)
@@ -260,7 +270,7 @@ class TaskRuntime:
                         self._wake(copy.task.task_id)
             elif isinstance(eff, SaveOutbox):
                 self._outbox[eff.key] = (eff.report or True) if eff.pending else None
-                self._durable = True
+                self._durable = self._durable or (eff.durable and eff.pending)
             elif isinstance(eff, RunSkill):
                 self._runs.append(eff)
             elif isinstance(eff, CancelSkill):
@@ -355,7 +365,9 @@ class TaskRuntime:
         self._copies = {}
         outbox, self._outbox = self._outbox, {}
         audit, self._audit = self._audit, []
-        durable, self._durable = self._durable or bool(audit), False
+        durable, self._durable = self._durable, False
+        if audit:
+            self._sync_soon()
         store = self.node.store
         if copies or outbox or audit:
             store.write_batch(copies, outbox, audit, durable=final and durable)
@@ -365,16 +377,34 @@ class TaskRuntime:
         batch = (sends, runs, fut)
         if durable and store.fsync and not final:
             self._unsynced.append(batch)
+            self._needs_sync = True
             self._sync_next()
         elif self._syncing or self._unsynced:
             self._unsynced.append(batch)  # keep the order of acknowledgements
         else:
             self._release(batch)
 
+    def _sync_soon(self) -> None:
+        """fsync within SYNC_DELAY, holding nothing back (the lead's copies, audit)."""
+        if self._soon_handle is None and self.node.store.fsync:
+            self._soon_handle = asyncio.get_running_loop().call_later(SYNC_DELAY, self._soon)
+
+    def _soon(self) -> None:
+        self._soon_handle = None
+        # Queued behind a sync in flight, if any: that one may predate our writes.
+        self._unsynced.append(([], [], None))
+        self._needs_sync = True
+        self._sync_next()
+
     def _sync_next(self) -> None:
         if self._syncing or not self._unsynced:
             return
         batches, self._unsynced = self._unsynced, []
+        if not self._needs_sync:  # only batches that waited for their turn: no fsync
+            for batch in batches:
+                self._release(batch)
+            return
+        self._needs_sync = False
         self._syncing = True
         loop = asyncio.get_running_loop()
         job = loop.run_in_executor(None, self.node.store.sync)
@@ -736,6 +766,7 @@ class TaskRuntime:
                 "unacked_submits": self.machine.pending_submits(),
                 "unacked_reports": self.machine.pending_reports(),
                 "skills": list(self.registry.names()),
+                "store_syncs": self.node.store.syncs,
                 "skill_stats": {k: v.to_dict() for k, v in self.executor.stats().items()},
             },
         }
