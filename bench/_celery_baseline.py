@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -158,16 +159,25 @@ def _start_redis(redis_server: str, tmp: Path) -> tuple[subprocess.Popen[bytes],
         port = _free_port()
         cmd = [
             redis_server,
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--protected-mode", "yes",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(tmp),
-            "--daemonize", "no",
-            "--logfile", str(log_path),
-            "--databases", "1",
-        ]  # fmt: skip
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--protected-mode",
+            "yes",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp),
+            "--daemonize",
+            "no",
+            "--logfile",
+            str(log_path),
+            "--databases",
+            "1",
+        ]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1.0)
 
@@ -201,11 +211,24 @@ def _start_workers(
         name = f"meshd-bench-{os.getpid()}-w{i}@{host}"
         names.append(name)
         cmd = [
-            sys.executable, "-m", "celery", "-A", APP_MODULE, "worker",
-            "--pool", "solo", "--concurrency", "1", "-n", name,
-            "--loglevel", "WARNING", "--logfile", str(tmp / f"worker{i}.log"),
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            APP_MODULE,
+            "worker",
+            "--pool",
+            "solo",
+            "--concurrency",
+            "1",
+            "-n",
+            name,
+            "--loglevel",
+            "WARNING",
+            "--logfile",
+            str(tmp / f"worker{i}.log"),
             *WORKER_FLAGS,
-        ]  # fmt: skip
+        ]
         log = open(tmp / f"worker{i}.out", "wb")  # noqa: SIM115 - handed to the child
         procs.append(
             subprocess.Popen(
@@ -217,7 +240,11 @@ def _start_workers(
 
 
 def run_celery(
-    n_roundtrip: int = 500, n_throughput: int = 5000, workers: int = 3, warmup: int = 50
+    n_roundtrip: int = 500,
+    n_throughput: int = 5000,
+    workers: int = 3,
+    warmup: int = 50,
+    clients: int = 1,
 ) -> dict[str, float]:
     """Start redis-server (Debian package) on 127.0.0.1 at a free port with a temp dir and no
     persistence, start ``workers`` Celery worker processes (each ``--concurrency 1 --pool
@@ -276,11 +303,38 @@ def run_celery(
             # on the Redis backend first MGETs everything and, if anything is still pending,
             # sleeps a fixed 0.5 s interval before it goes to pub/sub. Bounded: even
             # 200 tasks/s finishes well inside the deadline.
+            # ``clients`` submitting threads (as many as meshd's bench uses, one per node),
+            # each with its own share, so both systems get the same offered load.
             end = time.monotonic() + 30.0 + n_throughput / 200
+            shares = [
+                n_throughput // clients + (1 if i < n_throughput % clients else 0)
+                for i in range(clients)
+            ]
+            values: list[Any] = []
+            errors: list[BaseException] = []
+            lock = threading.Lock()
+            barrier = threading.Barrier(clients + 1)
+
+            def burst(count: int) -> None:
+                try:
+                    barrier.wait()
+                    mine = [echo.delay("x") for _ in range(count)]
+                    got = [r.get(timeout=max(0.01, end - time.monotonic())) for r in mine]
+                    with lock:
+                        values.extend(got)
+                except BaseException as exc:
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=burst, args=(k,)) for k in shares]
+            for t in threads:
+                t.start()
+            barrier.wait()
             t0 = time.perf_counter()
-            results = [echo.delay("x") for _ in range(n_throughput)]
-            values = [r.get(timeout=max(0.01, end - time.monotonic())) for r in results]
+            for t in threads:
+                t.join(timeout=max(0.01, end - time.monotonic()) + 5)
             elapsed = time.perf_counter() - t0
+            if errors:
+                raise RuntimeError(f"throughput burst failed: {errors[0]!r}")
             if len(values) != n_throughput or any(v != "x" for v in values):
                 raise RuntimeError("throughput burst: missing or wrong results")
         finally:
@@ -298,6 +352,7 @@ def run_celery(
         "rtt_mean": statistics.fmean(rtts),
         "throughput": n_throughput / elapsed,
         "workers": float(workers),
+        "clients": float(clients),
     }
 
 
@@ -307,9 +362,10 @@ def main() -> None:
     ap.add_argument("--throughput", type=int, default=5000, help="tasks in the burst")
     ap.add_argument("--workers", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=50)
+    ap.add_argument("--clients", type=int, default=1, help="submitting threads in the burst")
     args = ap.parse_args()
     t0 = time.monotonic()
-    r = run_celery(args.roundtrip, args.throughput, args.workers, args.warmup)
+    r = run_celery(args.roundtrip, args.throughput, args.workers, args.warmup, args.clients)
     wall = time.monotonic() - t0
     print(f"celery + redis, {int(r['workers'])} solo workers (run took {wall:.1f} s)")
     print(f"  round trip p50   {fmt(r['rtt_p50'] * 1e3):>9} ms  (n={args.roundtrip})")

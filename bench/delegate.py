@@ -34,6 +34,8 @@ from _common import Daemon, Mesh, all_see_all, pct, wait_for
 
 from meshd.client import Client
 
+NODES = ("lead", "w1", "w2")
+
 
 def start_mesh(root: Path, fsync: bool) -> list[Daemon]:
     extra: tuple[str, ...] = ()
@@ -46,7 +48,7 @@ def start_mesh(root: Path, fsync: bool) -> list[Daemon]:
     lead.wait_ready()
     nodes = [lead] + [
         mesh.add(n, role="network-admin", peers=(lead.seed,), extra=extra).start()
-        for n in ("w1", "w2")
+        for n in NODES[1:]
     ]
     for d in nodes:
         d.wait_ready()
@@ -172,7 +174,7 @@ def main() -> None:
     if not args.no_celery:
         from _celery_baseline import run_celery
 
-        cel = run_celery(args.roundtrip, args.throughput, workers=3)
+        cel = run_celery(args.roundtrip, args.throughput, workers=3, clients=len(NODES))
         p50, p99 = cel["rtt_p50"] * 1000, cel["rtt_p99"] * 1000
         print(f"celery round trip      p50 {p50:.2f} ms  p99 {p99:.2f} ms")
         print(f"celery throughput      {cel['throughput']:.0f} tasks/s")
