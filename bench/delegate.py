@@ -5,7 +5,8 @@ crash to its task running on another agent.
 meshd: three daemons on loopback (a team-lead and two network-admins, every one an agent).
 The client talks to a node that is not the lead, as a user on any host would:
 
-- **round trip**: ``delegate("echo") -> result()``, one at a time, warm: client -> local
+- **round trip**: ``run("echo")`` (delegate and wait in one call, as Celery's
+  ``delay().get()``), one at a time, warm: client -> local
   daemon (stored, fsync) -> lead (stored, assigned) -> agent (stored, run, reported) ->
   lead (stored) -> the origin's copy -> client;
 - **throughput**: N echo tasks, one client per node (threads) submitting back to back
@@ -61,11 +62,11 @@ def start_mesh(root: Path, fsync: bool) -> list[Daemon]:
 
 def roundtrip(client: Client, n: int, warmup: int = 50) -> list[float]:
     for i in range(warmup):
-        client.delegate("echo", {"message": f"w{i}"}).result(timeout=30)
+        client.run("echo", {"message": f"w{i}"}, timeout=30)
     times = []
     for i in range(n):
         t0 = time.perf_counter()
-        out = client.delegate("echo", {"message": f"r{i}"}).result(timeout=30)
+        out = client.run("echo", {"message": f"r{i}"}, timeout=30)
         times.append(time.perf_counter() - t0)
         assert out == {"message": f"r{i}"}, out
     return times

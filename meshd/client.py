@@ -183,6 +183,32 @@ class Client:
         )
         return TaskHandle(self, view)
 
+    def run(
+        self, skill: str, params: dict[str, Any] | None = None, timeout: float = 30.0, **kw: Any
+    ) -> Any:
+        """Delegate and wait for the result in one call (the daemon waits, up to
+        ``timeout`` s, at most 30 s per call): the result, or :class:`TaskFailed`, or
+        TimeoutError. Takes the keyword arguments of :meth:`delegate`."""
+        old = self.timeout
+        self.timeout = max(old, min(timeout, 30.0) + 5.0)
+        if self._sock is not None:
+            self._sock.settimeout(self.timeout)
+        try:
+            view = self.call(
+                "delegate",
+                skill=skill,
+                params=params or {},
+                wait=min(timeout, 30.0),
+                **{k: (list(v) if k == "after" else v) for k, v in kw.items()},
+            )
+        finally:
+            self.timeout = old
+            if self._sock is not None:
+                self._sock.settimeout(old)
+        handle = TaskHandle(self, view)
+        remaining = timeout - min(timeout, 30.0)
+        return handle.result(remaining if not view["terminal"] else 0.0)
+
     def task(self, task_id: str) -> dict[str, Any]:
         """One task (full id or a unique prefix of at least 4 characters)."""
         result: dict[str, Any] = self.call("task_get", id=task_id)

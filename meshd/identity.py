@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -54,15 +55,17 @@ def curve_pk_for(ed25519_pk: bytes) -> bytes:
 class Identity:
     signing_key: SigningKey
 
-    @property
+    # Derived once (frozen dataclass without slots: cached_property may store them); the
+    # node id is read for every message sent.
+    @functools.cached_property
     def ed25519_pk(self) -> bytes:
         return bytes(self.signing_key.verify_key)
 
-    @property
+    @functools.cached_property
     def node_id(self) -> str:
         return node_id_for(self.ed25519_pk)
 
-    @property
+    @functools.cached_property
     def curve_pk(self) -> bytes:
         return curve_pk_for(self.ed25519_pk)
 

@@ -379,9 +379,9 @@ class TaskRuntime:
             self._unsynced.append(batch)
             self._needs_sync = True
             self._sync_next()
-        elif self._syncing or self._unsynced:
-            self._unsynced.append(batch)  # keep the order of acknowledgements
         else:
+            # Nothing here needs an fsync: out at once, even while an fsync for earlier
+            # batches runs (what this batch acknowledges is committed already).
             self._release(batch)
 
     def _sync_soon(self) -> None:
@@ -456,12 +456,18 @@ class TaskRuntime:
 
     async def durable(self) -> None:
         """Return once everything applied so far is committed (and its messages sent)."""
-        if self._flush_handle is None and not self._unsynced and not self._syncing:
-            return
+        loop = asyncio.get_running_loop()
         if self._flush_handle is None:
-            self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
+            if not self._unsynced and not self._syncing:
+                return
+            # Committed already; wait behind the fsyncs queued or running.
+            fut: asyncio.Future[None] = loop.create_future()
+            self._unsynced.append(([], [], fut))
+            self._sync_next()
+            await asyncio.shield(fut)
+            return
         if self._flushed is None:
-            self._flushed = asyncio.get_running_loop().create_future()
+            self._flushed = loop.create_future()
         await asyncio.shield(self._flushed)
 
     # ---- the local skill runner ------------------------------------------------------------
@@ -575,6 +581,16 @@ class TaskRuntime:
             raise ControlError(str(exc), code="bad_request") from None
         self.apply(effects)
         await self.durable()
+        wait = float(args.get("wait") or 0.0)
+        if wait > 0:
+            # Delegate and wait in one call: the answer is the finished task (or the task
+            # as it stands when ``wait`` runs out), one control round trip fewer.
+            loop = asyncio.get_running_loop()
+            end = loop.time() + min(wait, MAX_WAIT)
+            view = self.view(task.task_id)
+            while not view["terminal"] and loop.time() < end:
+                view = await self.watch(task.task_id, view["version"], end - loop.time())
+            return view
         return self.view(task.task_id)
 
     def build_task(self, args: dict[str, Any]) -> Task:
