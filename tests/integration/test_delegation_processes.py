@@ -60,6 +60,10 @@ def test_delegate_to_another_nodes_role(mesh: Mesh) -> None:
         handle = client.delegate("echo", {"message": "from c"}, role="network-admin")
         assert handle.result(timeout=20) == {"message": "from c"}
         assert client.task(handle.task_id)["assigned_name"] == "b"
+        # Delegate and wait in one call; a result not there in time is a TimeoutError.
+        assert client.run("echo", {"message": "run"}, node="a") == {"message": "run"}
+        with pytest.raises(TimeoutError):
+            client.run("sleep", {"seconds": 5.0}, timeout=0.3, role="devops")
     # Status: mesh totals and per-node figures.
     st = b.status()
     assert st["tasks"]["totals"]["complete"] >= 3
