@@ -17,7 +17,7 @@ The client talks to a node that is not the lead, as a user on any host would:
 
 Celery: ``bench/_celery_baseline.py`` (redis-server on loopback, 3 solo workers).
 
-    python bench/delegate.py --roundtrip 500 --throughput 5000 --crash-trials 5
+    python bench/delegate.py --roundtrip 500 --throughput 5000 --crash-trials 5 --rounds 3
     python bench/delegate.py --no-fsync          # [store] fsync = false on every node
 """
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import threading
 import time
@@ -54,8 +55,10 @@ def start_mesh(root: Path, fsync: bool) -> list[Daemon]:
     for d in nodes:
         d.wait_ready()
     wait_for(lambda: all_see_all(nodes), what="mesh to form")
-    wait_for(lambda: all((d.status()["lead"] or {}).get("name") == "lead" for d in nodes),
-             what="the team-lead to lead")  # fmt: skip
+    wait_for(
+        lambda: all((d.status()["lead"] or {}).get("name") == "lead" for d in nodes),
+        what="the team-lead to lead",
+    )
     nodes[0].mesh = mesh  # type: ignore[attr-defined]
     return nodes
 
@@ -143,8 +146,31 @@ def crash_trials(nodes: list[Daemon], trials: int) -> list[float]:
 
 def line(name: str, v: list[float]) -> str:
     ms = [x * 1000 for x in v]
-    return (f"{name:<22} p50 {pct(ms, 50):.2f} ms  p99 {pct(ms, 99):.2f} ms  "
-            f"mean {sum(ms) / len(ms):.2f} ms  n={len(v)}")  # fmt: skip
+    return (
+        f"{name:<22} p50 {pct(ms, 50):.2f} ms  p99 {pct(ms, 99):.2f} ms  "
+        f"mean {sum(ms) / len(ms):.2f} ms  n={len(v)}"
+    )
+
+
+def meshd_round(args: argparse.Namespace, crash: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="meshd-bench-delegate-") as tmp:
+        nodes = start_mesh(Path(tmp), fsync=not args.no_fsync)
+        mesh: Mesh = nodes[0].mesh  # type: ignore[attr-defined]
+        try:
+            with nodes[1].client() as client:
+                rt = roundtrip(client, args.roundtrip)
+            print(line("  meshd round trip", rt))
+            tput, where = throughput(nodes, args.throughput)
+            print(f"  meshd throughput       {tput:.0f} tasks/s  (by agent: {where})")
+            out.update(rtt_p50=pct(rt, 50), rtt_p99=pct(rt, 99), throughput=tput)
+            if crash:
+                times = crash_trials(nodes, crash)
+                print(line("  crash -> running again", times))
+                out.update(crash_p50=pct(times, 50), crash_max=max(times))
+        finally:
+            mesh.close()
+    return out
 
 
 def main() -> None:
@@ -152,37 +178,50 @@ def main() -> None:
     ap.add_argument("--roundtrip", type=int, default=500)
     ap.add_argument("--throughput", type=int, default=5000)
     ap.add_argument("--crash-trials", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3, help="meshd and Celery, alternately")
     ap.add_argument("--no-fsync", action="store_true", help="[store] fsync = false")
     ap.add_argument("--no-celery", action="store_true", help="skip the Celery baseline")
     args = ap.parse_args()
-    figures: dict[str, Any] = {"fsync": not args.no_fsync}
-    with tempfile.TemporaryDirectory(prefix="meshd-bench-delegate-") as tmp:
-        nodes = start_mesh(Path(tmp), fsync=not args.no_fsync)
-        mesh: Mesh = nodes[0].mesh  # type: ignore[attr-defined]
-        try:
-            with nodes[1].client() as client:
-                rt = roundtrip(client, args.roundtrip)
-                print(line("meshd round trip", rt))
-            tput, where = throughput(nodes, args.throughput)
-            print(f"meshd throughput       {tput:.0f} tasks/s  (by agent: {where})")
-            figures.update(rtt_p50=pct(rt, 50), rtt_p99=pct(rt, 99), throughput=tput)
-            if args.crash_trials:
-                crash = crash_trials(nodes, args.crash_trials)
-                print(line("crash -> running again", crash))
-                figures.update(crash_p50=pct(crash, 50), crash_max=max(crash))
-        finally:
-            mesh.close()
-    if not args.no_celery:
-        from _celery_baseline import run_celery
+    rounds: list[dict[str, Any]] = []
+    celery: list[dict[str, float]] = []
+    for r in range(args.rounds):
+        print(f"round {r + 1}/{args.rounds}")
+        rounds.append(meshd_round(args, args.crash_trials if r == 0 else 0))
+        if not args.no_celery:
+            from _celery_baseline import run_celery
 
-        cel = run_celery(args.roundtrip, args.throughput, workers=3, clients=len(NODES))
-        p50, p99 = cel["rtt_p50"] * 1000, cel["rtt_p99"] * 1000
-        print(f"celery round trip      p50 {p50:.2f} ms  p99 {p99:.2f} ms")
-        print(f"celery throughput      {cel['throughput']:.0f} tasks/s")
-        figures["celery"] = cel
-        print(f"ratio round trip p50   meshd/celery = {figures['rtt_p50'] / cel['rtt_p50']:.2f}")
-        ratio = figures["throughput"] / cel["throughput"]
-        print(f"ratio throughput       meshd/celery = {ratio:.2f}")
+            cel = run_celery(args.roundtrip, args.throughput, workers=3, clients=len(NODES))
+            print(
+                f"  celery round trip      p50 {cel['rtt_p50'] * 1000:.2f} ms  "
+                f"p99 {cel['rtt_p99'] * 1000:.2f} ms"
+            )
+            print(f"  celery throughput      {cel['throughput']:.0f} tasks/s")
+            celery.append(cel)
+
+    def med(rows: list[Any], key: str) -> float:
+        return statistics.median(float(row[key]) for row in rows)
+
+    figures: dict[str, Any] = {"fsync": not args.no_fsync, "rounds": args.rounds}
+    for key in ("rtt_p50", "rtt_p99", "throughput"):
+        figures[key] = med(rounds, key)
+    figures.update({k: v for k, v in rounds[0].items() if k.startswith("crash")})
+    print(f"medians over {args.rounds} rounds (fsync {'on' if not args.no_fsync else 'off'}):")
+    print(
+        f"  meshd  round trip p50 {figures['rtt_p50'] * 1000:.2f} ms, "
+        f"p99 {figures['rtt_p99'] * 1000:.2f} ms, throughput {figures['throughput']:.0f}/s"
+    )
+    if celery:
+        cel_fig = {k: med(celery, k) for k in ("rtt_p50", "rtt_p99", "throughput")}
+        figures["celery"] = cel_fig
+        print(
+            f"  celery round trip p50 {cel_fig['rtt_p50'] * 1000:.2f} ms, "
+            f"p99 {cel_fig['rtt_p99'] * 1000:.2f} ms, throughput {cel_fig['throughput']:.0f}/s"
+        )
+        print(
+            f"  ratio meshd/celery: round trip p50 "
+            f"{figures['rtt_p50'] / cel_fig['rtt_p50']:.2f}, "
+            f"throughput {figures['throughput'] / cel_fig['throughput']:.2f}"
+        )
     print(json.dumps(figures))
 
 
