@@ -58,6 +58,10 @@ class MsgType(enum.IntEnum):
     TASK_SYNC_REQ = 26
     TASK_SYNC = 27
     AGENT_INFO = 28
+    SKILL_ANNOUNCE = 29
+    SKILL_FETCH = 30
+    SKILL_CHUNK = 31
+    SKILL_REVOKE = 32
 
 
 class MemberState(enum.StrEnum):
@@ -412,6 +416,67 @@ class AgentInfo:
     max_concurrent: int
 
 
+# ---- skill packs (see PROTOCOL.md, "Skill packs") -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PackInfo:
+    """One installed pack as its holder announces it: enough to validate a task's
+    parameters anywhere (``manifest``: the manifest's msgpack-ready dict) and to fetch,
+    verify and install the pack (``pack_id``: SHA-256 hex of the archive bytes)."""
+
+    name: str
+    version: str
+    pack_id: str
+    size: int
+    signer: bytes
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SkillAnnounce:
+    """The sender's installed packs. ``full``: this is its whole inventory (replaces what
+    it announced before); else ``packs`` were just installed or updated. Published on
+    change, and sent directly to a member that joins."""
+
+    packs: tuple[PackInfo, ...]
+    full: bool
+    #: Pack names the sender removed (only when ``full`` is False).
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SkillFetch:
+    """Ask a holder for ``length`` bytes of pack ``pack_id`` from ``offset``."""
+
+    pack_id: str
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class SkillChunk:
+    """Answer to SKILL_FETCH (``correlation_id`` = its ``msg_id``): bytes ``offset`` ..
+    ``offset + len(data)`` of an archive of ``total`` bytes; ``error`` non-empty: the
+    holder does not have it (``data`` empty)."""
+
+    pack_id: str
+    offset: int
+    total: int
+    data: bytes
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SkillRevoke:
+    """Revoked signer keys (Ed25519 public keys) and pack ids. Published when an
+    operator revokes, and sent in full to a member that joins; every node refuses to
+    install or run what is revoked."""
+
+    keys: tuple[bytes, ...]
+    packs: tuple[str, ...]
+
+
 Payload = (
     Hello
     | Heartbeat
@@ -441,7 +506,14 @@ Payload = (
     | TaskSyncReq
     | TaskSync
     | AgentInfo
+    | SkillAnnounce
+    | SkillFetch
+    | SkillChunk
+    | SkillRevoke
 )
+
+#: The payloads of skill sharing (handled by :mod:`meshd.skills.share`).
+SkillPayloads = (SkillAnnounce, SkillFetch, SkillChunk, SkillRevoke)
 
 #: The payloads of task delegation (handled by :mod:`meshd.tasks`).
 TaskPayloads = (
@@ -478,6 +550,10 @@ PAYLOAD_TYPES: dict[type[object], MsgType] = {
     TaskSyncReq: MsgType.TASK_SYNC_REQ,
     TaskSync: MsgType.TASK_SYNC,
     AgentInfo: MsgType.AGENT_INFO,
+    SkillAnnounce: MsgType.SKILL_ANNOUNCE,
+    SkillFetch: MsgType.SKILL_FETCH,
+    SkillChunk: MsgType.SKILL_CHUNK,
+    SkillRevoke: MsgType.SKILL_REVOKE,
 }
 
 
