@@ -233,6 +233,7 @@ def _event_for(old: Task | None, new: Task) -> str | None:
         TaskState.CANCELLED: "TASK_CANCELLED",
         TaskState.RETRY: "TASK_RETRY",
         TaskState.REJECTED: "TASK_REJECTED",
+        TaskState.WAITING_APPROVAL: "TASK_WAITING_APPROVAL",
     }.get(s)
 
 
@@ -255,6 +256,7 @@ class TaskMachine:
         max_concurrent: int,
         capabilities: tuple[str, ...],
         verifier: Callable[[Task], tuple[bool, str]] | None = None,
+        needs_approval: Callable[[str], bool] | None = None,
     ) -> None:
         self.self_id = self_id
         self.cfg = config
@@ -263,6 +265,8 @@ class TaskMachine:
         self.max_concurrent = max_concurrent
         self.capabilities = capabilities
         self._verifier = verifier
+        #: Whether a skill (by name) needs an operator's approval per task.
+        self._needs_approval = needs_approval
         self.copies: dict[str, TaskCopy] = {}
         self.lead: str | None = None
         self.term = 0
@@ -413,18 +417,26 @@ class TaskMachine:
         out.append(Send(self.lead, TaskOp(op, task_id, actor, target, checkpoint)))
         return out
 
-    def _lead_op(self, op: TaskOp, now: float, out: list[TaskEffect]) -> None:
+    def _lead_op(
+        self, op: TaskOp, now: float, out: list[TaskEffect], origin: str | None = None
+    ) -> None:
         sched = self.scheduler
         assert sched is not None
+        # Who decided, for the history and the audit: "operator@<node id>".
+        who = f"{op.actor}@{origin or self.self_id}" if op.actor == "operator" else op.actor
         if sched.get(op.task_id) is None and op.task_id in self.copies:
             # A task submitted but not yet taken (its submit is in flight): take it now.
             self._lead_submit(
                 self.copies[op.task_id].task.origin, self.copies[op.task_id], now, out, ack=False
             )
         if op.op is TaskOpKind.CANCEL:
-            effects = sched.cancel(op.task_id, now, actor=op.actor)
+            effects = sched.cancel(op.task_id, now, actor=who)
+        elif op.op is TaskOpKind.APPROVE:
+            effects = sched.approve(op.task_id, now, actor=who)
+        elif op.op is TaskOpKind.DENY:
+            effects = sched.deny(op.task_id, now, actor=who, reason=op.target)
         elif op.op is TaskOpKind.RETRY:
-            effects = sched.operator_retry(op.task_id, now, actor=op.actor)
+            effects = sched.operator_retry(op.task_id, now, actor=who)
         else:
             effects = sched.handoff(
                 op.task_id,
@@ -844,7 +856,7 @@ class TaskMachine:
             return
         try:
             effects: list[TaskEffect] = []
-            self._lead_op(op, now, effects)
+            self._lead_op(op, now, effects, origin=sender)
         except TaskError as exc:
             self._ack(sender, op.task_id, code, out, False, str(exc))
             return
@@ -902,8 +914,35 @@ class TaskMachine:
                     detail=f"to {new.assigned_to}",
                 )
             )
+        elif new.state is TaskState.WAITING_APPROVAL and (
+            old is None or old.state is not new.state
+        ):
+            out.append(
+                TaskEvent(
+                    "TASK_WAITING_APPROVAL",
+                    new,
+                    audit=True,
+                    detail=f"skill {new.skill} needs an operator's approval",
+                )
+            )
+        elif (
+            new.state is TaskState.PENDING
+            and old is not None
+            and old.state is TaskState.WAITING_APPROVAL
+        ):
+            out.append(
+                TaskEvent(
+                    "TASK_APPROVED",
+                    new,
+                    audit=True,
+                    detail=new.history[-1].reason if new.history else "",
+                )
+            )
         elif new.state is TaskState.FAILED and (old is None or old.state is not new.state):
             err = new.error
+            if err is not None and err.code == "denied":
+                out.append(TaskEvent("TASK_DENIED", new, audit=True, detail=err.message))
+                return
             out.append(
                 TaskEvent(
                     "TASK_FAILED",
@@ -1022,7 +1061,8 @@ class TaskMachine:
         gather = self._gather
         self._gather = None
         self.role = Role.LEAD
-        sched = Scheduler(self.cfg, now)
+        check = self._needs_approval
+        sched = Scheduler(self.cfg, now, (lambda t: check(t.skill)) if check else None)
         self.scheduler = sched
         tasks = [c.task for c in self.copies.values() if c.term > 0]
         unfinished = sum(1 for t in tasks if not is_terminal(t))

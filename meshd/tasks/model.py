@@ -48,6 +48,9 @@ class TaskState(enum.Enum):
     RETRY = "retry"
     #: Cancelled by the origin or an operator. Terminal.
     CANCELLED = "cancelled"
+    #: Its skill declares ``internet`` or ``privileged``: held until an operator approves
+    #: (back to PENDING) or denies (FAILED, ``denied``) it.
+    WAITING_APPROVAL = "waiting_approval"
 
 
 #: States a task is never moved out of automatically (COMPLETE counts only when no verify

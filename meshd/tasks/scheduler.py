@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -102,11 +102,22 @@ Effect = AssignTask | CancelOnAgent | TaskChanged | TaskFinished | RequestVerify
 _ATTEMPT, _RETRY, _DEADLINE = "attempt", "retry", "deadline"
 
 
+def _never(task: Task) -> bool:
+    return False
+
+
 class Scheduler:
     """The lead-side scheduler (see the module docstring for the rules)."""
 
-    def __init__(self, config: TaskConfig, now: float) -> None:
+    def __init__(
+        self,
+        config: TaskConfig,
+        now: float,
+        needs_approval: Callable[[Task], bool] | None = None,
+    ) -> None:
         self._cfg = config
+        #: Whether a task's skill needs an operator's approval (internet / privileged).
+        self._needs_approval = needs_approval or _never
         #: Wall epoch seconds when this scheduler (this lead's term of office) began.
         self.started_at = now
         self._tasks: dict[str, Task] = {}
@@ -199,9 +210,54 @@ class Scheduler:
         self._put(task, None, now, effects)
         if task.deadline is not None:
             self._set_timer(_DEADLINE, task.task_id, task.deadline, 0)
+        if self._hold_for_approval(task, now, effects):
+            return tuple(effects)
         self._check_dependencies(task.task_id, now, effects)
         self._dispatch(now, effects)
         return tuple(effects)
+
+    def approve(self, task_id: str, now: float, actor: str = "operator") -> tuple[Effect, ...]:
+        """An operator approves a task held for approval: it is queued. Raises TaskError
+        when it is not waiting for one."""
+        task = self._require(task_id)
+        if task.state is not _S.WAITING_APPROVAL:
+            raise TaskError(f"task {task_id} is not waiting for approval ({task.state.value})")
+        effects: list[Effect] = []
+        self._change(task, Event.APPROVE, now, effects, f"approved by {actor}", actor=actor)
+        self._check_dependencies(task_id, now, effects)
+        self._dispatch(now, effects)
+        return tuple(effects)
+
+    def deny(
+        self, task_id: str, now: float, actor: str = "operator", reason: str = ""
+    ) -> tuple[Effect, ...]:
+        """An operator denies a task held for approval: it fails with ``denied``."""
+        task = self._require(task_id)
+        if task.state is not _S.WAITING_APPROVAL:
+            raise TaskError(f"task {task_id} is not waiting for approval ({task.state.value})")
+        effects: list[Effect] = []
+        why = f"denied by {actor}" + (f": {reason}" if reason else "")
+        self._change(
+            task, Event.DENY, now, effects, why, actor=actor, error=TaskFailure("denied", why)
+        )
+        self._dispatch(now, effects)
+        return tuple(effects)
+
+    def _hold_for_approval(self, task: Task, now: float, effects: list[Effect]) -> bool:
+        """Hold a PENDING task that needs an approval it has not had (an approval holds
+        until a denial; a retried denied task is asked for again)."""
+        current = self._tasks[task.task_id]
+        if current.state is not _S.PENDING or not self._needs_approval(current):
+            return False
+        for h in reversed(current.history):
+            if h.reason.startswith("approved by"):
+                return False
+            if h.reason.startswith("denied by"):
+                break
+        self._change(
+            current, Event.NEED_APPROVAL, now, effects, "waiting for an operator's approval"
+        )
+        return True
 
     def restore(self, tasks: Iterable[Task], now: float) -> tuple[Effect, ...]:
         """Resume the unfinished tasks of a previous lead (read from the store). Queued
@@ -267,9 +323,13 @@ class Scheduler:
     def _lose(self, task: Task, node_id: str, now: float, effects: list[Effect]) -> None:
         if task.idempotent:
             self._change(
-                task, Event.AGENT_LOST, now, effects, f"agent {node_id} lost",
+                task,
+                Event.AGENT_LOST,
+                now,
+                effects,
+                f"agent {node_id} lost",
                 assigned_to=None,
-            )  # fmt: skip
+            )
         else:
             failure = TaskFailure(
                 "agent_lost",
@@ -304,13 +364,23 @@ class Scheduler:
             )
         effects: list[Effect] = []
         task = self._change(
-            task, Event.OPERATOR_RETRY, now, effects, f"retried by {actor}", actor=actor,
-            retry_count=0, error=None, result=None, assigned_to=None,
-        )  # fmt: skip
+            task,
+            Event.OPERATOR_RETRY,
+            now,
+            effects,
+            f"retried by {actor}",
+            actor=actor,
+            retry_count=0,
+            error=None,
+            result=None,
+            assigned_to=None,
+        )
         self._rejected.pop(task_id, None)
         if task.deadline is not None:
             self._set_timer(_DEADLINE, task_id, task.deadline, 0)
-        self._change(task, Event.RETRY, now, effects, "operator retry")
+        task = self._change(task, Event.RETRY, now, effects, "operator retry")
+        if self._hold_for_approval(task, now, effects):
+            return tuple(effects)
         self._check_dependencies(task_id, now, effects)
         self._dispatch(now, effects)
         return tuple(effects)
@@ -423,9 +493,15 @@ class Scheduler:
         progress = Progress(max(0.0, min(100.0, float(pct))), message)
         if checkpoint is not None:
             self._change(
-                task, Event.CHECKPOINT, now, effects, "", actor=node,
-                progress=progress, checkpoint=checkpoint,
-            )  # fmt: skip
+                task,
+                Event.CHECKPOINT,
+                now,
+                effects,
+                "",
+                actor=node,
+                progress=progress,
+                checkpoint=checkpoint,
+            )
         else:
             self._change(task, Event.PROGRESS, now, effects, "", actor=node, progress=progress)
         return tuple(effects)
@@ -440,9 +516,15 @@ class Scheduler:
             return tuple(effects)
         task = self._started(task, node, now, effects)
         self._change(
-            task, Event.COMPLETE, now, effects, f"completed on {node}", actor=node,
-            result=result, progress=Progress(100.0, task.progress.message),
-        )  # fmt: skip
+            task,
+            Event.COMPLETE,
+            now,
+            effects,
+            f"completed on {node}",
+            actor=node,
+            result=result,
+            progress=Progress(100.0, task.progress.message),
+        )
         self._dispatch(now, effects)
         return tuple(effects)
 
@@ -473,9 +555,14 @@ class Scheduler:
             return tuple(effects)
         self._rejected.setdefault(task_id, {})[node] = reason
         task = self._change(
-            task, Event.REJECT, now, effects, f"rejected by {node}: {reason}", actor=node,
+            task,
+            Event.REJECT,
+            now,
+            effects,
+            f"rejected by {node}: {reason}",
+            actor=node,
             assigned_to=None,
-        )  # fmt: skip
+        )
         ranking = self._rank(task, now)
         refused = self._rejected[task_id]
         if ranking.best is not None:
@@ -665,10 +752,16 @@ class Scheduler:
     ) -> Task:
         self._last_assigned[agent.node_id] = now
         new = self._change(
-            task, event, now, effects, reason or f"assigned to {agent.node_id}",
-            assigned_to=agent.node_id, assignment=self._fence, attempt=task.attempt + 1,
+            task,
+            event,
+            now,
+            effects,
+            reason or f"assigned to {agent.node_id}",
+            assigned_to=agent.node_id,
+            assignment=self._fence,
+            attempt=task.attempt + 1,
             **changes,
-        )  # fmt: skip
+        )
         effects.append(AssignTask(new, agent.node_id))
         return new
 
@@ -679,9 +772,14 @@ class Scheduler:
         if task.idempotent and task.retry_count < task.retry_limit:
             delay = self._backoff(task.retry_count)
             new = self._change(
-                task, Event.TIMEOUT, now, effects, f"timeout; retry in {delay:g}s",
-                retry_count=task.retry_count + 1, assigned_to=None,
-            )  # fmt: skip
+                task,
+                Event.TIMEOUT,
+                now,
+                effects,
+                f"timeout; retry in {delay:g}s",
+                retry_count=task.retry_count + 1,
+                assigned_to=None,
+            )
             self._set_timer(_RETRY, task.task_id, now + delay, new.retry_count)
             return
         if task.idempotent:

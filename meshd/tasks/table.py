@@ -66,9 +66,14 @@ class Event(enum.Enum):
     DEADLINE = "deadline"
     #: An operator asked to run a failed task again.
     OPERATOR_RETRY = "operator_retry"
+    #: Its skill needs an operator's approval (internet or privileged permissions).
+    NEED_APPROVAL = "need_approval"
+    #: An operator approved it / denied it.
+    APPROVE = "approve"
+    DENY = "deny"
 
 
-_P, _A, _R, _C, _V, _J, _F, _T, _X = (
+_P, _A, _R, _C, _V, _J, _F, _T, _X, _W = (
     TaskState.PENDING,
     TaskState.ASSIGNED,
     TaskState.RUNNING,
@@ -78,6 +83,7 @@ _P, _A, _R, _C, _V, _J, _F, _T, _X = (
     TaskState.FAILED,
     TaskState.RETRY,
     TaskState.CANCELLED,
+    TaskState.WAITING_APPROVAL,
 )
 _E = Event
 
@@ -127,6 +133,13 @@ TRANSITIONS: Final[Mapping[tuple[TaskState, Event], TaskState]] = MappingProxyTy
         (_T, _E.DEADLINE): _F,
         # Failed: only an operator brings it back (through the retry path).
         (_F, _E.OPERATOR_RETRY): _T,
+        # Approval: held before it is ever queued for an agent.
+        (_P, _E.NEED_APPROVAL): _W,
+        (_W, _E.APPROVE): _P,
+        (_W, _E.DENY): _F,
+        (_W, _E.CANCEL): _X,
+        (_W, _E.DEADLINE): _F,
+        (_W, _E.DEPENDENCY_FAILED): _F,
     }
 )
 

@@ -371,6 +371,8 @@ class TaskOpKind(enum.StrEnum):
     CANCEL = "cancel"
     RETRY = "retry"
     HANDOFF = "handoff"
+    APPROVE = "approve"
+    DENY = "deny"
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ class TaskNode:
         now: float,
         rng: random.Random,
         max_concurrent: int = 2,
+        approval: frozenset[str] = frozenset(),
     ) -> None:
         self.info = info
         self.disk = disk
@@ -89,6 +90,7 @@ class TaskNode:
             role_defaults=lambda role: ((), 2),
             max_concurrent=max_concurrent,
             capabilities=(),
+            needs_approval=lambda name: name in approval,
         )
         self.runs: dict[str, Run] = {}
         self._lead: tuple[str | None, int] = (None, 0)
@@ -212,7 +214,14 @@ class TaskNode:
 
 
 class Mesh:
-    def __init__(self, priorities: Sequence[int], seed: int = 0, lead_runs: bool = False) -> None:
+    def __init__(
+        self,
+        priorities: Sequence[int],
+        seed: int = 0,
+        lead_runs: bool = False,
+        approval: frozenset[str] = frozenset(),
+    ) -> None:
+        self.approval = approval
         self.net = FakeNetwork(seed=seed)
         self.world = World()
         self.disks: dict[str, Disk] = {}
@@ -228,7 +237,13 @@ class Mesh:
 
     def _start(self, info: Any, disk: Disk, limit: int) -> TaskNode:
         node = TaskNode(
-            info, disk, self.world, self.net.now, random.Random(self.rng.getrandbits(64)), limit
+            info,
+            disk,
+            self.world,
+            self.net.now,
+            random.Random(self.rng.getrandbits(64)),
+            limit,
+            self.approval,
         )
         self.disks[info.node_id] = disk
         if info.node_id in self.net.hosts:
@@ -469,3 +484,32 @@ def test_a_refused_handoff_fails_the_task_with_the_reason() -> None:
     final = m.task(lead, tid)
     assert final.state is TaskState.FAILED
     assert final.error is not None and final.error.code == "handoff_refused"
+
+
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+def test_a_skill_that_needs_approval_waits_for_the_operator(decision: str) -> None:
+    from meshd.wire.messages import TaskOpKind
+
+    m = Mesh([100, 50, 50], approval=frozenset({"sleep"}))
+    lead = m.wait_lead()
+    origin = m.ids[2]
+    held = m.submit(origin, "sleep", {"seconds": 0.2})
+    free = m.submit(origin, "echo", {"message": "x", "seconds": 0.0})
+    assert m.net.run_until(lambda: m.all_terminal([free], m.ids), 10) is not None
+    m.net.advance(2.0)
+    assert m.state(lead, held) is TaskState.WAITING_APPROVAL
+    assert m.world.executions[held] == 0  # never started without the operator
+    # The operator decides on a node that is not the lead (relayed to the lead).
+    op = TaskOpKind.APPROVE if decision == "approve" else TaskOpKind.DENY
+    m.net.apply(origin, m.node(origin).tm.operator(op, held, "operator", m.net.now))
+    assert m.net.run_until(lambda: m.all_terminal([held], m.ids), 10) is not None
+    final = m.task(origin, held)
+    actor = f"operator@{origin}"
+    if decision == "approve":
+        assert final.state is TaskState.COMPLETE
+        assert any(h.reason == f"approved by {actor}" for h in final.history)
+        assert m.world.executions[held] == 1
+    else:
+        assert final.state is TaskState.FAILED
+        assert final.error is not None and final.error.code == "denied"
+        assert m.world.executions[held] == 0

@@ -61,6 +61,12 @@ EXPECTED: dict[tuple[TaskState, Event], TaskState] = {
     (S.RETRY, E.CANCEL): S.CANCELLED,
     (S.RETRY, E.DEADLINE): S.FAILED,
     (S.FAILED, E.OPERATOR_RETRY): S.RETRY,
+    (S.PENDING, E.NEED_APPROVAL): S.WAITING_APPROVAL,
+    (S.WAITING_APPROVAL, E.APPROVE): S.PENDING,
+    (S.WAITING_APPROVAL, E.DENY): S.FAILED,
+    (S.WAITING_APPROVAL, E.CANCEL): S.CANCELLED,
+    (S.WAITING_APPROVAL, E.DEADLINE): S.FAILED,
+    (S.WAITING_APPROVAL, E.DEPENDENCY_FAILED): S.FAILED,
 }
 
 ALL_PAIRS = list(itertools.product(TaskState, Event))
@@ -155,7 +161,7 @@ def test_apply_cannot_forge_state_or_history() -> None:
 def test_states_and_events_are_stable_strings() -> None:
     assert [s.value for s in TaskState] == [
         "pending", "assigned", "running", "complete", "verified",
-        "rejected", "failed", "retry", "cancelled",
+        "rejected", "failed", "retry", "cancelled", "waiting_approval",
     ]  # fmt: skip
     assert all(isinstance(e.value, str) for e in Event)
 
