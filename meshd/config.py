@@ -209,6 +209,17 @@ class TaskConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SkillsConfig:
+    """Skill packs (see :mod:`meshd.skills.manager`)."""
+
+    #: Install a pack another member publishes when its signer is trusted (an admitted
+    #: member or a key in the trust store). False: only `meshctl skill install`.
+    auto_install: bool = True
+    #: bytes. Largest pack archive fetched or installed (the format allows 32 MiB).
+    max_pack_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
@@ -217,6 +228,7 @@ class Config:
     discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     tasks: TaskConfig = field(default_factory=TaskConfig)
+    skills: SkillsConfig = field(default_factory=SkillsConfig)
 
 
 def lan() -> Config:
@@ -254,6 +266,7 @@ _SECTIONS = {
     "discovery": DiscoveryConfig,
     "store": StoreConfig,
     "tasks": TaskConfig,
+    "skills": SkillsConfig,
 }
 
 

@@ -40,6 +40,14 @@ class Registry:
             raise SkillError(f"skill {name!r} is already registered", code="duplicate_skill")
         self._skills[name] = skill
 
+    def put(self, skill: Skill) -> None:
+        """Add ``skill``, replacing one of the same name (a newer pack version)."""
+        self._skills[skill.spec.name] = skill
+
+    def remove(self, name: str) -> bool:
+        """Forget ``name``; False if it was not registered."""
+        return self._skills.pop(name, None) is not None
+
     def get(self, name: str) -> Skill:
         """The skill called ``name``; raises :class:`SkillError` (``unknown_skill``)
         listing the known ones."""

@@ -95,6 +95,11 @@ class Store:
         self._audit = self.env.open_db(b"audit")
         self._tasks = self.env.open_db(b"tasks")
         self._outbox = self.env.open_db(b"outbox")
+        # Small keyed tables (skill packs, trust, revocations, statistics): see kv_*.
+        self._kv = {
+            name: self.env.open_db(name.encode())
+            for name in ("packs", "trust", "revoked_keys", "revoked_packs", "skill_stats")
+        }
         self._audit_seq = 0
         self.fsync = fsync
         self.syncs = 0
@@ -240,6 +245,32 @@ class Store:
         return int(float(record["at"]) * 1e6).to_bytes(8, "big") + self._audit_seq.to_bytes(
             2, "big"
         )
+
+    # -- small keyed tables ------------------------------------------------------
+    def kv_put(self, table: str, key: str, value: Any, durable: bool = True) -> None:
+        """Store ``value`` (msgpack) under ``key`` in ``table``; fsync'd when ``durable``."""
+        with self._write(self._kv[table], sync=durable) as txn:
+            txn.put(key.encode(), msgpack.packb(value, use_bin_type=True))
+
+    def kv_delete(self, table: str, key: str) -> bool:
+        with self._write(self._kv[table]) as txn:
+            return bool(txn.delete(key.encode()))
+
+    def kv_get(self, table: str, key: str) -> Any:
+        with self.env.begin(db=self._kv[table]) as txn:
+            raw = txn.get(key.encode())
+        return None if raw is None else msgpack.unpackb(raw, raw=False)
+
+    def kv_items(self, table: str) -> list[tuple[str, Any]]:
+        """Every (key, value) of ``table``; an undecodable value is skipped (kept)."""
+        out: list[tuple[str, Any]] = []
+        with self.env.begin(db=self._kv[table]) as txn:
+            for key, raw in txn.cursor():
+                try:
+                    out.append((bytes(key).decode(), msgpack.unpackb(raw, raw=False)))
+                except Exception:
+                    continue
+        return out
 
     # -- peers -------------------------------------------------------------------
     def save_peers(self, peers: list[StoredPeer]) -> None:

@@ -1094,6 +1094,17 @@ class TaskMachine:
         self._next_beacon = now
         self._retarget(now, out)
 
+    def skills_changed(self, now: float) -> list[TaskEffect]:
+        """This node's runnable skills changed (a pack installed, removed or revoked):
+        tell the lead, which assigns from its agents' views."""
+        out: list[TaskEffect] = []
+        if self.role is Role.LEAD:
+            self._agents_changed(now, out)
+        elif self.lead is not None and self.lead != self.self_id:
+            out.append(Send(self.lead, self.agent_info()))
+        self._flush_updates(out)
+        return out
+
     def members_changed(self, members: Sequence[Member], now: float) -> list[TaskEffect]:
         """The member view changed (this node included in ``members``)."""
         out: list[TaskEffect] = []

@@ -21,6 +21,10 @@ Tasks (:class:`~meshd.tasks.model.Task`) travel as maps inside the task messages
 stored the same way (:func:`encode_task_copy` / :func:`decode_task_copy`); their free
 ``params`` and ``result`` values are checked to be plain msgpack data (see
 :data:`MAX_VALUE_DEPTH`).
+
+Skill packs (:class:`~meshd.wire.messages.PackInfo`) travel inside SKILL_ANNOUNCE; a pack's
+``manifest`` is checked like a task's ``params`` and to be at most
+:data:`MAX_MANIFEST_BYTES` once msgpack-encoded.
 """
 
 from __future__ import annotations
@@ -73,10 +77,15 @@ from meshd.wire.messages import (
     MemberState,
     MemberUpdate,
     MsgType,
+    PackInfo,
     Payload,
     Ping,
     PingReq,
     ReportKind,
+    SkillAnnounce,
+    SkillChunk,
+    SkillFetch,
+    SkillRevoke,
     StepDown,
     Sync,
     SyncReq,
@@ -102,15 +111,23 @@ __all__ = [
     "MAX_ADDRESSES",
     "MAX_ADDRESS_CHARS",
     "MAX_AGENT_CONCURRENCY",
+    "MAX_ANNOUNCED_PACKS",
     "MAX_CAPABILITIES",
     "MAX_CHECKPOINT_BYTES",
+    "MAX_CHUNK_BYTES",
+    "MAX_CHUNK_ERROR_CHARS",
     "MAX_CODE_CHARS",
     "MAX_DIGEST_BYTES",
     "MAX_ERROR_MESSAGE_CHARS",
+    "MAX_FETCH_BYTES",
+    "MAX_MANIFEST_BYTES",
     "MAX_MEMBERS",
     "MAX_NAME_CHARS",
+    "MAX_PACK_BYTES",
+    "MAX_PACK_VERSION_CHARS",
     "MAX_PROGRESS_PCT",
     "MAX_REASON_CHARS",
+    "MAX_REVOKED",
     "MAX_ROLE_CHARS",
     "MAX_SKILLS",
     "MAX_SKILL_CHARS",
@@ -122,6 +139,7 @@ __all__ = [
     "MAX_TASK_PRIORITY",
     "MAX_TASK_TEXT_CHARS",
     "MAX_VALUE_DEPTH",
+    "PACK_ID_CHARS",
     "PORT_MAX",
     "TASK_ID_CHARS",
     "TOPIC_BYTES",
@@ -206,8 +224,33 @@ MAX_PROGRESS_PCT: Final = 100.0
 #: Arrays/maps nested in a task's ``params`` (the params map included) or a ``result``.
 MAX_VALUE_DEPTH: Final = 32
 
+# skill packs (PROTOCOL.md, "Skill packs")
+#: Pack ids are the SHA-256 of the pack archive as 64 lowercase hex characters.
+PACK_ID_CHARS: Final = 64
+#: A pack's version string (at least 1 char).
+MAX_PACK_VERSION_CHARS: Final = 64
+#: Largest pack archive: SKILL_ANNOUNCE ``size``, SKILL_FETCH / SKILL_CHUNK ``offset``,
+#: SKILL_CHUNK ``total``.
+MAX_PACK_BYTES: Final = 64 * 1024 * 1024
+#: Largest SKILL_FETCH ``length`` (at least 1).
+MAX_FETCH_BYTES: Final = 1024 * 1024
+#: Largest SKILL_CHUNK ``data``: leaves 4 KiB of a 1 MiB frame to the envelope.
+MAX_CHUNK_BYTES: Final = 1024 * 1024 - 4 * 1024
+#: A pack's ``manifest``, msgpack-encoded.
+MAX_MANIFEST_BYTES: Final = 64 * 1024
+#: SKILL_CHUNK ``error``.
+MAX_CHUNK_ERROR_CHARS: Final = 500
+#: Packs, and removed names, in one SKILL_ANNOUNCE.
+MAX_ANNOUNCED_PACKS: Final = 1000
+#: Signer keys, and pack ids, in one SKILL_REVOKE.
+MAX_REVOKED: Final = 10000
+
 _NODE_ID_RE: Final = re.compile(f"[0-9a-f]{{{NODE_ID_CHARS}}}")
 _TASK_ID_RE: Final = re.compile(f"[0-9a-f]{{{TASK_ID_CHARS}}}")
+_PACK_ID_RE: Final = re.compile(f"[0-9a-f]{{{PACK_ID_CHARS}}}")
+#: ``meshd.skills.spec.SKILL_NAME`` with its length bound, for ``fullmatch`` (not
+#: imported: the codec stays free of the skills package).
+_SKILL_NAME_RE: Final = re.compile(f"[A-Za-z][A-Za-z0-9_.-]{{0,{MAX_SKILL_CHARS - 1}}}")
 _MISSING: Final = object()
 _MSG_TYPES: Final[dict[int, MsgType]] = {int(t): t for t in MsgType}
 _STATES: Final[dict[str, MemberState]] = {s.value: s for s in MemberState}
@@ -267,10 +310,10 @@ def _bad(path: str, name: str, v: object, expected: str) -> MalformedFrame:
 # ---- field checkers: return the value or raise MalformedFrame ----------------------
 
 
-def _int(v: object, path: str, name: str, hi: int = U63_MAX) -> int:
-    if type(v) is int and 0 <= v <= hi:
+def _int(v: object, path: str, name: str, hi: int = U63_MAX, lo: int = 0) -> int:
+    if type(v) is int and lo <= v <= hi:
         return v
-    raise _bad(path, name, v, f"int in 0..{hi}")
+    raise _bad(path, name, v, f"int in {lo}..{hi}")
 
 
 def _bool(v: object, path: str, name: str) -> bool:
@@ -734,6 +777,85 @@ def _copies(v: object, path: str, name: str) -> tuple[TaskCopy, ...]:
     return tuple([_task_copy(item, f"{where}[{i}]") for i, item in enumerate(items)])
 
 
+# ---- skill packs --------------------------------------------------------------------
+
+
+def _pack_id(v: object, path: str, name: str) -> str:
+    if type(v) is str and _PACK_ID_RE.fullmatch(v) is not None:
+        return v
+    raise _bad(path, name, v, f"pack id ({PACK_ID_CHARS} lowercase hex chars)")
+
+
+def _skill_name(v: object, path: str, name: str) -> str:
+    if type(v) is str and _SKILL_NAME_RE.fullmatch(v) is not None:
+        return v
+    raise _bad(
+        path,
+        name,
+        v,
+        f"skill name (a letter, then letters, digits, '-', '_' or '.'; "
+        f"at most {MAX_SKILL_CHARS} chars)",
+    )
+
+
+def _manifest(v: object, path: str, name: str) -> dict[str, Any]:
+    """A map with str keys and plain msgpack values (as a task's ``params``), at most
+    :data:`MAX_MANIFEST_BYTES` msgpack-encoded."""
+    d = _params(v, path, name)
+    where = _where(path, name)
+    try:
+        size = len(_packb(d))
+    except Exception as exc:  # e.g. a str that is not valid Unicode (encode side only)
+        raise MalformedFrame(f"{where}: not encodable as msgpack: {exc!r}") from None
+    if size > MAX_MANIFEST_BYTES:
+        raise MalformedFrame(f"{where}: {size} bytes msgpack-encoded, at most {MAX_MANIFEST_BYTES}")
+    return d
+
+
+def _pack_info_to_wire(p: PackInfo) -> WireMap:
+    return {
+        "name": p.name,
+        "version": p.version,
+        "pack_id": p.pack_id,
+        "size": p.size,
+        "signer": p.signer,
+        "manifest": p.manifest,
+    }
+
+
+def _pack_info(obj: object, path: str) -> PackInfo:
+    g = _map(obj, path, "").get
+    return PackInfo(
+        name=_skill_name(g("name", _MISSING), path, "name"),
+        version=_str(g("version", _MISSING), path, "version", MAX_PACK_VERSION_CHARS, 1),
+        pack_id=_pack_id(g("pack_id", _MISSING), path, "pack_id"),
+        size=_int(g("size", _MISSING), path, "size", MAX_PACK_BYTES),
+        signer=_bin_exact(g("signer", _MISSING), path, "signer", KEY_BYTES),
+        manifest=_manifest(g("manifest", _MISSING), path, "manifest"),
+    )
+
+
+def _packs(v: object, path: str, name: str) -> tuple[PackInfo, ...]:
+    items = _list(v, path, name, MAX_ANNOUNCED_PACKS)
+    where = _where(path, name)
+    return tuple([_pack_info(item, f"{where}[{i}]") for i, item in enumerate(items)])
+
+
+def _skill_names(v: object, path: str, name: str, max_items: int) -> tuple[str, ...]:
+    items = _list(v, path, name, max_items)
+    return tuple([_skill_name(s, path, f"{name}[{i}]") for i, s in enumerate(items)])
+
+
+def _pack_ids(v: object, path: str, name: str, max_items: int) -> tuple[str, ...]:
+    items = _list(v, path, name, max_items)
+    return tuple([_pack_id(p, path, f"{name}[{i}]") for i, p in enumerate(items)])
+
+
+def _keys(v: object, path: str, name: str, max_items: int) -> tuple[bytes, ...]:
+    items = _list(v, path, name, max_items)
+    return tuple([_bin_exact(k, path, f"{name}[{i}]", KEY_BYTES) for i, k in enumerate(items)])
+
+
 # ---- payloads -----------------------------------------------------------------------
 
 
@@ -876,6 +998,32 @@ def _enc_agent_info(p: Any) -> WireMap:
     }
 
 
+def _enc_skill_announce(p: Any) -> WireMap:
+    return {
+        "packs": [_pack_info_to_wire(x) for x in p.packs],
+        "full": p.full,
+        "removed": list(p.removed),
+    }
+
+
+def _enc_skill_fetch(p: Any) -> WireMap:
+    return {"pack_id": p.pack_id, "offset": p.offset, "length": p.length}
+
+
+def _enc_skill_chunk(p: Any) -> WireMap:
+    return {
+        "pack_id": p.pack_id,
+        "offset": p.offset,
+        "total": p.total,
+        "data": p.data,
+        "error": p.error,
+    }
+
+
+def _enc_skill_revoke(p: Any) -> WireMap:
+    return {"keys": list(p.keys), "packs": list(p.packs)}
+
+
 _BODY_ENCODERS: Final[dict[MsgType, Callable[[Any], WireMap]]] = {
     MsgType.HELLO: _enc_hello,
     MsgType.HEARTBEAT: _enc_heartbeat,
@@ -905,6 +1053,10 @@ _BODY_ENCODERS: Final[dict[MsgType, Callable[[Any], WireMap]]] = {
     MsgType.TASK_SYNC_REQ: _enc_task_sync_req,
     MsgType.TASK_SYNC: _enc_task_sync,
     MsgType.AGENT_INFO: _enc_agent_info,
+    MsgType.SKILL_ANNOUNCE: _enc_skill_announce,
+    MsgType.SKILL_FETCH: _enc_skill_fetch,
+    MsgType.SKILL_CHUNK: _enc_skill_chunk,
+    MsgType.SKILL_REVOKE: _enc_skill_revoke,
 }
 
 _B: Final = "body"
@@ -1112,6 +1264,39 @@ def _dec_agent_info(b: dict[Any, Any]) -> Payload:
     )
 
 
+def _dec_skill_announce(b: dict[Any, Any]) -> Payload:
+    return SkillAnnounce(
+        packs=_packs(b.get("packs", _MISSING), _B, "packs"),
+        full=_bool(b.get("full", _MISSING), _B, "full"),
+        removed=_skill_names(b.get("removed", _MISSING), _B, "removed", MAX_ANNOUNCED_PACKS),
+    )
+
+
+def _dec_skill_fetch(b: dict[Any, Any]) -> Payload:
+    return SkillFetch(
+        pack_id=_pack_id(b.get("pack_id", _MISSING), _B, "pack_id"),
+        offset=_int(b.get("offset", _MISSING), _B, "offset", MAX_PACK_BYTES),
+        length=_int(b.get("length", _MISSING), _B, "length", MAX_FETCH_BYTES, lo=1),
+    )
+
+
+def _dec_skill_chunk(b: dict[Any, Any]) -> Payload:
+    return SkillChunk(
+        pack_id=_pack_id(b.get("pack_id", _MISSING), _B, "pack_id"),
+        offset=_int(b.get("offset", _MISSING), _B, "offset", MAX_PACK_BYTES),
+        total=_int(b.get("total", _MISSING), _B, "total", MAX_PACK_BYTES),
+        data=_bin_max(b.get("data", _MISSING), _B, "data", MAX_CHUNK_BYTES),
+        error=_str(b.get("error", _MISSING), _B, "error", MAX_CHUNK_ERROR_CHARS),
+    )
+
+
+def _dec_skill_revoke(b: dict[Any, Any]) -> Payload:
+    return SkillRevoke(
+        keys=_keys(b.get("keys", _MISSING), _B, "keys", MAX_REVOKED),
+        packs=_pack_ids(b.get("packs", _MISSING), _B, "packs", MAX_REVOKED),
+    )
+
+
 _BODY_DECODERS: Final[dict[MsgType, Callable[[dict[Any, Any]], Payload]]] = {
     MsgType.HELLO: _dec_hello,
     MsgType.HEARTBEAT: _dec_heartbeat,
@@ -1141,6 +1326,10 @@ _BODY_DECODERS: Final[dict[MsgType, Callable[[dict[Any, Any]], Payload]]] = {
     MsgType.TASK_SYNC_REQ: _dec_task_sync_req,
     MsgType.TASK_SYNC: _dec_task_sync,
     MsgType.AGENT_INFO: _dec_agent_info,
+    MsgType.SKILL_ANNOUNCE: _dec_skill_announce,
+    MsgType.SKILL_FETCH: _dec_skill_fetch,
+    MsgType.SKILL_CHUNK: _dec_skill_chunk,
+    MsgType.SKILL_REVOKE: _dec_skill_revoke,
 }
 
 

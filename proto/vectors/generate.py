@@ -53,9 +53,14 @@ from meshd.wire import (  # noqa: E402
     MemberState,
     MemberUpdate,
     MsgType,
+    PackInfo,
     Ping,
     PingReq,
     ReportKind,
+    SkillAnnounce,
+    SkillChunk,
+    SkillFetch,
+    SkillRevoke,
     StepDown,
     Sync,
     SyncReq,
@@ -219,6 +224,67 @@ TASK_FULL_RUNNING = dataclasses.replace(
     history=(*TASK_FULL.history, Transition(TaskState.RUNNING, T0 + 122.25, NODE_A, "started")),
     updated_at=T0 + 122.25,
 )
+
+
+# skill packs: archives are fixed bytes, pack ids their SHA-256, signers fixed keys
+
+
+def fixed_blob(label: str, size: int) -> bytes:
+    """``size`` deterministic bytes (BLAKE2b blocks of ``label/i``)."""
+    blocks = [fixed_bytes(f"{label}/{i}", 64) for i in range(size // 64 + 1)]
+    return b"".join(blocks)[:size]
+
+
+ARCHIVE_SCAN = fixed_blob("pack/port-scan-1.2.0", 512)
+ARCHIVE_ECHO = fixed_blob("pack/echo-0.3.1", 200)
+ARCHIVE_OLD = fixed_blob("pack/port-scan-1.1.0", 480)
+PACK_SCAN = hashlib.sha256(ARCHIVE_SCAN).hexdigest()
+PACK_ECHO = hashlib.sha256(ARCHIVE_ECHO).hexdigest()
+PACK_OLD = hashlib.sha256(ARCHIVE_OLD).hexdigest()
+SIGNER = fixed_bytes("signer/ops-team/ed25519", 32)
+SIGNER_LEAKED = fixed_bytes("signer/leaked/ed25519", 32)
+
+#: A manifest as a pack's holder announces it (``SkillSpec.to_dict`` plus limits and
+#: permissions), written out here so that the vector does not follow later changes.
+MANIFEST_SCAN: dict[str, Any] = {
+    "name": "port-scan",
+    "description": "TCP connect scan of one host",
+    "version": "1.2.0",
+    "idempotent": True,
+    "capabilities": [],
+    "params": [
+        {
+            "name": "host",
+            "type": "str",
+            "description": "address to scan",
+            "default": None,
+            "required": True,
+            "minimum": None,
+            "maximum": None,
+        },
+        {
+            "name": "timeout",
+            "type": "float",
+            "description": "seconds per port",
+            "default": 0.5,
+            "required": False,
+            "minimum": 0.01,
+            "maximum": 10.0,
+        },
+    ],
+    "limits": {"cpu_seconds": 30, "memory_mb": 256, "wall_seconds": 120},
+    "permissions": {"network": True, "internet": False, "read": [], "write": []},
+}
+MANIFEST_ECHO: dict[str, Any] = {
+    "name": "echo",
+    "description": "",
+    "version": "0.3.1",
+    "idempotent": True,
+    "capabilities": [],
+    "params": [],
+}
+PACK_INFO_SCAN = PackInfo("port-scan", "1.2.0", PACK_SCAN, len(ARCHIVE_SCAN), SIGNER, MANIFEST_SCAN)
+PACK_INFO_ECHO = PackInfo("echo", "0.3.1", PACK_ECHO, len(ARCHIVE_ECHO), SIGNER, MANIFEST_ECHO)
 
 
 def msg_id(n: int) -> bytes:
@@ -535,6 +601,69 @@ VALID: list[tuple[str, str, Envelope]] = [
             term=9,
         ),
     ),
+    # ---- skill packs (appended: the vectors above never change) ----
+    (
+        "skill_announce",
+        "SKILL_ANNOUNCE: B sends its whole inventory (two signed packs) to A, which joined",
+        env(
+            MsgType.SKILL_ANNOUNCE,
+            SkillAnnounce((PACK_INFO_SCAN, PACK_INFO_ECHO), True),
+            n=41,
+            sender=NODE_B,
+            term=9,
+        ),
+    ),
+    (
+        "skill_announce_delta",
+        "SKILL_ANNOUNCE delta published by B: it installed echo, removed old-scan",
+        env(
+            MsgType.SKILL_ANNOUNCE,
+            SkillAnnounce((PACK_INFO_ECHO,), False, ("old-scan",)),
+            n=42,
+            sender=NODE_B,
+            term=9,
+        ),
+    ),
+    (
+        "skill_fetch",
+        "SKILL_FETCH: A asks B for up to 256 KiB of the port-scan pack from byte 256",
+        env(MsgType.SKILL_FETCH, SkillFetch(PACK_SCAN, 256, 256 * 1024), n=43, term=9),
+    ),
+    (
+        "skill_chunk",
+        "SKILL_CHUNK: B answers with the last 256 bytes of the 512-byte archive",
+        env(
+            MsgType.SKILL_CHUNK,
+            SkillChunk(PACK_SCAN, 256, len(ARCHIVE_SCAN), ARCHIVE_SCAN[256:]),
+            n=44,
+            sender=NODE_B,
+            corr=43,
+            term=9,
+        ),
+    ),
+    (
+        "skill_chunk_error",
+        "SKILL_CHUNK: C does not hold the pack A asked it for (error set, no data)",
+        env(
+            MsgType.SKILL_CHUNK,
+            SkillChunk(PACK_SCAN, 0, 0, b"", "pack not held"),
+            n=45,
+            sender=NODE_C,
+            corr=43,
+            term=9,
+        ),
+    ),
+    (
+        "skill_revoke",
+        "SKILL_REVOKE published by C: one leaked signer key and one pack id",
+        env(
+            MsgType.SKILL_REVOKE,
+            SkillRevoke((SIGNER_LEAKED,), (PACK_OLD,)),
+            n=46,
+            sender=NODE_C,
+            term=9,
+        ),
+    ),
 ]
 
 # ---- JSON forms ---------------------------------------------------------------------
@@ -772,6 +901,31 @@ def invalid_vectors() -> list[dict[str, Any]]:
         pack([*ta[:7], {"copy": bad_copy}]),
         "MalformedFrame",
         "body.copy.task.fence.lead",
+    )
+    sf = wire_of(by_name["skill_fetch"])
+    add(
+        "invalid_pack_id",
+        "SKILL_FETCH whose pack id is in uppercase hex",
+        pack([*sf[:7], {**sf[7], "pack_id": PACK_SCAN.upper()}]),
+        "MalformedFrame",
+        "body.pack_id",
+    )
+    add(
+        "invalid_fetch_length",
+        "SKILL_FETCH asking for 0 bytes",
+        pack([*sf[:7], {**sf[7], "length": 0}]),
+        "MalformedFrame",
+        "body.length",
+    )
+    sa = wire_of(by_name["skill_announce"])
+    packs = [dict(p) for p in sa[7]["packs"]]
+    packs[1] = {**packs[1], "signer": packs[1]["signer"][:31]}
+    add(
+        "invalid_pack_signer",
+        "SKILL_ANNOUNCE whose second pack has a signer key of 31 bytes",
+        pack([*sa[:7], {**sa[7], "packs": packs}]),
+        "MalformedFrame",
+        "body.packs[1].signer",
     )
     add(
         "invalid_int_map_key",

@@ -39,9 +39,14 @@ from meshd.wire import (
     MemberState,
     MemberUpdate,
     MsgType,
+    PackInfo,
     Ping,
     PingReq,
     ReportKind,
+    SkillAnnounce,
+    SkillChunk,
+    SkillFetch,
+    SkillRevoke,
     StepDown,
     Sync,
     SyncReq,
@@ -111,6 +116,9 @@ TASK = Task(
 )
 COPY = TaskCopy(term=4, seq=2, task=TASK)
 
+PACK_ID = "0123456789abcdef" * 4
+PACK = PackInfo("echo", "1.0.0", PACK_ID, 1234, b"\x04" * 32, {"name": "echo", "params": []})
+
 PAYLOADS: dict[MsgType, Any] = {
     MsgType.HELLO: Hello(INFO),
     MsgType.HEARTBEAT: Heartbeat(incarnation=5, digest=b"\xaa" * 16, members=2),
@@ -140,6 +148,10 @@ PAYLOADS: dict[MsgType, Any] = {
     MsgType.TASK_SYNC_REQ: TaskSyncReq(4, 0, (T,), True),
     MsgType.TASK_SYNC: TaskSync((COPY,), False),
     MsgType.AGENT_INFO: AgentInfo(("echo",), ("gpu",), 2),
+    MsgType.SKILL_ANNOUNCE: SkillAnnounce((PACK,), False, ("old",)),
+    MsgType.SKILL_FETCH: SkillFetch(PACK_ID, 0, 256 * 1024),
+    MsgType.SKILL_CHUNK: SkillChunk(PACK_ID, 0, 1234, b"\x05" * 1234),
+    MsgType.SKILL_REVOKE: SkillRevoke((b"\x06" * 32,), (PACK_ID,)),
 }
 
 BODY_KEYS: dict[MsgType, list[str]] = {
@@ -171,6 +183,10 @@ BODY_KEYS: dict[MsgType, list[str]] = {
     MsgType.TASK_SYNC_REQ: ["since_term", "since_seq", "ids", "unfinished"],
     MsgType.TASK_SYNC: ["copies", "more"],
     MsgType.AGENT_INFO: ["skills", "caps", "max_concurrent"],
+    MsgType.SKILL_ANNOUNCE: ["packs", "full", "removed"],
+    MsgType.SKILL_FETCH: ["pack_id", "offset", "length"],
+    MsgType.SKILL_CHUNK: ["pack_id", "offset", "total", "data", "error"],
+    MsgType.SKILL_REVOKE: ["keys", "packs"],
 }
 INFO_KEYS = [
     *("id", "name", "role", "pri", "tier", "ek", "ck", "proof"),

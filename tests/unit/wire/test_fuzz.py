@@ -25,9 +25,14 @@ from meshd.wire import (
     MemberState,
     MemberUpdate,
     MsgType,
+    PackInfo,
     Payload,
     Ping,
     PingReq,
+    SkillAnnounce,
+    SkillChunk,
+    SkillFetch,
+    SkillRevoke,
     StepDown,
     Sync,
     SyncReq,
@@ -67,6 +72,29 @@ INFOS = st.builds(
     tier=U31,
     started_at=st.floats(min_value=0.0, allow_nan=False, allow_infinity=False),
 )
+PACK_IDS = st.text(alphabet="0123456789abcdef", min_size=64, max_size=64)
+PACK_BYTES = st.integers(0, 64 * 1024 * 1024)
+SKILL_NAMES = st.from_regex(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", fullmatch=True)
+MANIFESTS = st.dictionaries(
+    st.text(max_size=16),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.text(max_size=32),
+        st.lists(st.text(max_size=8), max_size=3),
+    ),
+    max_size=4,
+)
+PACKS = st.builds(
+    PackInfo,
+    name=SKILL_NAMES,
+    version=st.text(min_size=1, max_size=64),
+    pack_id=PACK_IDS,
+    size=PACK_BYTES,
+    signer=KEYS,
+    manifest=MANIFESTS,
+)
 RECORDS = st.lists(
     st.builds(MemberRecord, info=INFOS, state=st.sampled_from(list(MemberState))), max_size=3
 ).map(tuple)
@@ -90,6 +118,26 @@ PAYLOADS: st.SearchStrategy[Payload] = st.one_of(
     st.builds(LeadAck, term=U63, seq=U63, ok=st.booleans()),
     st.builds(StepDown, term=U63, successor=st.one_of(st.just(""), NODE_IDS), reason=SHORT_TEXT),
     st.builds(TransferReq, target=st.one_of(st.just(""), NODE_IDS)),
+    st.builds(
+        SkillAnnounce,
+        packs=st.lists(PACKS, max_size=2).map(tuple),
+        full=st.booleans(),
+        removed=st.lists(SKILL_NAMES, max_size=2).map(tuple),
+    ),
+    st.builds(SkillFetch, pack_id=PACK_IDS, offset=PACK_BYTES, length=st.integers(1, 1024 * 1024)),
+    st.builds(
+        SkillChunk,
+        pack_id=PACK_IDS,
+        offset=PACK_BYTES,
+        total=PACK_BYTES,
+        data=st.binary(max_size=64),
+        error=st.text(max_size=500),
+    ),
+    st.builds(
+        SkillRevoke,
+        keys=st.lists(KEYS, max_size=3).map(tuple),
+        packs=st.lists(PACK_IDS, max_size=3).map(tuple),
+    ),
 )
 
 _TYPES: dict[type[Any], MsgType] = {
@@ -111,6 +159,10 @@ _TYPES: dict[type[Any], MsgType] = {
     LeadAck: MsgType.LEAD_ACK,
     StepDown: MsgType.STEP_DOWN,
     TransferReq: MsgType.TRANSFER_REQ,
+    SkillAnnounce: MsgType.SKILL_ANNOUNCE,
+    SkillFetch: MsgType.SKILL_FETCH,
+    SkillChunk: MsgType.SKILL_CHUNK,
+    SkillRevoke: MsgType.SKILL_REVOKE,
 }
 
 

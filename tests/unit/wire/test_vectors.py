@@ -41,10 +41,15 @@ from meshd.wire import (
     MemberState,
     MemberUpdate,
     MsgType,
+    PackInfo,
     Payload,
     Ping,
     PingReq,
     ReportKind,
+    SkillAnnounce,
+    SkillChunk,
+    SkillFetch,
+    SkillRevoke,
     StepDown,
     Sync,
     SyncReq,
@@ -150,6 +155,17 @@ def copies_from_json(items: list[dict[str, Any]]) -> tuple[TaskCopy, ...]:
     return tuple(copy_from_json(c) for c in items)
 
 
+def pack_from_json(j: dict[str, Any]) -> PackInfo:
+    return PackInfo(
+        name=j["name"],
+        version=j["version"],
+        pack_id=j["pack_id"],
+        size=j["size"],
+        signer=bytes.fromhex(j["signer"]),
+        manifest=j["manifest"],
+    )
+
+
 def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
     builders: dict[MsgType, Any] = {
         MsgType.HELLO: lambda: Hello(info_from_json(p["info"])),
@@ -202,6 +218,16 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
         MsgType.TASK_SYNC: lambda: TaskSync(copies_from_json(p["copies"]), p["more"]),
         MsgType.AGENT_INFO: lambda: AgentInfo(
             tuple(p["skills"]), tuple(p["capabilities"]), p["max_concurrent"]
+        ),
+        MsgType.SKILL_ANNOUNCE: lambda: SkillAnnounce(
+            tuple(pack_from_json(x) for x in p["packs"]), p["full"], tuple(p["removed"])
+        ),
+        MsgType.SKILL_FETCH: lambda: SkillFetch(p["pack_id"], p["offset"], p["length"]),
+        MsgType.SKILL_CHUNK: lambda: SkillChunk(
+            p["pack_id"], p["offset"], p["total"], bytes.fromhex(p["data"]), p["error"]
+        ),
+        MsgType.SKILL_REVOKE: lambda: SkillRevoke(
+            tuple(bytes.fromhex(k) for k in p["keys"]), tuple(p["packs"])
         ),
     }
     payload: Payload = builders[msg_type]()
