@@ -61,11 +61,13 @@ from meshd.wire.messages import (
     MsgType,
     Payload,
     Ping,
+    SkillPayloads,
     TaskPayloads,
 )
 
 if TYPE_CHECKING:
     from meshd.net.discovery import Discovery
+    from meshd.skills.manager import PackManager
 
 _log = log.get("meshd.node")
 
@@ -141,6 +143,7 @@ class Node:
         self._bg: set[asyncio.Task[None]] = set()
         self.ready_wall: float | None = None
         self.tasks: TaskRuntime | None = None
+        self.skills: PackManager | None = None
 
     # -- life cycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -209,6 +212,11 @@ class Node:
         self._apply(self.machine.restore([p.record for p in stored], self.clock.monotonic()))
 
         self.tasks = TaskRuntime(self)
+        from meshd.skills.manager import PackManager
+
+        self.skills = PackManager(self, self.tasks.registry)
+        self.skills.on_change = self._skills_changed
+        self.skills.start()
         self.tasks.start()
         self.tasks.election_changed()
 
@@ -329,6 +337,26 @@ class Node:
     def send_payload(self, to: str, payload: Payload) -> None:
         self.transport.send(to, self._envelope(payload), self._routing.get(to))
 
+    def send_reply(self, to: str, payload: Payload, correlation_id: bytes) -> None:
+        data = self._envelope(payload, correlation_id)
+        self.transport.send(to, data, self._routing.get(to))
+
+    def send_request(self, to: str, payload: Payload, msg_id: bytes) -> None:
+        data = self._envelope(payload, msg_id=msg_id)
+        self.transport.send(to, data, self._routing.get(to))
+
+    def apply_skill_effects(self, effects: Sequence[Send | Publish]) -> None:
+        for eff in effects:
+            if isinstance(eff, Send):
+                self.send_payload(eff.to, eff.payload)
+            else:
+                data = self._envelope(eff.payload)
+                self.transport.publish(codec.topic_for(PAYLOAD_TYPES[type(eff.payload)]), data)
+
+    def _skills_changed(self) -> None:
+        if self.tasks is not None:
+            self.tasks.apply(self.tasks.machine.skills_changed(self.clock.wall()))
+
     def name_of(self, node_id: str) -> str:
         return self._name_of(node_id)
 
@@ -446,6 +474,13 @@ class Node:
             "at": self.clock.wall(),
         }
         self.events.append(event)
+        skills = self.skills
+        if skills is not None:
+            if event["type"] == "AGENT_JOINED":
+                # Once its links are up: our inventory and revocations.
+                asyncio.get_running_loop().call_later(0.2, skills.member_joined, node_id)
+            elif rec.state in (MemberState.DEAD, MemberState.LEFT):
+                skills.member_gone(node_id)
         _log.info(
             "member_" + rec.state.value,
             peer=node_id[:12],
@@ -519,6 +554,8 @@ class Node:
         self._apply(self.machine.receive(env.sender, payload, self.clock.monotonic(), env.msg_id))
         if isinstance(payload, TaskPayloads) and self.tasks is not None:
             self.tasks.receive(env.sender, payload)
+        elif isinstance(payload, SkillPayloads) and self.skills is not None:
+            self.skills.receive(env.sender, payload, env.msg_id, env.correlation_id)
 
     def _on_intro(self, data: bytes, user: str | None) -> bytes | None:
         try:
@@ -751,6 +788,63 @@ class Node:
             return self._lead_request("")
         if op.startswith("task") or op == "delegate":
             return await self._task_control(op, args)
+        if op.startswith("skill_"):
+            return await self._skill_control(op, args)
+        raise ControlError(f"unknown operation {op!r}", code="unknown_op")
+
+    async def _skill_control(self, op: str, args: dict[str, Any]) -> Any:
+        skills = self.skills
+        assert skills is not None
+        if op == "skill_list":
+            return skills.listing(bool(args.get("mesh")))
+        if op == "skill_describe":
+            if args.get("file"):
+                pack = skills.inspect_file(skills.read_file(str(args["file"])))
+                return {
+                    **pack.manifest.spec.to_dict(),
+                    "pack_id": pack.pack_id,
+                    "signer": pack.signer.hex(),
+                    "signer_trusted": skills.trusted(pack.signer),
+                    "files": sorted(pack.files),
+                }
+            return skills.describe(str(args.get("name", "")))
+        if op == "skill_pack":
+            data = skills.build(str(args.get("dir", "")))
+            pack = skills.inspect_file(data)
+            out = Path(str(args.get("out") or "")) if args.get("out") else None
+            if out is None:
+                spec = pack.manifest.spec
+                out = Path(str(args.get("cwd") or ".")) / f"{spec.name}-{spec.version}.pack"
+            try:
+                out.write_bytes(data)
+            except OSError as exc:
+                raise ControlError(f"cannot write {out}: {exc.strerror}", "bad_request") from None
+            return {
+                "path": str(out),
+                "name": pack.manifest.spec.name,
+                "size": len(data),
+                "version": pack.manifest.spec.version,
+                "pack_id": pack.pack_id,
+            }
+        if op == "skill_install":
+            if args.get("file"):
+                path = str(args["file"])
+                return skills.install_bytes(skills.read_file(path), source=f"file {path}")
+            return await skills.install_from_mesh(str(args.get("name", "")))
+        if op == "skill_remove":
+            return skills.remove(str(args.get("name", "")))
+        if op == "skill_publish":
+            return skills.publish(str(args.get("name", "")))
+        if op == "skill_trust_add":
+            return skills.trust_add(str(args.get("key", "")), str(args.get("note", "")))
+        if op == "skill_trust_remove":
+            return skills.trust_remove(str(args.get("key", "")))
+        if op == "skill_trust_list":
+            return skills.trust_list()
+        if op == "skill_revoke":
+            keys = [str(k) for k in args.get("keys") or []]
+            packs = [str(p) for p in args.get("packs") or []]
+            return skills.revoke(keys, packs)
         raise ControlError(f"unknown operation {op!r}", code="unknown_op")
 
     async def _task_control(self, op: str, args: dict[str, Any]) -> Any:
@@ -767,10 +861,9 @@ class Node:
         if op == "task_list":
             state = args.get("state")
             return tasks.list(state and str(state), int(args.get("limit", 100)))
-        if op in ("task_cancel", "task_retry", "task_handoff"):
-            return await tasks.operator(
-                op.removeprefix("task_"), str(args.get("id", "")), str(args.get("to") or "")
-            )
+        if op in ("task_cancel", "task_retry", "task_handoff", "task_approve", "task_deny"):
+            extra = str(args.get("to") or args.get("reason") or "")
+            return await tasks.operator(op.removeprefix("task_"), str(args.get("id", "")), extra)
         raise ControlError(f"unknown operation {op!r}", code="unknown_op")
 
     def status(self) -> dict[str, Any]:

@@ -175,11 +175,17 @@ def audit(
         )
 
 
+from meshd.cli.skills_cli import approve as _approve  # noqa: E402
+from meshd.cli.skills_cli import deny as _deny  # noqa: E402
+from meshd.cli.skills_cli import skill_app  # noqa: E402
 from meshd.cli.tasks_cli import delegate as _delegate  # noqa: E402
 from meshd.cli.tasks_cli import task_app  # noqa: E402
 
 app.command("delegate")(_delegate)
 app.add_typer(task_app, name="task")
+app.add_typer(skill_app, name="skill")
+app.command("approve")(_approve)
+app.command("deny")(_deny)
 
 
 def main() -> None:

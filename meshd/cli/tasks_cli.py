@@ -43,9 +43,9 @@ def _state_dir() -> Any:
     return MESHCTL_STATE["dir"]
 
 
-def call(fn: Any) -> Any:
+def call(fn: Any, timeout: float = 5.0) -> Any:
     try:
-        with Client(_state_dir()) as client:
+        with Client(_state_dir(), timeout=timeout) as client:
             return fn(client)
     except DaemonNotRunning as exc:
         fail("meshctl", str(exc), EXIT_NOT_RUNNING)

@@ -146,11 +146,12 @@ class TaskRuntime:
         self.machine = TaskMachine(
             node.identity.node_id,
             node.cfg.tasks,
-            skills=self.registry.names,
+            skills=self._runnable,
             role_defaults=role_defaults,
             max_concurrent=limit,
             capabilities=role.capabilities,
             verifier=self._verify,
+            needs_approval=self._needs_approval,
         )
         self._copies: dict[str, TaskCopy] = {}
         self._outbox: dict[str, TaskReport | bool | None] = {}
@@ -532,6 +533,16 @@ class TaskRuntime:
         current = asyncio.get_running_loop().create_task(run(), name=f"skill-{task_id[:8]}")
         self._skill_tasks[task_id] = current
 
+    def _runnable(self) -> tuple[str, ...]:
+        """Skills this node may run: built-ins, and packs its role is allowed."""
+        skills = self.node.skills
+        names = self.registry.names()
+        return names if skills is None else tuple(n for n in names if skills.runnable_here(n))
+
+    def _needs_approval(self, name: str) -> bool:
+        skills = self.node.skills
+        return skills is not None and skills.needs_approval(name)
+
     def _verify(self, task: Task) -> tuple[bool, str]:
         """The verify step, run by the lead: the skill's own ``verify(params, result)``
         when it has one, else the result must be present."""
@@ -604,11 +615,20 @@ class TaskRuntime:
         try:
             spec = self.registry.get(skill_name).spec
         except SkillError:
-            known = sorted(set(self.registry.names()))
-            raise ControlError(
-                f"unknown skill {skill_name!r}; known skills: {', '.join(known) or 'none'}",
-                code="unknown_skill",
-            ) from None
+            skills = self.node.skills
+            mesh_spec = skills.spec_for(skill_name) if skills is not None else None
+            if mesh_spec is None:
+                known = skills.known_names() if skills else sorted(self.registry.names())
+                raise ControlError(
+                    f"unknown skill {skill_name!r}; known skills: {', '.join(known) or 'none'}",
+                    code="unknown_skill",
+                ) from None
+            spec = mesh_spec
+            why = skills.revoked_skill(skill_name) if skills is not None else ""
+            if why:
+                raise ControlError(
+                    f"skill {skill_name!r} cannot run: {why}", code="revoked"
+                ) from None
         try:
             valid = dict(validate_params(spec, params))
         except SkillError as exc:

@@ -1,0 +1,749 @@
+"""Skill packs on a live node: what is installed, whom it trusts, what is revoked, what
+the rest of the mesh holds, and how packs travel between nodes.
+
+The I/O edge of :mod:`meshd.skills.pack` (format, signature, verification) and
+:mod:`meshd.skills.sandbox` (the fenced runner), owned by :class:`meshd.node.Node`:
+
+- **installed packs** live in ``<state-dir>/skills/<name>/<version>/`` with the archive
+  kept beside them (``<version>.pack``) so the node can serve it to others; the index
+  is the LMDB table ``packs``. Each is registered in the executor's registry as a
+  :class:`PackSkill`, which checks the revocation list before every run;
+- **trust**: a pack is trusted when its signer is an admitted member of this mesh (its
+  Ed25519 key is in the member view, or is this node's own) or a key the operator added
+  with ``meshctl skill trust add``; **revocations** (keys and pack ids) are kept in LMDB,
+  published to the mesh and sent in full to every member that joins;
+- **the mesh catalog**: every node announces its inventory (SKILL_ANNOUNCE: name,
+  version, pack id, signer, manifest) in full to members that join and in deltas when it
+  changes, so any node can validate a task's parameters against a skill it does not
+  have, and ``meshctl skill list --mesh`` shows which host has which version;
+- **sharing**: ``publish`` announces a pack as a delta; nodes that trust its signer and
+  have ``[skills] auto_install`` on fetch it in chunks (SKILL_FETCH / SKILL_CHUNK) from
+  the announcer, check its SHA-256 against the announced pack id, verify it and install
+  it. Every install and every refusal is an audit record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from meshd import log
+from meshd.errors import ControlError
+from meshd.membership import Publish, Send
+from meshd.skills.api import SkillContext
+from meshd.skills.builtin import Registry
+from meshd.skills.pack import (
+    Manifest,
+    PackError,
+    VerifiedPack,
+    build_pack,
+    compare_versions,
+    inspect_pack,
+    install_pack,
+    verify_pack,
+)
+from meshd.skills.spec import SkillError, SkillSpec
+from meshd.wire.messages import (
+    PackInfo,
+    SkillAnnounce,
+    SkillChunk,
+    SkillFetch,
+    SkillRevoke,
+)
+
+if TYPE_CHECKING:
+    from meshd.node import Node
+
+_log = log.get("meshd.skills")
+
+#: bytes per SKILL_CHUNK (a frame is at most 1 MiB).
+CHUNK_BYTES = 256 * 1024
+#: s a fetcher waits for one chunk before it tries another holder.
+CHUNK_TIMEOUT = 5.0
+
+
+def source_dirs() -> list[Path]:
+    """Where the built-in packs' sources are: the wheel's data, else the checkout's
+    ``skill_packs/``."""
+    here = Path(__file__).resolve().parent.parent
+    return [p for p in (here / "_data" / "skill_packs", here.parent / "skill_packs") if p.is_dir()]
+
+
+@dataclass(frozen=True, slots=True)
+class Installed:
+    """One installed pack."""
+
+    info: PackInfo
+    manifest: Manifest
+    folder: Path
+    installed_at: float
+
+
+class PackSkill:
+    """An installed pack as the executor sees it: its manifest's spec, run sandboxed,
+    refused when the pack or its signer was revoked since it was installed."""
+
+    def __init__(self, manager: PackManager, installed: Installed) -> None:
+        self._manager = manager
+        self.installed = installed
+        self.spec: SkillSpec = installed.manifest.spec
+
+    async def run(self, ctx: SkillContext) -> object:
+        why = self._manager.revoked_reason(self.installed.info)
+        if why:
+            raise SkillError(why, code="revoked")
+        from meshd.skills.sandbox import SandboxedSkill
+
+        m = self.installed.manifest
+        runner = SandboxedSkill(
+            m.spec,
+            self._manager.runtime_copy(self.installed),
+            m.entry,
+            m.limits,
+            m.permissions,
+            scratch_root=self._manager.scratch_root,
+        )
+        return await runner.run(ctx)
+
+
+class PackManager:
+    """Skill packs of one node (see the module docstring)."""
+
+    def __init__(self, node: Node, registry: Registry) -> None:
+        self.node = node
+        self.registry = registry
+        self.root = node.state_dir / "skills"
+        self.scratch_root: Path | None = None
+        self.installed: dict[str, Installed] = {}
+        #: node id -> skill name -> what it announced.
+        self.catalog: dict[str, dict[str, PackInfo]] = {}
+        self._fetches: dict[bytes, asyncio.Future[SkillChunk]] = {}
+        self._installing: set[str] = set()
+        self._runtime_root = Path(tempfile.gettempdir()) / f"meshd-packs-{os.getuid()}"
+        self.on_change: Callable[[], None] | None = None
+
+    # ---- start ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.root.mkdir(mode=0o700, exist_ok=True)
+        for name, rec in self.node.store.kv_items("packs"):
+            try:
+                info = _info_from(rec)
+                manifest = Manifest.from_dict(info.manifest)
+                folder = self.root / name / info.version
+                if not folder.is_dir():
+                    raise PackError(f"{folder} is missing", code="missing_file")
+            except (PackError, KeyError, TypeError, ValueError) as exc:
+                _log.warning("installed_pack_skipped", name=name, error=str(exc))
+                continue
+            self._register(Installed(info, manifest, folder, float(rec.get("at", 0.0))))
+        self._install_role_packs()
+
+    def _install_role_packs(self) -> None:
+        """Build, sign and install the built-in packs this node's role carries (when
+        missing or older than the shipped source)."""
+        for name in self.node.role.skill_packs:
+            src = next((d / name for d in source_dirs() if (d / name).is_dir()), None)
+            if src is None:
+                _log.warning("role_pack_missing", name=name, role=self.node.role.name)
+                continue
+            try:
+                data = build_pack(src, self.node.identity)
+                probe = inspect_pack(data)
+                have = self.installed.get(probe.manifest.spec.name)
+                if (
+                    have is not None
+                    and compare_versions(have.info.version, probe.manifest.spec.version) >= 0
+                ):
+                    continue
+                self.install_bytes(data, source=f"built-in {src}", announce=False)
+            except (PackError, ControlError) as exc:
+                _log.warning("role_pack_refused", name=name, error=str(exc))
+
+    # ---- trust and revocation -----------------------------------------------------------
+
+    def trusted(self, key: bytes) -> bool:
+        """Admitted members' keys (and this node's), plus keys the operator trusted."""
+        if key == self.node.identity.ed25519_pk:
+            return True
+        if self.node.store.kv_get("trust", key.hex()) is not None:
+            return True
+        return any(v.info.ed25519_pk == key for v in self.node.machine.members())
+
+    def revoked_keys(self) -> set[bytes]:
+        return {bytes.fromhex(k) for k, _ in self.node.store.kv_items("revoked_keys")}
+
+    def revoked_packs(self) -> set[str]:
+        return {k for k, _ in self.node.store.kv_items("revoked_packs")}
+
+    def revoked_reason(self, info: PackInfo) -> str:
+        """Why a pack may not run any more ('' when it may)."""
+        if self.node.store.kv_get("revoked_packs", info.pack_id) is not None:
+            return f"pack {info.name} {info.version} ({info.pack_id[:12]}) was revoked"
+        if self.node.store.kv_get("revoked_keys", info.signer.hex()) is not None:
+            return f"the signer of {info.name} ({info.signer.hex()[:12]}) was revoked"
+        return ""
+
+    def trust_add(self, key_hex: str, note: str = "") -> dict[str, Any]:
+        key = _key(key_hex)
+        self.node.store.kv_put("trust", key.hex(), {"at": time.time(), "note": note})
+        self._audit("SKILL_TRUST_ADDED", key=key.hex(), note=note)
+        return {"key": key.hex(), "trusted": True}
+
+    def trust_remove(self, key_hex: str) -> dict[str, Any]:
+        key = _key(key_hex)
+        if not self.node.store.kv_delete("trust", key.hex()):
+            raise ControlError(f"key {key.hex()} is not in the trust store", code="unknown_key")
+        self._audit("SKILL_TRUST_REMOVED", key=key.hex())
+        return {"key": key.hex(), "trusted": self.trusted(key)}
+
+    def trust_list(self) -> list[dict[str, Any]]:
+        out = [
+            {"key": k, "source": "operator", "note": v.get("note", ""), "at": v.get("at")}
+            for k, v in self.node.store.kv_items("trust")
+        ]
+        me = self.node.identity.ed25519_pk.hex()
+        out.append({"key": me, "source": "this node", "note": self.node.self_info.name})
+        for view in self.node.machine.members():
+            out.append(
+                {"key": view.info.ed25519_pk.hex(), "source": "member", "note": view.info.name}
+            )
+        revoked = {k for k, _ in self.node.store.kv_items("revoked_keys")}
+        for row in out:
+            row["revoked"] = row["key"] in revoked
+        return out
+
+    def revoke(self, keys: list[str], packs: list[str]) -> dict[str, Any]:
+        """Revoke signer keys and/or pack ids here, disable what they cover, and tell the
+        mesh."""
+        key_bytes = [_key(k) for k in keys]
+        pack_ids = [_pack_id(p) for p in packs]
+        if not key_bytes and not pack_ids:
+            raise ControlError("give a key or a pack id to revoke", code="bad_request")
+        self._apply_revocations(key_bytes, pack_ids, by=self.node.identity.node_id)
+        self.node.apply_skill_effects([Publish(SkillRevoke(tuple(key_bytes), tuple(pack_ids)))])
+        return {"keys": [k.hex() for k in key_bytes], "packs": pack_ids}
+
+    def _apply_revocations(self, keys: list[bytes], packs: list[str], by: str) -> None:
+        now = time.time()
+        new = False
+        for key in keys:
+            if self.node.store.kv_get("revoked_keys", key.hex()) is None:
+                self.node.store.kv_put("revoked_keys", key.hex(), {"at": now, "by": by})
+                self._audit("SKILL_KEY_REVOKED", key=key.hex(), by=by)
+                new = True
+        for pid in packs:
+            if self.node.store.kv_get("revoked_packs", pid) is None:
+                self.node.store.kv_put("revoked_packs", pid, {"at": now, "by": by})
+                self._audit("SKILL_PACK_REVOKED", pack_id=pid, by=by)
+                new = True
+        if not new:
+            return
+        for inst in list(self.installed.values()):
+            why = self.revoked_reason(inst.info)
+            if why:
+                # Kept on disk (an operator may want to look), never run again.
+                self.registry.remove(inst.info.name)
+                del self.installed[inst.info.name]
+                _log.warning("pack_disabled", name=inst.info.name, reason=why)
+        self._changed()
+
+    # ---- install / remove / build -----------------------------------------------------------
+
+    def install_bytes(self, data: bytes, source: str, announce: bool = True) -> dict[str, Any]:
+        """Verify and install a pack archive. Raises ControlError (the pack's refusal code)
+        with nothing installed when it fails any check."""
+        try:
+            probe = inspect_pack(data)
+            name = probe.manifest.spec.name
+            have = self.installed.get(name)
+            pack = verify_pack(
+                data,
+                trusted=self.trusted,
+                revoked_keys=self.revoked_keys(),
+                revoked_packs=self.revoked_packs(),
+                installed_version=have.info.version if have else None,
+                installed_pack_id=have.info.pack_id if have else None,
+                now=time.time(),
+            )
+        except PackError as exc:
+            self._audit("SKILL_REFUSED", source=source, code=exc.code, reason=str(exc))
+            raise ControlError(f"pack refused ({exc.code}): {exc}", code=exc.code) from None
+        if have is not None and have.info.pack_id == pack.pack_id:
+            return self.describe(name)  # the same pack again: nothing to do
+        folder = install_pack(pack, self.root)
+        (self.root / name / f"{pack.manifest.spec.version}.pack").write_bytes(data)
+        info = PackInfo(
+            name,
+            pack.manifest.spec.version,
+            pack.pack_id,
+            len(data),
+            pack.signer,
+            pack.manifest.to_dict(),
+        )
+        now = time.time()
+        self.node.store.kv_put("packs", name, {**_info_to(info), "at": now})
+        self._register(Installed(info, pack.manifest, folder, now))
+        self._audit(
+            "SKILL_INSTALLED",
+            name=name,
+            version=info.version,
+            pack_id=info.pack_id,
+            signer=pack.signer_id,
+            source=source,
+        )
+        _log.info("pack_installed", name=name, version=info.version, source=source)
+        if announce:
+            self._announce_delta((info,))
+        self._changed()
+        return self.describe(name)
+
+    def build(self, folder: str) -> bytes:
+        try:
+            return build_pack(Path(folder), self.node.identity)
+        except PackError as exc:
+            raise ControlError(f"cannot pack {folder} ({exc.code}): {exc}", code=exc.code) from None
+        except OSError as exc:
+            raise ControlError(f"cannot pack {folder}: {exc}", code="bad_request") from None
+
+    def remove(self, name: str) -> dict[str, Any]:
+        inst = self.installed.pop(name, None)
+        if inst is None:
+            raise ControlError(self._unknown(name), code="unknown_skill")
+        self.registry.remove(name)
+        self.node.store.kv_delete("packs", name)
+        shutil.rmtree(self.root / name, ignore_errors=True)
+        shutil.rmtree(self._runtime_root / f"{name}-{inst.info.version}", ignore_errors=True)
+        self._audit("SKILL_REMOVED", name=name, version=inst.info.version)
+        self.node.apply_skill_effects([Publish(SkillAnnounce((), False, (name,)))])
+        self._changed()
+        return {"name": name, "removed": True}
+
+    def publish(self, name: str) -> dict[str, Any]:
+        inst = self.installed.get(name)
+        if inst is None:
+            raise ControlError(self._unknown(name), code="unknown_skill")
+        self._announce_delta((inst.info,))
+        self._audit(
+            "SKILL_PUBLISHED", name=name, version=inst.info.version, pack_id=inst.info.pack_id
+        )
+        return {"name": name, "version": inst.info.version, "pack_id": inst.info.pack_id}
+
+    def _register(self, inst: Installed) -> None:
+        self.installed[inst.info.name] = inst
+        self.registry.put(PackSkill(self, inst))
+
+    def runtime_copy(self, inst: Installed) -> Path:
+        """A world-readable copy of the pack for the sandbox (which runs as an unprivileged
+        user that cannot enter the 0700 state dir)."""
+        dest = self._runtime_root / f"{inst.info.name}-{inst.info.version}"
+        marker = dest / ".pack_id"
+        if marker.is_file() and marker.read_text() == inst.info.pack_id:
+            return dest
+        self._runtime_root.mkdir(mode=0o711, exist_ok=True)
+        os.chmod(self._runtime_root, 0o711)
+        tmp = Path(tempfile.mkdtemp(dir=self._runtime_root))
+        shutil.copytree(inst.folder, tmp, dirs_exist_ok=True)
+        for path in [tmp, *tmp.rglob("*")]:
+            mode = 0o755 if path.is_dir() else 0o644
+            os.chmod(path, mode)
+        (tmp / ".pack_id").write_text(inst.info.pack_id)
+        os.chmod(tmp / ".pack_id", 0o644)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+        return dest
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
+
+    # ---- queries ------------------------------------------------------------------------
+
+    def spec_for(self, name: str) -> SkillSpec | None:
+        """The spec of a skill known anywhere in the mesh (installed here first, else the
+        newest version announced), for checking a task's parameters at its origin."""
+        inst = self.installed.get(name)
+        if inst is not None:
+            return inst.manifest.spec
+        best: PackInfo | None = None
+        for packs in self.catalog.values():
+            info = packs.get(name)
+            if info is not None and (
+                best is None or compare_versions(info.version, best.version) > 0
+            ):
+                best = info
+        if best is None:
+            return None
+        with contextlib.suppress(PackError):
+            return Manifest.from_dict(best.manifest).spec
+        return None
+
+    def revoked_skill(self, name: str) -> str:
+        """Why a skill that is not installed here may not be delegated: every pack of it
+        the mesh announces is revoked ('' when it may be delegated)."""
+        if name in self.installed or name in self.registry:
+            return ""
+        infos = [p[name] for p in self.catalog.values() if name in p]
+        reasons = [self.revoked_reason(i) for i in infos]
+        return reasons[0] if infos and all(reasons) else ""
+
+    def needs_approval(self, name: str) -> bool:
+        inst = self.installed.get(name)
+        if inst is not None:
+            return inst.manifest.permissions.needs_approval
+        for packs in self.catalog.values():
+            info = packs.get(name)
+            if info is not None:
+                with contextlib.suppress(PackError):
+                    return Manifest.from_dict(info.manifest).permissions.needs_approval
+        return False
+
+    def runnable_here(self, name: str) -> bool:
+        """True if this node's role may run ``name`` (the manifest's roles and
+        capabilities); built-in in-process skills always may."""
+        inst = self.installed.get(name)
+        if inst is None:
+            return True
+        m = inst.manifest
+        role = self.node.role
+        if m.roles and role.name not in m.roles:
+            return False
+        return all(c in role.capabilities for c in m.spec.capabilities)
+
+    def known_names(self) -> list[str]:
+        names = set(self.registry.names())
+        for packs in self.catalog.values():
+            names.update(packs)
+        return sorted(names)
+
+    def describe(self, name: str) -> dict[str, Any]:
+        inst = self.installed.get(name)
+        spec = self.spec_for(name)
+        if spec is None:
+            with contextlib.suppress(SkillError):
+                spec = self.registry.get(name).spec
+        if spec is None:
+            raise ControlError(self._unknown(name), code="unknown_skill")
+        stats = self.node.tasks.executor.stats().get(name) if self.node.tasks else None
+        out: dict[str, Any] = {
+            **spec.to_dict(),
+            "installed": inst is not None,
+            "builtin": inst is None and name in self.registry,
+            "stats": stats.to_dict() if stats else None,
+        }
+        if inst is not None:
+            m = inst.manifest
+            out.update(
+                pack_id=inst.info.pack_id,
+                signer=inst.info.signer.hex(),
+                size=inst.info.size,
+                entry=m.entry,
+                roles=list(m.roles),
+                permissions={
+                    "network": m.permissions.network,
+                    "internet": m.permissions.internet,
+                    "privileged": m.permissions.privileged,
+                    "read": list(m.permissions.read),
+                    "write": list(m.permissions.write),
+                },
+                limits={
+                    k: getattr(m.limits, k)
+                    for k in (
+                        "cpu_seconds",
+                        "memory_mb",
+                        "wall_seconds",
+                        "open_files",
+                        "processes",
+                        "output_kb",
+                    )
+                },
+                expires=m.expires,
+                installed_at=inst.installed_at,
+                runnable_here=self.runnable_here(name),
+            )
+        out["holders"] = sorted(
+            self.node.name_of(node) for node, packs in self.catalog.items() if name in packs
+        )
+        return out
+
+    def listing(self, mesh: bool) -> list[dict[str, Any]]:
+        executor = self.node.tasks.executor if self.node.tasks else None
+        stats = executor.stats() if executor else {}
+        rows: list[dict[str, Any]] = []
+        me = self.node.identity.node_id
+        for name in sorted(self.registry.names()):
+            inst = self.installed.get(name)
+            st = stats.get(name)
+            rows.append(
+                {
+                    "node": self.node.self_info.name,
+                    "node_id": me,
+                    "name": name,
+                    "version": inst.info.version if inst else self.registry.get(name).spec.version,
+                    "kind": "pack" if inst else "builtin",
+                    "pack_id": inst.info.pack_id if inst else None,
+                    "runs": st.runs if st else 0,
+                    "failures": st.failures if st else 0,
+                    "mean_duration": st.mean_duration if st else 0.0,
+                }
+            )
+        if mesh:
+            for node, packs in sorted(self.catalog.items()):
+                for name, info in sorted(packs.items()):
+                    rows.append(
+                        {
+                            "node": self.node.name_of(node),
+                            "node_id": node,
+                            "name": name,
+                            "version": info.version,
+                            "kind": "pack",
+                            "pack_id": info.pack_id,
+                        }
+                    )
+        return rows
+
+    def _unknown(self, name: str) -> str:
+        return f"unknown skill {name!r}; known: {', '.join(self.known_names()) or 'none'}"
+
+    # ---- the mesh -------------------------------------------------------------------------
+
+    def inventory(self) -> SkillAnnounce:
+        return SkillAnnounce(tuple(i.info for i in self.installed.values()), True)
+
+    def member_joined(self, node_id: str) -> None:
+        """Tell a member that joined what we hold and what is revoked."""
+        keys = tuple(self.revoked_keys())
+        packs = tuple(self.revoked_packs())
+        effects: list[Send | Publish] = [Send(node_id, self.inventory())]
+        if keys or packs:
+            effects.append(Send(node_id, SkillRevoke(keys, packs)))
+        self.node.apply_skill_effects(effects)
+
+    def member_gone(self, node_id: str) -> None:
+        self.catalog.pop(node_id, None)
+
+    def _announce_delta(self, infos: tuple[PackInfo, ...]) -> None:
+        self.node.apply_skill_effects([Publish(SkillAnnounce(infos, False))])
+
+    def receive(self, sender: str, payload: object, msg_id: bytes, corr: bytes | None) -> None:
+        if isinstance(payload, SkillAnnounce):
+            self._on_announce(sender, payload)
+        elif isinstance(payload, SkillFetch):
+            self._on_fetch(sender, payload, msg_id)
+        elif isinstance(payload, SkillChunk):
+            fut = self._fetches.pop(corr or b"", None)
+            if fut is not None and not fut.done():
+                fut.set_result(payload)
+        elif isinstance(payload, SkillRevoke):
+            self._apply_revocations(list(payload.keys), list(payload.packs), by=sender)
+
+    def _on_announce(self, sender: str, msg: SkillAnnounce) -> None:
+        packs = self.catalog.setdefault(sender, {})
+        if msg.full:
+            packs.clear()
+        for name in msg.removed:
+            packs.pop(name, None)
+        for info in msg.packs:
+            packs[info.name] = info
+        if not self.node.cfg.skills.auto_install:
+            return
+        for info in msg.packs:
+            have = self.installed.get(info.name)
+            newer = have is None or compare_versions(info.version, have.info.version) > 0
+            # A delta is a publication: install it. A full inventory only updates what we
+            # already have (a joiner installs others on request).
+            if newer and (not msg.full or have is not None) and self._worth_fetching(info):
+                task = asyncio.get_running_loop().create_task(self._auto_install(info, sender))
+                self.node.keep(task)
+
+    def _worth_fetching(self, info: PackInfo) -> bool:
+        return (
+            info.name not in self._installing
+            and self.trusted(info.signer)
+            and not self.revoked_reason(info)
+        )
+
+    def _on_fetch(self, sender: str, req: SkillFetch, msg_id: bytes) -> None:
+        data = self._archive(req.pack_id)
+        if data is None:
+            chunk = SkillChunk(req.pack_id, req.offset, 0, b"", "no such pack here")
+        else:
+            length = max(0, min(req.length, CHUNK_BYTES))
+            chunk = SkillChunk(
+                req.pack_id, req.offset, len(data), data[req.offset : req.offset + length]
+            )
+        self.node.send_reply(sender, chunk, msg_id)
+
+    def _archive(self, pack_id: str) -> bytes | None:
+        for inst in self.installed.values():
+            if inst.info.pack_id == pack_id:
+                path = self.root / inst.info.name / f"{inst.info.version}.pack"
+                with contextlib.suppress(OSError):
+                    return path.read_bytes()
+        return None
+
+    async def install_from_mesh(self, name: str) -> dict[str, Any]:
+        """``meshctl skill install NAME``: fetch the newest announced version."""
+        best: tuple[PackInfo, str] | None = None
+        for node, packs in self.catalog.items():
+            info = packs.get(name)
+            if info is not None and (
+                best is None or compare_versions(info.version, best[0].version) > 0
+            ):
+                best = (info, node)
+        if best is None:
+            raise ControlError(f"no member announces a skill {name!r}", code="unknown_skill")
+        return await self._fetch_install(best[0], best[1], raise_errors=True)
+
+    async def _auto_install(self, info: PackInfo, holder: str) -> None:
+        await self._fetch_install(info, holder)
+
+    async def _fetch_install(
+        self, info: PackInfo, holder: str, raise_errors: bool = False
+    ) -> dict[str, Any]:
+        self._installing.add(info.name)
+        try:
+            holders = [holder] + [
+                n for n, p in self.catalog.items() if n != holder and p.get(info.name) == info
+            ]
+            data = await self.fetch(info, holders)
+            return self.install_bytes(data, source=f"mesh {self.node.name_of(holder)}")
+        except ControlError as exc:
+            _log.warning("pack_fetch_failed", name=info.name, error=str(exc))
+            if raise_errors:
+                raise
+            return {}
+        finally:
+            self._installing.discard(info.name)
+
+    async def fetch(self, info: PackInfo, holders: list[str]) -> bytes:
+        """The archive, in chunks from the first holder that serves it all; its SHA-256
+        must equal the announced pack id."""
+        max_bytes = self.node.cfg.skills.max_pack_bytes
+        if info.size > max_bytes:
+            raise ControlError(
+                f"pack {info.name} is {info.size} bytes, over {max_bytes}", code="too_large"
+            )
+        last = "no holder"
+        for node in holders:
+            buf = bytearray()
+            total = info.size
+            try:
+                while len(buf) < total or total == 0:
+                    chunk = await self._request(
+                        node, SkillFetch(info.pack_id, len(buf), CHUNK_BYTES)
+                    )
+                    if chunk.error:
+                        raise ControlError(chunk.error, code="fetch_failed")
+                    if chunk.offset != len(buf) or chunk.total > max_bytes or not chunk.data:
+                        raise ControlError("bad chunk", code="fetch_failed")
+                    total = chunk.total
+                    buf += chunk.data
+            except ControlError as exc:
+                last = f"{self.node.name_of(node)}: {exc}"
+                continue
+            if hashlib.sha256(buf).hexdigest() != info.pack_id:
+                last = f"{self.node.name_of(node)}: the data does not match the pack id"
+                self._audit(
+                    "SKILL_REFUSED", source=f"mesh {node}", code="hash_mismatch", reason=last
+                )
+                continue
+            return bytes(buf)
+        raise ControlError(
+            f"could not fetch {info.name} {info.version}: {last}", code="fetch_failed"
+        )
+
+    async def _request(self, node: str, req: SkillFetch) -> SkillChunk:
+        msg_id = os.urandom(16)
+        fut: asyncio.Future[SkillChunk] = asyncio.get_running_loop().create_future()
+        self._fetches[msg_id] = fut
+        try:
+            self.node.send_request(node, req, msg_id)
+            return await asyncio.wait_for(fut, CHUNK_TIMEOUT)
+        except TimeoutError:
+            raise ControlError(f"no chunk within {CHUNK_TIMEOUT:g} s", "timeout") from None
+        finally:
+            self._fetches.pop(msg_id, None)
+
+    def _audit(self, kind: str, **fields: Any) -> None:
+        record = {"type": kind, "node": self.node.identity.node_id, "at": time.time(), **fields}
+        self.node.store.append_audit(record)
+        self.node.events.append(record)
+
+    # ---- local files --------------------------------------------------------------------
+
+    def read_file(self, path: str) -> bytes:
+        p = Path(path)
+        try:
+            st = p.stat()
+            if not stat.S_ISREG(st.st_mode):
+                raise ControlError(f"{path} is not a regular file", code="bad_request")
+            if st.st_size > self.node.cfg.skills.max_pack_bytes:
+                raise ControlError(
+                    f"{path} is {st.st_size} bytes, over the pack limit", code="too_large"
+                )
+            return p.read_bytes()
+        except OSError as exc:
+            raise ControlError(f"cannot read {path}: {exc.strerror}", code="bad_request") from None
+
+    def inspect_file(self, data: bytes) -> VerifiedPack:
+        try:
+            return inspect_pack(data)
+        except PackError as exc:
+            raise ControlError(f"not a valid pack ({exc.code}): {exc}", code=exc.code) from None
+
+
+def _info_to(info: PackInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "version": info.version,
+        "pack_id": info.pack_id,
+        "size": info.size,
+        "signer": info.signer,
+        "manifest": info.manifest,
+    }
+
+
+def _info_from(rec: dict[str, Any]) -> PackInfo:
+    return PackInfo(
+        str(rec["name"]),
+        str(rec["version"]),
+        str(rec["pack_id"]),
+        int(rec["size"]),
+        bytes(rec["signer"]),
+        dict(rec["manifest"]),
+    )
+
+
+def _key(text: str) -> bytes:
+    try:
+        key = bytes.fromhex(text.strip())
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ControlError(
+            f"bad key {text!r}: expected an Ed25519 public key as 64 hex digits "
+            "(see `meshctl skill trust list`)",
+            code="bad_request",
+        )
+    return key
+
+
+def _pack_id(text: str) -> str:
+    value = text.strip().lower()
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise ControlError(
+            f"bad pack id {text!r}: expected 64 hex digits (SHA-256)", code="bad_request"
+        )
+    return value
