@@ -171,6 +171,14 @@ class Executor:
         """Ids of the tasks running now, in start order."""
         return tuple(self._runs)
 
+    def seed_stats(self, stats: Mapping[str, SkillStats]) -> None:
+        """Start from statistics kept from earlier runs of the daemon."""
+        self._stats.update(stats)
+
+    def running_skill(self, skill_name: str) -> tuple[str, ...]:
+        """Ids of the tasks running ``skill_name`` here."""
+        return tuple(t for t, run in self._runs.items() if run.skill == skill_name)
+
     def stats(self) -> dict[str, SkillStats]:
         """Usage statistics per skill name (skills that ran at least once)."""
         return dict(self._stats)

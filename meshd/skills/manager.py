@@ -255,7 +255,8 @@ class PackManager:
                 # Kept on disk (an operator may want to look), never run again.
                 self.registry.remove(inst.info.name)
                 del self.installed[inst.info.name]
-                _log.warning("pack_disabled", name=inst.info.name, reason=why)
+                stopped = self.node.tasks.stop_skill(inst.info.name) if self.node.tasks else 0
+                _log.warning("pack_disabled", name=inst.info.name, reason=why, stopped=stopped)
         self._changed()
 
     # ---- install / remove / build -----------------------------------------------------------

@@ -25,7 +25,7 @@ from meshd.errors import ControlError
 from meshd.membership import Publish, Send
 from meshd.roles import load_roles
 from meshd.skills.builtin import Registry, default_registry
-from meshd.skills.executor import HANDOFF, Executor, ExecutorConfig
+from meshd.skills.executor import HANDOFF, ExecResult, Executor, ExecutorConfig, SkillStats
 from meshd.skills.spec import SkillError, validate_params
 from meshd.tasks.machine import (
     CHUNK,
@@ -179,13 +179,29 @@ class TaskRuntime:
         self._ops: dict[tuple[str, str], asyncio.Future[OpDone]] = {}
         self._skill_tasks: dict[str, asyncio.Task[None]] = {}
         self._lead: tuple[str | None, int] = (None, 0)
+        self._revoked_runs: set[str] = set()
         self.frames_in = 0
         self.completed_here = 0
         self.failed_here = 0
 
     # ---- life cycle --------------------------------------------------------------------
 
+    def stop_skill(self, name: str) -> int:
+        """Stop every local run of ``name`` (its pack was revoked): they fail ``revoked``."""
+        ids = self.executor.running_skill(name)
+        for task_id in ids:
+            self._revoked_runs.add(task_id)
+            self.executor.cancel(task_id)
+        return len(ids)
+
     def start(self) -> None:
+        seeded = {}
+        for name, rec in self.node.store.kv_items("skill_stats"):
+            with contextlib.suppress(KeyError, TypeError, ValueError):
+                seeded[name] = SkillStats(
+                    int(rec["runs"]), int(rec["failures"]), float(rec["total_duration"])
+                )
+        self.executor.seed_stats(seeded)
         copies, submits, reports = self.node.store.load_tasks()
         if self.node.store.bad_task_records:
             _log.warning("task_records_skipped", count=self.node.store.bad_task_records)
@@ -511,6 +527,14 @@ class TaskRuntime:
             )
             if self._skill_tasks.get(task_id) is current:
                 del self._skill_tasks[task_id]
+            stats = self.executor.stats().get(task.skill)
+            if stats is not None:  # kept across restarts (describe / list show them)
+                self.node.store.kv_put("skill_stats", task.skill, stats.to_dict(), durable=False)
+            if task_id in self._revoked_runs:
+                self._revoked_runs.discard(task_id)
+                result = ExecResult(
+                    False, code="revoked", message=f"skill {task.skill!r} was revoked while it ran"
+                )
             if result.code == HANDOFF:
                 self.apply(
                     self.machine.skill_handoff(

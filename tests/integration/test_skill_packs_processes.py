@@ -137,3 +137,39 @@ def test_a_skill_that_reaches_the_internet_waits_for_approval(mesh: Mesh, tmp_pa
         assert failed.value.code == "denied"
     kinds = [r["type"] for r in a.client().audit()]
     assert "TASK_APPROVED" in kinds and "TASK_DENIED" in kinds and "SKILL_INSTALLED" in kinds
+
+
+SLOW = """
+import time
+
+
+def run(ctx):
+    for i in range(400):
+        ctx.progress(i / 4, "working")
+        time.sleep(0.05)
+    return {"done": True}
+"""
+
+
+def test_revoking_a_signer_stops_its_running_tasks_everywhere(mesh: Mesh, tmp_path: Path) -> None:
+    a, b = start(mesh, [("a", "team-lead"), ("b", "network-admin")])
+    folder = write_skill(tmp_path, "slow", "1.0.0")
+    (folder / "main.py").write_text(SLOW)
+    archive = tmp_path / "slow.pack"
+    assert ctl(a, "skill", "pack", str(folder), "-o", str(archive)).returncode == 0
+    assert ctl(a, "skill", "install", str(archive)).returncode == 0
+    assert ctl(a, "skill", "publish", "slow").returncode == 0
+    wait_for(lambda: "slow" in names(b), what="b to install slow")
+    signer = json.loads(ctl(b, "skill", "describe", "slow", "--json").stdout)["signer"]
+    with a.client() as client:
+        handle = client.delegate("slow", {}, node="b")
+        wait_for(lambda: client.task(handle.task_id)["progress"]["pct"] > 1,
+                 what="slow to run on b")  # fmt: skip
+        out = ctl(a, "skill", "revoke", "--key", signer)
+        assert out.returncode == 0, out.stderr
+        with pytest.raises(TaskFailed) as failed:
+            handle.result(timeout=30)
+        assert failed.value.code == "revoked"
+    assert "slow" not in names(a) and "slow" not in names(b)
+    audit = [r["type"] for r in b.client().audit()]
+    assert "SKILL_KEY_REVOKED" in audit
