@@ -280,6 +280,8 @@ class Node:
         """Graceful exit: tell every peer we leave, persist, close."""
         if self.tasks is not None:
             await self.tasks.stop()
+        if self.skills is not None:
+            self.skills.stop()
         if getattr(self, "machine", None) is not None:
             self._apply(self.machine.leave(self.clock.monotonic()))
         await self._teardown(linger_ms=LEAVE_LINGER_MS)

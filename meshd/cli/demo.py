@@ -70,6 +70,13 @@ def _show_delegation(dirs: list[Path], nodes: int) -> None:
             f"  ran on {view['assigned_name']}: {info['hostname']}, {info['cpu_count']} CPUs, "
             f"load {info['load_avg']}"
         )
+        if role:
+            print(f"$ meshctl delegate disk-usage --role {role}    (a signed pack, sandboxed)")
+            handle = c.delegate("disk-usage", {"paths": ["/"]}, role=role)
+            usage = handle.result(timeout=30)
+            first = (usage.get("paths") or [{}])[0] if isinstance(usage, dict) else {}
+            print(f"  ran on {c.task(handle.task_id)['assigned_name']} in its sandbox "
+                  f"(own process group, limits, no network): / is {first.get('percent', '?')}% used")
         print(f"$ meshctl delegate echo message=hello    (from node{nodes})")
         handle = c.delegate("echo", {"message": "hello"})
         out = handle.result(timeout=30)

@@ -129,13 +129,20 @@ class PackManager:
         self.catalog: dict[str, dict[str, PackInfo]] = {}
         self._fetches: dict[bytes, asyncio.Future[SkillChunk]] = {}
         self._installing: set[str] = set()
-        self._runtime_root = Path(tempfile.gettempdir()) / f"meshd-packs-{os.getuid()}"
+        # World-readable copies for the sandbox user, one folder per node (several nodes
+        # may share a machine); removed when the node stops, and again when it starts.
+        self._runtime_base = Path(tempfile.gettempdir()) / f"meshd-packs-{os.getuid()}"
+        self._runtime_root = self._runtime_base / node.identity.node_id[:16]
         self.on_change: Callable[[], None] | None = None
 
     # ---- start ----------------------------------------------------------------------
 
+    def stop(self) -> None:
+        shutil.rmtree(self._runtime_root, ignore_errors=True)
+
     def start(self) -> None:
         self.root.mkdir(mode=0o700, exist_ok=True)
+        shutil.rmtree(self._runtime_root, ignore_errors=True)
         for name, rec in self.node.store.kv_items("packs"):
             try:
                 info = _info_from(rec)
@@ -351,8 +358,9 @@ class PackManager:
         marker = dest / ".pack_id"
         if marker.is_file() and marker.read_text() == inst.info.pack_id:
             return dest
-        self._runtime_root.mkdir(mode=0o711, exist_ok=True)
-        os.chmod(self._runtime_root, 0o711)
+        for d in (self._runtime_base, self._runtime_root):
+            d.mkdir(mode=0o711, exist_ok=True)
+            os.chmod(d, 0o711)
         tmp = Path(tempfile.mkdtemp(dir=self._runtime_root))
         shutil.copytree(inst.folder, tmp, dirs_exist_ok=True)
         for path in [tmp, *tmp.rglob("*")]:
