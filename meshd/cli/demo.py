@@ -75,8 +75,9 @@ def _show_delegation(dirs: list[Path], nodes: int) -> None:
             handle = c.delegate("disk-usage", {"paths": ["/"]}, role=role)
             usage = handle.result(timeout=30)
             first = (usage.get("paths") or [{}])[0] if isinstance(usage, dict) else {}
-            print(f"  ran on {c.task(handle.task_id)['assigned_name']} in its sandbox "
-                  f"(own process group, limits, no network): / is {first.get('percent', '?')}% used")
+            where = c.task(handle.task_id)["assigned_name"]
+            used = first.get("percent", "?")
+            print(f"  ran on {where} in its sandbox (no network, limits): / is {used}% used")
         print(f"$ meshctl delegate echo message=hello    (from node{nodes})")
         handle = c.delegate("echo", {"message": "hello"})
         out = handle.result(timeout=30)
