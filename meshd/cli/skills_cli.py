@@ -163,7 +163,10 @@ def skill_describe(
         req = "required" if p.get("required") else f"default {p.get('default')!r}"
         rng = ""
         if p.get("minimum") is not None or p.get("maximum") is not None:
-            rng = f", {p.get('minimum')}..{p.get('maximum')}"
+            lo, hi = p.get("minimum"), p.get("maximum")
+            if p["type"] == "int":
+                lo, hi = (None if lo is None else int(lo)), (None if hi is None else int(hi))
+            rng = f", {'' if lo is None else lo}..{'' if hi is None else hi}"
         lines.append(f"    {p['name']} ({p['type']}, {req}{rng}): {p.get('description', '')}")
     if not info.get("params"):
         lines.append("    none")

@@ -312,7 +312,8 @@ class PackManager:
         )
         _log.info("pack_installed", name=name, version=info.version, source=source)
         if announce:
-            self._announce_delta((info,))
+            # Our inventory, for the others' catalogs; not a publication (`publish` is).
+            self.node.apply_skill_effects([Publish(self.inventory())])
         self._changed()
         return self.describe(name)
 

@@ -76,8 +76,16 @@ def test_pack_publish_install_and_run_on_another_host(mesh: Mesh, tmp_path: Path
     out = ctl(b, "skill", "install", str(bad))
     assert out.returncode != 0 and "refused" in out.stderr, out.stderr
     assert "hello" not in names(b)
-    # Install on a, publish: b and c fetch, verify and install it.
+    # Installed on a: the others' catalogs learn it, but only a publication spreads it.
     assert ctl(a, "skill", "install", str(archive)).returncode == 0
+
+    def b_sees_a_holding_it() -> bool:
+        rows = json.loads(ctl(b, "skill", "list", "--mesh", "--json").stdout)
+        return any(r["node"] == "a" and r["name"] == "hello" for r in rows)
+
+    wait_for(b_sees_a_holding_it, what="b's catalog to list a's hello")
+    assert "hello" not in names(b)
+    # Publish: b and c fetch, verify and install it.
     assert ctl(a, "skill", "publish", "hello").returncode == 0
     wait_for(lambda: names(b).get("hello") == "1.0.0" and names(c).get("hello") == "1.0.0",
              what="b and c to install the published pack")  # fmt: skip
