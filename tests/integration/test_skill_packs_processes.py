@@ -145,6 +145,11 @@ def test_a_skill_that_reaches_the_internet_waits_for_approval(mesh: Mesh, tmp_pa
         assert failed.value.code == "denied"
     kinds = [r["type"] for r in a.client().audit()]
     assert "TASK_APPROVED" in kinds and "TASK_DENIED" in kinds and "SKILL_INSTALLED" in kinds
+    # Removing it: gone from the list; an unknown name is a usage error.
+    assert ctl(a, "skill", "remove", "fetcher").returncode == 0
+    assert "fetcher" not in names(a)
+    out = ctl(a, "skill", "remove", "fetcher")
+    assert out.returncode == 2 and "unknown skill 'fetcher'" in out.stderr
 
 
 SLOW = """
