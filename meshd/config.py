@@ -168,6 +168,11 @@ class NodeConfig:
     peers: tuple[str, ...] = ()
     join_token: str | None = None
     log_level: str = "info"
+    #: s. On SIGTERM the node stops taking tasks and gives the ones running here this
+    #: long to finish; then idempotent ones are handed back (with their checkpoints) and
+    #: the others reported lost. 10 s lets a short task end; the systemd unit's
+    #: TimeoutStopSec is longer.
+    shutdown_grace: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -250,6 +250,9 @@ class Node:
         self.ready_wall = self.clock.wall()
         if self.on_ready is not None:
             self.on_ready(self)
+        from meshd import notify  # systemd (Type=notify): READY=1 + watchdog; else a no-op
+
+        notify.node_ready(self)
 
     @property
     def self_info(self) -> MemberInfo:
@@ -277,8 +280,14 @@ class Node:
         await self.shutdown()
 
     async def shutdown(self) -> None:
-        """Graceful exit: tell every peer we leave, persist, close."""
+        """Graceful exit: stop taking tasks and finish or hand back the running ones
+        (``[node] shutdown_grace``), then tell every peer we leave, persist, close."""
+        from meshd import notify
+
+        notify.node_stopping()  # systemd: STOPPING=1 (a no-op without $NOTIFY_SOCKET)
         if self.tasks is not None:
+            with contextlib.suppress(Exception):
+                await self.tasks.drain(self.cfg.node.shutdown_grace)
             await self.tasks.stop()
         if self.skills is not None:
             self.skills.stop()

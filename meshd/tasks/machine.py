@@ -263,6 +263,8 @@ class TaskMachine:
         self._skills = skills
         self._role_defaults = role_defaults
         self.max_concurrent = max_concurrent
+        #: Shutting down: no new tasks (see :meth:`drain`).
+        self.draining = False
         self.capabilities = capabilities
         self._verifier = verifier
         #: Whether a skill (by name) needs an operator's approval per task.
@@ -308,7 +310,26 @@ class TaskMachine:
         return len(self._reports)
 
     def agent_info(self) -> AgentInfo:
-        return AgentInfo(tuple(sorted(self._skills())), self.capabilities, self.max_concurrent)
+        limit = 0 if self.draining else self.max_concurrent
+        return AgentInfo(tuple(sorted(self._skills())), self.capabilities, limit)
+
+    def drain(self, now: float) -> list[TaskEffect]:
+        """Shutting down: take no more tasks (the lead is told this node's limit is 0,
+        and an assignment still in flight is rejected)."""
+        self.draining = True
+        return self.skills_changed(now)
+
+    def skill_lost(self, task_id: str, attempt: int, why: str, now: float) -> list[TaskEffect]:
+        """Give up a local run without a result (shutdown): reported LOST, so the lead
+        requeues an idempotent task and fails a non-idempotent one (``agent_lost``)."""
+        self._starting.pop(task_id, None)
+        if self._runs.get(task_id) != attempt:
+            return []
+        del self._runs[task_id]
+        out: list[TaskEffect] = []
+        self._report(task_id, attempt, ReportKind.LOST, now, out, message=why[:500])
+        self._flush_updates(out)
+        return out
 
     def next_deadline(self) -> float:
         times = [p.next_try for p in self._submits.values()]
@@ -595,7 +616,9 @@ class TaskMachine:
             # membership, and the lead handles its tasks as lost anyway.
             out.append(StoreCopies((copy,), durable=False))
         why = ""
-        if task.skill not in self._skills():
+        if self.draining:
+            why = "busy: this agent is shutting down"
+        elif task.skill not in self._skills():
             why = f"skill {task.skill!r} is not installed here"
         elif len(self._runs) >= self.max_concurrent:
             why = f"busy: {len(self._runs)} tasks running, at most {self.max_concurrent}"

@@ -180,11 +180,63 @@ class TaskRuntime:
         self._skill_tasks: dict[str, asyncio.Task[None]] = {}
         self._lead: tuple[str | None, int] = (None, 0)
         self._revoked_runs: set[str] = set()
+        self._last_ckpt: dict[str, bytes] = {}
         self.frames_in = 0
         self.completed_here = 0
         self.failed_here = 0
 
     # ---- life cycle --------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> dict[str, int]:
+        """Graceful shutdown, first half: take no more tasks, let the running ones finish
+        for up to ``grace`` s, then hand back the idempotent ones (with their last
+        checkpoint: another agent resumes them) and report the others lost (the lead
+        fails them ``agent_lost``; an operator may retry them). Returns counts."""
+        if self.machine.draining:
+            return {"finished": 0, "handed_back": 0, "lost": 0}
+        now = self.node.clock.wall()
+        self.apply(self.machine.drain(now))
+        running = dict(self.machine.running_here())
+        loop = asyncio.get_running_loop()
+        end = loop.time() + max(0.0, grace)
+        while self.machine.running_here() and loop.time() < end:
+            await asyncio.sleep(min(0.05, max(0.0, end - loop.time())))
+        left = self.machine.running_here()
+        handed = lost = 0
+        for task_id, attempt in left.items():
+            task = self.machine.get(task_id)
+            ckpt = self._last_ckpt.get(task_id)
+            if task is not None and ckpt is not None:
+                # The freshest resume point first (same link, so it arrives first).
+                self.apply(
+                    self.machine.skill_progress(
+                        task_id,
+                        attempt,
+                        task.progress.pct,
+                        task.progress.message,
+                        ckpt,
+                        self.node.clock.wall(),
+                    )
+                )
+            # LOST: the lead requeues an idempotent task (it resumes elsewhere from its
+            # checkpoint) and fails a non-idempotent one with agent_lost.
+            self.apply(
+                self.machine.skill_lost(
+                    task_id,
+                    attempt,
+                    "the agent shut down before the task finished",
+                    self.node.clock.wall(),
+                )
+            )
+            if task is not None and task.idempotent:
+                handed += 1
+            else:
+                lost += 1
+            self.executor.cancel(task_id)
+        await self.durable()
+        finished = len(running) - len(left)
+        _log.info("drained", finished=finished, handed_back=handed, lost=lost)
+        return {"finished": finished, "handed_back": handed, "lost": lost}
 
     def stop_skill(self, name: str) -> int:
         """Stop every local run of ``name`` (its pack was revoked): they fail ``revoked``."""
@@ -505,6 +557,7 @@ class TaskRuntime:
 
         def on_checkpoint(data: bytes) -> None:
             last["ckpt"] = data
+            self._last_ckpt[task_id] = data
             self.apply(
                 self.machine.skill_progress(
                     task_id, attempt, float(last["pct"]), str(last["message"]), data, clock.wall()
@@ -527,6 +580,7 @@ class TaskRuntime:
             )
             if self._skill_tasks.get(task_id) is current:
                 del self._skill_tasks[task_id]
+            self._last_ckpt.pop(task_id, None)
             stats = self.executor.stats().get(task.skill)
             if stats is not None:  # kept across restarts (describe / list show them)
                 self.node.store.kv_put("skill_stats", task.skill, stats.to_dict(), durable=False)
@@ -609,6 +663,10 @@ class TaskRuntime:
         return task_to_dict(task, self.machine.version(task_id), self.names)
 
     async def delegate(self, args: dict[str, Any]) -> dict[str, Any]:
+        if self.machine.draining:
+            raise ControlError(
+                "meshd is shutting down: delegate from another node", code="shutting_down"
+            )
         task = self.build_task(args)
         try:
             effects = self.machine.submit(task, self.node.clock.wall())

@@ -25,8 +25,10 @@ def start(mesh: Mesh, roles: list[tuple[str, str]]) -> list[Daemon]:
         d.wait_ready()
     wait_for(lambda: all_see_all(nodes), what="mesh to form")
     wait_for(
-        lambda: len({(d.status()["lead"] or {}).get("id") for d in nodes} - {None}) == 1
-        and all(d.status()["lead"] for d in nodes),
+        lambda: (
+            len({(d.status()["lead"] or {}).get("id") for d in nodes} - {None}) == 1
+            and all(d.status()["lead"] for d in nodes)
+        ),
         what="one lead agreed by all",
     )
     return nodes
@@ -126,9 +128,7 @@ def test_kill9_worker_during_sleep_resumes_from_checkpoint_elsewhere(mesh: Mesh)
 def test_non_idempotent_task_is_not_rerun_after_agent_loss(mesh: Mesh) -> None:
     a, b, c = start(mesh, [("a", "team-lead"), ("b", "network-admin"), ("c", "network-admin")])
     with a.client() as client:
-        handle = client.delegate(
-            "sleep", {"seconds": 2.0}, role="network-admin", idempotent=False
-        )
+        handle = client.delegate("sleep", {"seconds": 2.0}, role="network-admin", idempotent=False)
         view = wait_for(
             lambda: (v := client.task(handle.task_id))["state"] == "running" and v,
             what="the task to run",
@@ -216,3 +216,42 @@ def test_dependencies_verify_handoff_and_events(mesh: Mesh) -> None:
             until=lambda: any(e["task_id"] == h.task_id for e in seen),
         )
     assert any(e["task_id"] == h.task_id for e in seen), seen
+
+
+@pytest.mark.parametrize("grace", [10.0, 0.3])
+def test_sigterm_during_running_tasks_loses_none(mesh: Mesh, grace: float, tmp_path: Any) -> None:
+    """SIGTERM to a busy agent: with a long grace its tasks finish there; with a short
+    one they are handed back and finish on another agent from their checkpoints."""
+    conf = tmp_path / "grace.toml"
+    conf.write_text(f"[node]\nshutdown_grace = {grace}\n")
+    first = mesh.add("a", role="team-lead").start()
+    first.wait_ready()
+    b = mesh.add("b", role="network-admin", peers=(first.seed,),
+                 extra=("--config", str(conf))).start()  # fmt: skip
+    for d in (first, b):
+        d.wait_ready()
+    wait_for(lambda: all_see_all([first, b]), what="a and b to see each other")
+    wait_for(lambda: all(d.status()["lead"] for d in (first, b)), what="a lead")
+    seconds = 1.5 if grace > 1 else 4.0
+    with first.client() as client:
+        # b is the only network-admin yet: both tasks start there.
+        handles = [
+            client.delegate("sleep", {"seconds": seconds, "step": 0.1}, role="network-admin")
+            for _ in range(2)
+        ]
+        wait_for(lambda: all(client.task(h.task_id)["progress"]["pct"] > 10 for h in handles),
+                 what="both tasks running on b")  # fmt: skip
+        c = mesh.add("c", role="network-admin", peers=(first.seed,)).start()
+        c.wait_ready()
+        wait_for(lambda: all_see_all([first, b, c]), what="c to join")
+        assert b.stop(timeout=30) == 0  # graceful: exit 0
+        results = [h.result(timeout=60) for h in handles]
+        views = [client.task(h.task_id) for h in handles]
+    assert all(v["state"] == "complete" for v in views)
+    if grace > 1:
+        # Finished on b within the grace: never moved, never run twice.
+        assert all(v["assigned_name"] == "b" and v["attempt"] == 1 for v in views)
+    else:
+        # Handed back at the end of the grace: finished on c from their checkpoints.
+        assert all(v["assigned_name"] == "c" for v in views), views
+        assert all(r["resumed_from"] > 0 for r in results), results
