@@ -75,6 +75,8 @@ _log = log.get("meshd.node")
 PERSIST_INTERVAL = 30.0
 #: events. How many recent events the node keeps in memory for the `events` control op.
 EVENT_HISTORY = 1000
+#: s. Least time between two ADMISSION_REFUSED audit records for the same source.
+AUDIT_REFUSAL_INTERVAL = 60.0
 #: ms. On a graceful exit, how long sockets may keep flushing the LEAVE to live peers.
 LEAVE_LINGER_MS = 300
 
@@ -143,6 +145,7 @@ class Node:
         self._bg: set[asyncio.Task[None]] = set()
         self.ready_wall: float | None = None
         self.tasks: TaskRuntime | None = None
+        self._refusals: dict[tuple[str, str], float] = {}
         self.skills: PackManager | None = None
 
     # -- life cycle ------------------------------------------------------------------
@@ -551,6 +554,7 @@ class Node:
             except AdmissionError as exc:
                 self.transport.counters.reject("admission")
                 _log.warning("hello_rejected", reason=str(exc))
+                self._audit_refusal("hello", env.sender, str(exc))
                 return
             if payload.info.node_id != env.sender:
                 self.transport.counters.reject("spoofed_sender")
@@ -567,6 +571,28 @@ class Node:
             self.tasks.receive(env.sender, payload)
         elif isinstance(payload, SkillPayloads) and self.skills is not None:
             self.skills.receive(env.sender, payload, env.msg_id, env.correlation_id)
+
+    def _audit_refusal(self, via: str, who: str, reason: str) -> None:
+        """A durable ADMISSION_REFUSED record, at most one per (source, claimed node)
+        every AUDIT_REFUSAL_INTERVAL s: a misconfigured host retrying must not flood it."""
+        now = self.clock.monotonic()
+        key = (via, who)
+        last = self._refusals.get(key)
+        if last is not None and now - last < AUDIT_REFUSAL_INTERVAL:
+            return
+        if len(self._refusals) > 1024:
+            self._refusals.clear()
+        self._refusals[key] = now
+        record = {
+            "type": "ADMISSION_REFUSED",
+            "node": self.identity.node_id,
+            "via": via,
+            "claimed": who,
+            "reason": reason,
+            "at": self.clock.wall(),
+        }
+        self.store.append_audit(record)
+        self.events.append(record)
 
     def _on_intro(self, data: bytes, user: str | None) -> bytes | None:
         try:
@@ -587,6 +613,7 @@ class Node:
         except AdmissionError as exc:
             self.transport.counters.reject("admission")
             _log.warning("intro_rejected", reason=str(exc))
+            self._audit_refusal("intro", env.sender, str(exc))
             return None
         self._admit(payload.info)
         self._last_seen_wall[env.sender] = self.clock.wall()
@@ -601,6 +628,7 @@ class Node:
         if not self._admit(info):
             self.transport.counters.reject("admission")
             _log.warning("mdns_record_rejected", peer=info.node_id[:12], reason="bad proof")
+            self._audit_refusal("mdns", info.node_id, "bad admission proof")
             return
         self._apply(self.machine.discovered(info, self.clock.monotonic(), "mdns"))
 

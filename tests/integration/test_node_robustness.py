@@ -208,3 +208,17 @@ async def test_mdns_record_with_a_copied_proof_is_refused(pair: tuple[Node, Node
     assert not a.transport.is_admitted(thief.curve_pk)
     assert a.machine.get(thief.node_id) is None
     assert thief.node_id not in {i.node_id for i in a.machine.candidates()}
+
+
+async def test_a_refused_admission_is_audited_once_per_source(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    # b's own record with a forged proof, as a host that is not a member might advertise.
+    forged = replace(b.self_info, proof=bytes(32))
+    a._on_mdns(forged)
+    a._on_mdns(forged)  # a retry within the minute: counted, not recorded again
+    records = a.store.read_audit(kind="ADMISSION_REFUSED")
+    assert len(records) == 1
+    assert records[0]["via"] == "mdns" and records[0]["claimed"] == b.identity.node_id
+    assert a.transport.counters.rejected.get("admission") == 2
+    # The real member is still there, nothing lost.
+    assert _alive(a, b)
