@@ -168,11 +168,30 @@ def audit(
         print(json.dumps(records, indent=2, sort_keys=True))
         return
     for r in records:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"]))
-        lead = r.get("lead_name") or "-"
-        print(
-            f"{when}  {r['type']:<14} term {r.get('term', '-')!s:<5} lead {lead:<16} {r['reason']}"
-        )
+        print(audit_line(r))
+
+
+def audit_line(r: dict[str, Any]) -> str:
+    """One audit record as a line: time, type, then what matters for that type."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("at", 0.0))))
+    parts = []
+    if r.get("term") is not None:
+        parts.append(f"term {r['term']}")
+    if r.get("lead_name") or r.get("lead"):
+        parts.append(f"lead {r.get('lead_name') or str(r['lead'])[:12]}")
+    if r.get("task_id"):
+        parts.append(f"task {str(r['task_id'])[:12]} {r.get('skill', '')}".rstrip())
+    for key in ("name", "version", "code", "via", "source", "by"):
+        if r.get(key):
+            parts.append(f"{key} {r[key]}")
+    for key in ("key", "pack_id", "claimed"):
+        if r.get(key):
+            parts.append(f"{key} {str(r[key])[:16]}")
+    for key in ("unfinished", "sources"):
+        if key in r:
+            parts.append(f"{key} {r[key]}")
+    text = r.get("reason") or r.get("detail") or ""
+    return f"{when}  {r.get('type', '?'):<22} {'  '.join(parts)}  {text}".rstrip()
 
 
 from meshd.cli.skills_cli import approve as _approve  # noqa: E402
