@@ -173,6 +173,11 @@ class NodeConfig:
     #: the others reported lost. 10 s lets a short task end; the systemd unit's
     #: TimeoutStopSec is longer.
     shutdown_grace: float = 10.0
+    #: Address of the Prometheus endpoint (``/metrics``, ``/healthz``). It is not
+    #: authenticated: bind wider than loopback only on a trusted network.
+    metrics_host: str = "127.0.0.1"
+    #: None: no metrics endpoint; 0: pick a free port (``meshd start --metrics-port``).
+    metrics_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

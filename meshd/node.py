@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from meshd import __version__, log
+from meshd import __version__, log, metrics
 from meshd.clock import Clock, SystemClock
 from meshd.config import DEFAULT_PORT, Config, parse_hostport
 from meshd.control_proto import SOCKET_NAME
@@ -145,6 +145,7 @@ class Node:
         self._bg: set[asyncio.Task[None]] = set()
         self.ready_wall: float | None = None
         self.tasks: TaskRuntime | None = None
+        self.metrics_server: metrics.MetricsServer | None = None
         self._refusals: dict[tuple[str, str], float] = {}
         self.skills: PackManager | None = None
 
@@ -225,6 +226,12 @@ class Node:
 
         self.control = ControlServer(self.state_dir / SOCKET_NAME, self._control)
         await self.control.start()
+        if cfg.node.metrics_port is not None:
+            self.metrics_server = metrics.MetricsServer(
+                lambda: metrics.render(self), lambda: metrics.is_healthy(self)
+            )
+            mport = await self.metrics_server.start(cfg.node.metrics_host, cfg.node.metrics_port)
+            _log.info("metrics_listening", host=cfg.node.metrics_host, port=mport)
 
         if cfg.discovery.mdns and self.interfaces:
             from meshd.net.discovery import Discovery
@@ -315,6 +322,9 @@ class Node:
             with contextlib.suppress(Exception):
                 await self.discovery.close()
             self.discovery = None
+        if self.metrics_server is not None:
+            await self.metrics_server.close()
+            self.metrics_server = None
         if getattr(self, "control", None) is not None:
             await self.control.close()
         if getattr(self, "machine", None) is not None and getattr(self, "store", None):
@@ -973,6 +983,7 @@ class Node:
             "role": st.role.value.lower(),
             "peers": peers,
             "tasks": task_status,
+            "metrics": metrics.collect(self),
             "counts": {**counts, "total": len(peers) + 1},
             "counters": {
                 "frames_in": c.frames_in,

@@ -194,6 +194,7 @@ def audit_line(r: dict[str, Any]) -> str:
     return f"{when}  {r.get('type', '?'):<22} {'  '.join(parts)}  {text}".rstrip()
 
 
+from meshd.cli.health import health as _health  # noqa: E402
 from meshd.cli.skills_cli import approve as _approve  # noqa: E402
 from meshd.cli.skills_cli import deny as _deny  # noqa: E402
 from meshd.cli.skills_cli import skill_app  # noqa: E402
@@ -205,6 +206,7 @@ app.add_typer(task_app, name="task")
 app.add_typer(skill_app, name="skill")
 app.command("approve")(_approve)
 app.command("deny")(_deny)
+app.command("health")(_health)
 
 
 def main() -> None:
