@@ -200,6 +200,7 @@ from meshd.cli.skills_cli import deny as _deny  # noqa: E402
 from meshd.cli.skills_cli import skill_app  # noqa: E402
 from meshd.cli.tasks_cli import delegate as _delegate  # noqa: E402
 from meshd.cli.tasks_cli import task_app  # noqa: E402
+from meshd.cli.top import top as _top  # noqa: E402
 
 app.command("delegate")(_delegate)
 app.add_typer(task_app, name="task")
@@ -207,6 +208,7 @@ app.add_typer(skill_app, name="skill")
 app.command("approve")(_approve)
 app.command("deny")(_deny)
 app.command("health")(_health)
+app.command("top")(_top)
 
 
 def main() -> None:
