@@ -70,6 +70,7 @@ class Daemon:
         listen: str = "127.0.0.1:0",
         extra: tuple[str, ...] = (),
         wrap: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.role = role
@@ -80,6 +81,8 @@ class Daemon:
         self.listen = listen
         self.extra = extra
         self.wrap = wrap
+        #: Extra environment variables for the daemon (on top of the test's environment).
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = root / f"{name}.log"
         self._status: dict[str, Any] | None = None
@@ -110,7 +113,11 @@ class Daemon:
         assert self.proc is None or self.proc.poll() is not None
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env} if self.env is not None else None,
         )
         log.close()
         return self

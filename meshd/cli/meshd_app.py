@@ -195,6 +195,96 @@ def demo(
     raise SystemExit(run_demo(nodes, base_port, duration, keep))
 
 
+# -- meshd service: run meshd as a systemd service ---------------------------------------
+
+service_app = typer.Typer(
+    help="Run meshd as a systemd service (install, uninstall, status).",
+    no_args_is_help=True,
+)
+app.add_typer(service_app, name="service")
+
+SystemScope = Annotated[
+    bool, typer.Option("--system", help="The system service (default as root).")
+]
+UserScope = Annotated[bool, typer.Option("--user", help="A user service (default when not root).")]
+
+
+@service_app.command("install")
+def service_install(
+    role: Annotated[
+        str, typer.Option("--role", help="Role of this agent (agent_roles/).")
+    ] = "observer",
+    system: SystemScope = False,
+    user: UserScope = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the unit and the commands; change nothing.")
+    ] = False,
+    name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
+    join: Annotated[
+        str | None,
+        typer.Option("--join", help="Join token of a mesh (kept out of the unit, mode 0600)."),
+    ] = None,
+    peer: Annotated[
+        list[str] | None,
+        typer.Option("--peer", help="Static seed peer HOST:PORT (repeatable)."),
+    ] = None,
+) -> None:
+    """Install meshd as a systemd service (Type=notify, watchdog, hardened) and start it."""
+    import os
+
+    from meshd import service
+
+    try:
+        scope = service.resolve_scope(system, user)
+        roles_dir = os.environ.get("MESHD_ROLES_DIR")
+        opts = service.InstallOptions(
+            role=role,
+            scope=scope,
+            name=name,
+            join=join,
+            peers=tuple(peer or ()),
+            executable=service.find_executable(),
+            environment=(("MESHD_ROLES_DIR", os.path.abspath(roles_dir)),) if roles_dir else (),
+        )
+        service.Installer(scope).install(opts, dry_run=dry_run)
+    except ConfigError as exc:
+        fail("meshd", str(exc), EXIT_USAGE)
+    except MeshError as exc:
+        fail("meshd", str(exc), EXIT_FAILURE)
+
+
+@service_app.command("uninstall")
+def service_uninstall(
+    system: SystemScope = False,
+    user: UserScope = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be done; change nothing.")
+    ] = False,
+) -> None:
+    """Stop, disable and remove the service (the state dir is kept)."""
+    from meshd import service
+
+    try:
+        service.Installer(service.resolve_scope(system, user)).uninstall(dry_run=dry_run)
+    except ConfigError as exc:
+        fail("meshd", str(exc), EXIT_USAGE)
+    except MeshError as exc:
+        fail("meshd", str(exc), EXIT_FAILURE)
+
+
+@service_app.command("status")
+def service_status(system: SystemScope = False, user: UserScope = False) -> None:
+    """systemctl status of the service, and whether the daemon answers (exit 0 yes, 3 no)."""
+    from meshd import service
+    from meshd.cli.common import EXIT_NOT_RUNNING
+
+    try:
+        scope = service.resolve_scope(system, user)
+    except ConfigError as exc:
+        fail("meshd", str(exc), EXIT_USAGE)
+    raise SystemExit(0 if service.Installer(scope).status() else EXIT_NOT_RUNNING)
+
+
 def main() -> None:
     try:
         app()
