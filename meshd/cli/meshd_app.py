@@ -64,6 +64,19 @@ def start(
     log_level: Annotated[
         str | None, typer.Option("--log-level", help="debug, info, warning or error.")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus /metrics and /healthz on this port (0 = any).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str | None,
+        typer.Option("--metrics-host", help="Address for --metrics-port (default 127.0.0.1)."),
+    ] = None,
 ) -> None:
     """Start this host's mesh daemon (creates a new mesh on first start without --join)."""
     if not sys.stderr.isatty() and "rich" not in sys.modules:
@@ -119,17 +132,25 @@ def start(
             peers=tuple(peer or node.peers),
             join_token=join or node.join_token,
             log_level=level,
+            metrics_port=metrics_port if metrics_port is not None else node.metrics_port,
+            metrics_host=metrics_host or node.metrics_host,
         )
         cfg = replace(cfg, node=node, discovery=discovery)
 
         def announce_new_mesh(started: Node) -> None:
-            if started.created_mesh:
-                print(
+            if not started.created_mesh:
+                return
+            if sys.stderr.isatty():
+                text = (
                     f"Created a new mesh {started.mesh.mesh_id}. To add a host, run on it:\n"
-                    f"{_join_hint(started.mesh.token())}",
-                    file=sys.stderr,
-                    flush=True,
+                    f"{_join_hint(started.mesh.token())}"
                 )
+            else:  # journald or a log file: the token is a secret, keep it out of logs
+                text = (
+                    f"Created a new mesh {started.mesh.mesh_id}. `meshd token` prints the "
+                    "join token for other hosts."
+                )
+            print(text, file=sys.stderr, flush=True)
 
         daemon = Node(cfg, sdir, role_obj, on_ready=announce_new_mesh)
         raise SystemExit(asyncio.run(run_node(daemon)))

@@ -241,3 +241,36 @@ def test_health_of_the_survivor_of_two_exits_1(mesh: Mesh) -> None:
     out = meshctl_health(second.state_dir)
     assert out.returncode == 1, out
     assert "no lead" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_meshd_start_metrics_port_serves_prometheus_text(mesh: Mesh) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:  # a free port on loopback for the daemon to bind
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = mesh.add("solo", role="team-lead", extra=("--metrics-port", str(port))).start()
+    d.wait_ready()
+    wait_for(lambda: d.status()["lead"], what="the lone node to lead")
+    with d.client() as client:
+        client.delegate("echo", {"message": "m"}).result(timeout=20)
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
+        return out
+
+    samples = wait_for(
+        lambda: (s := scrape()).get("meshd_mesh_tasks_completed_total") and s,
+        what="the completed task in /metrics",
+    )
+    assert samples["meshd_up"] == 1 and samples["meshd_is_lead"] == 1
+    assert samples["meshd_mesh_tasks_completed_total"] >= 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+        assert resp.status == 200
+    assert "metrics" in d.status()  # the same figures in status --json
