@@ -485,9 +485,27 @@ def _isolate_network() -> bool:
     import ctypes
 
     libc = _libc()
-    flags = _CLONE_NEWNET if os.geteuid() == 0 else _CLONE_NEWUSER | _CLONE_NEWNET
+    uid, gid = os.geteuid(), os.getegid()
+    flags = _CLONE_NEWNET if uid == 0 else _CLONE_NEWUSER | _CLONE_NEWNET
     if libc.unshare(ctypes.c_int(flags)) != 0:
         return False
+    if flags & _CLONE_NEWUSER:
+        # Map our own ids into the new user namespace: without a mapping the skill would
+        # run as the overflow uid (65534), and peers that check credentials (D-Bus, for
+        # service-status) would refuse it; files would all look owned by nobody.
+        for path, text in (
+            ("/proc/self/setgroups", "deny"),
+            ("/proc/self/uid_map", f"{uid} {uid} 1"),
+            ("/proc/self/gid_map", f"{gid} {gid} 1"),
+        ):
+            try:
+                fd = os.open(path, os.O_WRONLY)
+                try:
+                    os.write(fd, text.encode())
+                finally:
+                    os.close(fd)
+            except OSError:
+                break  # an unmapped namespace still isolates the network
     # Bring the namespace's loopback up (ctypes, not the socket module: 7 ms to import).
     sock = libc.socket(ctypes.c_int(2), ctypes.c_int(2), ctypes.c_int(0))  # INET, DGRAM
     if sock >= 0:
