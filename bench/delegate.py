@@ -75,7 +75,8 @@ def roundtrip(client: Client, n: int, warmup: int = 50) -> list[float]:
     return times
 
 
-def throughput(nodes: list[Daemon], n: int) -> tuple[float, dict[str, int]]:
+def throughput(nodes: list[Daemon], n: int, batch: int = 1) -> tuple[float, dict[str, int]]:
+    tag = f"t{batch}x"  # tells this run's tasks from the previous one's
     """N echo tasks from one client per node (threads), submitted back to back, then
     every result collected."""
     per = [n // len(nodes) + (1 if i < n % len(nodes) else 0) for i in range(len(nodes))]
@@ -88,9 +89,17 @@ def throughput(nodes: list[Daemon], n: int) -> tuple[float, dict[str, int]]:
     def work(i: int) -> None:
         client = clients[i]
         barrier.wait()
-        handles = [client.delegate("echo", {"message": f"t{i}-{k}"}) for k in range(per[i])]
+        if batch > 1:
+            handles = []
+            for start in range(0, per[i], batch):
+                chunk = range(start, min(per[i], start + batch))
+                handles += client.delegate_many(
+                    [{"skill": "echo", "params": {"message": f"{tag}{i}-{k}"}} for k in chunk]
+                )
+        else:
+            handles = [client.delegate("echo", {"message": f"{tag}{i}-{k}"}) for k in range(per[i])]
         for k, h in enumerate(handles):
-            assert h.result(timeout=120) == {"message": f"t{i}-{k}"}
+            assert h.result(timeout=120) == {"message": f"{tag}{i}-{k}"}
         done[i] = [h.task_id for h in handles]
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(len(nodes))]
@@ -104,7 +113,7 @@ def throughput(nodes: list[Daemon], n: int) -> tuple[float, dict[str, int]]:
     assert sum(len(d) for d in done) == n, "a client did not finish"
     where: dict[str, int] = {}
     for t in clients[0].tasks(limit=10 * n):
-        if t["params"].get("message", "").startswith("t"):
+        if t["params"].get("message", "").startswith(tag):
             where[t["assigned_name"]] = where.get(t["assigned_name"], 0) + 1
     for c in clients:
         c.close()
@@ -164,6 +173,13 @@ def meshd_round(args: argparse.Namespace, crash: int) -> dict[str, Any]:
             tput, where = throughput(nodes, args.throughput)
             print(f"  meshd throughput       {tput:.0f} tasks/s  (by agent: {where})")
             out.update(rtt_p50=pct(rt, 50), rtt_p99=pct(rt, 99), throughput=tput)
+            if args.batch > 1:
+                btput, where = throughput(nodes, args.throughput, args.batch)
+                print(
+                    f"  meshd throughput, delegate_many x{args.batch}: {btput:.0f} tasks/s"
+                    f"  (by agent: {where})"
+                )
+                out.update(throughput_batch=btput)
             if crash:
                 times = crash_trials(nodes, crash)
                 print(line("  crash -> running again", times))
@@ -179,6 +195,12 @@ def main() -> None:
     ap.add_argument("--throughput", type=int, default=5000)
     ap.add_argument("--crash-trials", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3, help="meshd and Celery, alternately")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=100,
+        help="also measure throughput with delegate_many of this size (1: skip)",
+    )
     ap.add_argument("--no-fsync", action="store_true", help="[store] fsync = false")
     ap.add_argument("--no-celery", action="store_true", help="skip the Celery baseline")
     args = ap.parse_args()
@@ -202,13 +224,19 @@ def main() -> None:
         return statistics.median(float(row[key]) for row in rows)
 
     figures: dict[str, Any] = {"fsync": not args.no_fsync, "rounds": args.rounds}
-    for key in ("rtt_p50", "rtt_p99", "throughput"):
-        figures[key] = med(rounds, key)
+    for key in ("rtt_p50", "rtt_p99", "throughput", "throughput_batch"):
+        if all(key in r for r in rounds):
+            figures[key] = med(rounds, key)
     figures.update({k: v for k, v in rounds[0].items() if k.startswith("crash")})
     print(f"medians over {args.rounds} rounds (fsync {'on' if not args.no_fsync else 'off'}):")
     print(
         f"  meshd  round trip p50 {figures['rtt_p50'] * 1000:.2f} ms, "
         f"p99 {figures['rtt_p99'] * 1000:.2f} ms, throughput {figures['throughput']:.0f}/s"
+        + (
+            f", batched {figures['throughput_batch']:.0f}/s"
+            if "throughput_batch" in figures
+            else ""
+        )
     )
     if celery:
         cel_fig = {k: med(celery, k) for k in ("rtt_p50", "rtt_p99", "throughput")}

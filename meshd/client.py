@@ -183,6 +183,21 @@ class Client:
         )
         return TaskHandle(self, view)
 
+    def delegate_many(self, tasks: list[dict[str, Any]]) -> list[TaskHandle]:
+        """Delegate many tasks in one call (at most 1000): each a mapping of
+        :meth:`delegate`'s arguments (``{"skill": "echo", "params": {...}, "role": ...}``).
+        All are checked before any is stored (the first bad one refuses the batch, naming
+        its index); then they are stored together, durably. Returns handles in order."""
+        items = []
+        for t in tasks:
+            item = dict(t)
+            if "after" in item:
+                item["after"] = list(item["after"])
+            item.setdefault("params", {})
+            items.append(item)
+        views = self.call("delegate_many", tasks=items)
+        return [TaskHandle(self, {**v, "terminal": False, "version": None}) for v in views]
+
     def run(
         self, skill: str, params: dict[str, Any] | None = None, timeout: float = 30.0, **kw: Any
     ) -> Any:

@@ -835,7 +835,7 @@ class Node:
             return self._lead_request(self.resolve_peer_or_self(str(args.get("target", ""))))
         if op == "lead_step_down":
             return self._lead_request("")
-        if op.startswith("task") or op == "delegate":
+        if op.startswith("task") or op.startswith("delegate"):
             return await self._task_control(op, args)
         if op.startswith("skill_"):
             return await self._skill_control(op, args)
@@ -901,6 +901,8 @@ class Node:
         assert tasks is not None
         if op == "delegate":
             return await tasks.delegate(args)
+        if op == "delegate_many":
+            return await tasks.delegate_many(args.get("tasks"))  # type: ignore[arg-type]
         if op == "task_get":
             return tasks.view(tasks.resolve_task(str(args.get("id", ""))))
         if op == "task_watch":

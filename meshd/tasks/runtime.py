@@ -65,6 +65,8 @@ LAZY_WRITE = 0.5
 #: s. Longest the lead's own copies and audit records wait for their fsync (they hold
 #: nothing back; see StoreCopies.sync_soon). Many batches share one fsync.
 SYNC_DELAY = 0.05
+#: Most tasks in one ``delegate_many`` call (one control frame, one transaction).
+MAX_BATCH = 1000
 #: s. How long a relayed operator command waits for the lead's answer.
 OP_TIMEOUT = 5.0
 
@@ -685,6 +687,39 @@ class TaskRuntime:
                 view = await self.watch(task.task_id, view["version"], end - loop.time())
             return view
         return self.view(task.task_id)
+
+    async def delegate_many(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Many tasks in one call: all checked first (the first bad one refuses the whole
+        batch, naming its index, and nothing is stored), then stored in one transaction
+        (one fsync) and submitted. Returns short views (id, state) in order."""
+        if self.machine.draining:
+            raise ControlError(
+                "meshd is shutting down: delegate from another node", code="shutting_down"
+            )
+        if not isinstance(items, list) or not items:
+            raise ControlError("give a non-empty list of tasks", code="bad_request")
+        if len(items) > MAX_BATCH:
+            raise ControlError(
+                f"{len(items)} tasks in one batch, at most {MAX_BATCH}", code="bad_request"
+            )
+        tasks = []
+        for i, args in enumerate(items):
+            if not isinstance(args, dict):
+                raise ControlError(f"task {i}: expected a mapping", code="bad_request")
+            try:
+                tasks.append(self.build_task(args))
+            except ControlError as exc:
+                raise ControlError(f"task {i}: {exc}", code=exc.code) from None
+        now = self.node.clock.wall()
+        effects = []
+        for task in tasks:
+            try:
+                effects.extend(self.machine.submit(task, now))
+            except TaskError as exc:
+                raise ControlError(str(exc), code="bad_request") from None
+        self.apply(effects)
+        await self.durable()
+        return [{"id": t.task_id, "state": t.state.value} for t in tasks]
 
     def build_task(self, args: dict[str, Any]) -> Task:
         """Check a delegate request before anything is stored (precise errors)."""

@@ -11,6 +11,7 @@ import pytest
 from harness import Daemon, Mesh, all_see_all, run_meshctl, wait_for
 
 from meshd.client import TaskFailed
+from meshd.errors import ControlError
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +54,10 @@ def test_delegate_to_another_nodes_role(mesh: Mesh) -> None:
     assert task["result"]["cpu_count"] >= 1 and task["result"]["hostname"]
     # Every node holds a copy of it (catch-up through the lead's updates).
     for d in (a, b, c):
-        wait_for(lambda d=d: d.client().task(task["id"])["state"] == "complete",
-                 what=f"{d.name} to hold the finished task")  # fmt: skip
+        wait_for(
+            lambda d=d: d.client().task(task["id"])["state"] == "complete",
+            what=f"{d.name} to hold the finished task",
+        )
     # The "NAME key=value" form and the Python client, pinned to a node by name.
     out = ctl(b, "delegate", "echo message='hi there'", "--node", "a")
     assert out.returncode == 0 and json.loads(out.stdout) == {"message": "hi there"}
@@ -226,8 +229,9 @@ def test_sigterm_during_running_tasks_loses_none(mesh: Mesh, grace: float, tmp_p
     conf.write_text(f"[node]\nshutdown_grace = {grace}\n")
     first = mesh.add("a", role="team-lead").start()
     first.wait_ready()
-    b = mesh.add("b", role="network-admin", peers=(first.seed,),
-                 extra=("--config", str(conf))).start()  # fmt: skip
+    b = mesh.add(
+        "b", role="network-admin", peers=(first.seed,), extra=("--config", str(conf))
+    ).start()
     for d in (first, b):
         d.wait_ready()
     wait_for(lambda: all_see_all([first, b]), what="a and b to see each other")
@@ -239,8 +243,10 @@ def test_sigterm_during_running_tasks_loses_none(mesh: Mesh, grace: float, tmp_p
             client.delegate("sleep", {"seconds": seconds, "step": 0.1}, role="network-admin")
             for _ in range(2)
         ]
-        wait_for(lambda: all(client.task(h.task_id)["progress"]["pct"] > 10 for h in handles),
-                 what="both tasks running on b")  # fmt: skip
+        wait_for(
+            lambda: all(client.task(h.task_id)["progress"]["pct"] > 10 for h in handles),
+            what="both tasks running on b",
+        )
         c = mesh.add("c", role="network-admin", peers=(first.seed,)).start()
         c.wait_ready()
         wait_for(lambda: all_see_all([first, b, c]), what="c to join")
@@ -255,3 +261,21 @@ def test_sigterm_during_running_tasks_loses_none(mesh: Mesh, grace: float, tmp_p
         # Handed back at the end of the grace: finished on c from their checkpoints.
         assert all(v["assigned_name"] == "c" for v in views), views
         assert all(r["resumed_from"] > 0 for r in results), results
+
+
+def test_delegate_many_checks_all_first_then_stores_them_together(mesh: Mesh) -> None:
+    (a,) = start(mesh, [("a", "team-lead")])
+    with a.client() as client:
+        with pytest.raises(ControlError) as bad:
+            client.delegate_many(
+                [
+                    {"skill": "echo", "params": {"message": "ok"}},
+                    {"skill": "sleep", "params": {"seconds": "soon"}},
+                ]
+            )
+        assert "task 1:" in str(bad.value) and bad.value.code == "bad_params"
+        assert client.tasks() == []  # nothing stored, not even the good one
+        handles = client.delegate_many(
+            [{"skill": "echo", "params": {"message": f"b{i}"}} for i in range(50)]
+        )
+        assert [h.result(timeout=30) for h in handles] == [{"message": f"b{i}"} for i in range(50)]
