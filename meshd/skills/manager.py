@@ -50,6 +50,7 @@ from meshd.skills.pack import (
     compare_versions,
     inspect_pack,
     install_pack,
+    parse_manifest,
     verify_pack,
 )
 from meshd.skills.spec import SkillError, SkillSpec
@@ -165,16 +166,18 @@ class PackManager:
                 _log.warning("role_pack_missing", name=name, role=self.node.role.name)
                 continue
             try:
-                data = build_pack(src, self.node.identity)
-                probe = inspect_pack(data)
-                have = self.installed.get(probe.manifest.spec.name)
+                # The manifest alone says whether the shipped version is newer: no build
+                # (hash, sign, verify) at every start.
+                manifest = parse_manifest((src / "skill.toml").read_text(), str(src))
+                have = self.installed.get(manifest.spec.name)
                 if (
                     have is not None
-                    and compare_versions(have.info.version, probe.manifest.spec.version) >= 0
+                    and compare_versions(have.info.version, manifest.spec.version) >= 0
                 ):
                     continue
+                data = build_pack(src, self.node.identity)
                 self.install_bytes(data, source=f"built-in {src}", announce=False)
-            except (PackError, ControlError) as exc:
+            except (PackError, ControlError, OSError) as exc:
                 _log.warning("role_pack_refused", name=name, error=str(exc))
 
     # ---- trust and revocation -----------------------------------------------------------
