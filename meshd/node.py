@@ -370,6 +370,8 @@ class Node:
         self.transport.send(to, data, self._routing.get(to))
 
     def apply_skill_effects(self, effects: Sequence[Send | Publish]) -> None:
+        if self._stop.is_set():
+            return  # a delayed announcement after shutdown began: the sockets are going
         for eff in effects:
             if isinstance(eff, Send):
                 self.send_payload(eff.to, eff.payload)
