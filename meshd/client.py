@@ -93,6 +93,20 @@ class Client:
         err = reply.get("error") or {}
         raise ControlError(str(err.get("message", "unknown error")), str(err.get("code", "error")))
 
+    def long_call(self, hold: float, op: str, **args: Any) -> Any:
+        """:meth:`call` for an operation the daemon may hold up to ``hold`` s (a
+        long-poll): the socket timeout is stretched to cover it for this call only."""
+        old = self.timeout
+        self.timeout = max(old, hold + 5.0)
+        if self._sock is not None:
+            self._sock.settimeout(self.timeout)
+        try:
+            return self.call(op, **args)
+        finally:
+            self.timeout = old
+            if self._sock is not None:
+                self._sock.settimeout(old)
+
     def _recv_exact(self, n: int) -> bytes:
         assert self._sock is not None
         buf = bytearray()
@@ -204,22 +218,14 @@ class Client:
         """Delegate and wait for the result in one call (the daemon waits, up to
         ``timeout`` s, at most 30 s per call): the result, or :class:`TaskFailed`, or
         TimeoutError. Takes the keyword arguments of :meth:`delegate`."""
-        old = self.timeout
-        self.timeout = max(old, min(timeout, 30.0) + 5.0)
-        if self._sock is not None:
-            self._sock.settimeout(self.timeout)
-        try:
-            view = self.call(
-                "delegate",
-                skill=skill,
-                params=params or {},
-                wait=min(timeout, 30.0),
-                **{k: (list(v) if k == "after" else v) for k, v in kw.items()},
-            )
-        finally:
-            self.timeout = old
-            if self._sock is not None:
-                self._sock.settimeout(old)
+        view = self.long_call(
+            min(timeout, 30.0),
+            "delegate",
+            skill=skill,
+            params=params or {},
+            wait=min(timeout, 30.0),
+            **{k: (list(v) if k == "after" else v) for k, v in kw.items()},
+        )
         handle = TaskHandle(self, view)
         remaining = timeout - min(timeout, 30.0)
         return handle.result(remaining if not view["terminal"] else 0.0)
@@ -238,16 +244,9 @@ class Client:
         self, task_id: str, after: list[int] | None = None, wait: float = 10.0
     ) -> dict[str, Any]:
         """The task once it changed after version ``after`` (long-poll up to ``wait`` s)."""
-        old = self.timeout
-        self.timeout = max(old, wait + 5.0)
-        if self._sock is not None:
-            self._sock.settimeout(self.timeout)
-        try:
-            result: dict[str, Any] = self.call("task_watch", id=task_id, after=after, wait=wait)
-        finally:
-            self.timeout = old
-            if self._sock is not None:
-                self._sock.settimeout(old)
+        result: dict[str, Any] = self.long_call(
+            wait, "task_watch", id=task_id, after=after, wait=wait
+        )
         return result
 
     def cancel(self, task_id: str) -> dict[str, Any]:
@@ -289,16 +288,7 @@ class Client:
         delivered = 0
         while end is None or time.monotonic() < end:
             wait = 10.0 if end is None else max(0.0, min(10.0, end - time.monotonic()))
-            old = self.timeout
-            self.timeout = max(old, wait + 5.0)
-            if self._sock is not None:
-                self._sock.settimeout(self.timeout)
-            try:
-                events = self.call("events", since=cursor, wait=wait)
-            finally:
-                self.timeout = old
-                if self._sock is not None:
-                    self._sock.settimeout(old)
+            events = self.long_call(wait, "events", since=cursor, wait=wait)
             for event in events:
                 cursor = max(cursor, float(event["at"]))
                 for fn in [*self._handlers.get(event["type"], []), *self._handlers.get("*", [])]:
