@@ -104,9 +104,11 @@ def _show_result(view: dict[str, Any], as_json: bool) -> int:
     return EXIT_FAILURE
 
 
-def follow(client: Client, view: dict[str, Any], timeout: float | None, tty: bool) -> int | None:
-    """Wait for the task, drawing a progress line on a TTY; the exit code, or None when
-    ``timeout`` passed first."""
+def follow(
+    client: Client, view: dict[str, Any], timeout: float | None, tty: bool
+) -> dict[str, Any]:
+    """Wait for the task, drawing a progress line on a TTY; the task as it stands when it
+    finished or ``timeout`` passed (check ``["terminal"]``)."""
     end = None if timeout is None else time.monotonic() + timeout
     drawn = False
     while not view["terminal"]:
@@ -127,15 +129,7 @@ def follow(client: Client, view: dict[str, Any], timeout: float | None, tty: boo
     if drawn:
         sys.stderr.write("\r" + " " * 100 + "\r")
         sys.stderr.flush()
-    return None if not view["terminal"] else _finish(view)
-
-
-def _finish(view: dict[str, Any]) -> int:
-    _last["view"] = view
-    return 0
-
-
-_last: dict[str, Any] = {}
+    return view
 
 
 def delegate(
@@ -202,15 +196,15 @@ def delegate(
                 print(handle.task_id)
             return 0
         tty = sys.stderr.isatty() and not as_json
-        code = follow(client, handle.view, wait_timeout, tty)
-        if code is None:
+        final = follow(client, handle.view, wait_timeout, tty)
+        if not final["terminal"]:
             print(
                 f"meshctl: task {handle.task_id} still running after {wait_timeout:g} s "
                 f"(meshctl task show {handle.task_id})",
                 file=sys.stderr,
             )
             return EXIT_WAIT_TIMEOUT
-        return _show_result(_last["view"], as_json)
+        return _show_result(final, as_json)
 
     raise SystemExit(call(run))
 
@@ -316,8 +310,7 @@ def task_retry(
         if not wait:
             print(f"task {t['id']} {t['state']} (retried)")
             return 0
-        follow(client, t, None, sys.stderr.isatty())
-        return _show_result(_last["view"], False)
+        return _show_result(follow(client, t, None, sys.stderr.isatty()), False)
 
     raise SystemExit(call(run))
 
