@@ -32,12 +32,14 @@ import msgpack
 
 from meshd.errors import StateLockedError, StoreError
 from meshd.wire.codec import (
+    decode_payload,
     decode_task_copy,
+    encode_payload,
     encode_task_copy,
     member_record_from_wire,
     member_record_to_wire,
 )
-from meshd.wire.messages import MemberRecord, ReportKind, TaskCopy, TaskReport
+from meshd.wire.messages import MemberRecord, MsgType, TaskCopy, TaskReport
 
 LOCK_FILE = "meshd.lock"
 DB_DIR = "db"
@@ -299,14 +301,12 @@ class Store:
 
 
 def _pack_report(report: TaskReport) -> bytes:
-    return msgpack.packb(  # type: ignore[no-any-return]
-        [report.task_id, report.attempt, report.kind.value, report.pct, report.message,
-         report.checkpoint, report.result, report.code],
-        use_bin_type=True,
-    )  # fmt: skip
+    """A pending report as its TASK_REPORT wire body (the codec's checks and form)."""
+    _, body = encode_payload(report)
+    return msgpack.packb(body, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def _unpack_report(raw: bytes) -> TaskReport:
-    t, attempt, kind, pct, message, ckpt, result, code = msgpack.unpackb(raw, raw=False)
-    return TaskReport(str(t), int(attempt), ReportKind(kind), float(pct), str(message),
-                      ckpt, result, str(code))  # fmt: skip
+    report = decode_payload(MsgType.TASK_REPORT, msgpack.unpackb(raw, raw=False))
+    assert isinstance(report, TaskReport)
+    return report
