@@ -36,15 +36,13 @@ from meshd.membership import (
 from meshd.wire.messages import (
     LeadAck,
     LeadHeartbeat,
-    MemberInfo,
-    MemberRecord,
-    MemberState,
     Payload,
     StepDown,
     TransferReq,
     Vote,
     VoteReq,
 )
+from meshd.wire.records import MemberInfo, MemberRecord, MemberState
 
 __all__ = ["ELECTION_PAYLOADS", "Core", "CoreEffect"]
 

@@ -32,7 +32,7 @@ from nacl.bindings import crypto_scalarmult_base, crypto_sign_ed25519_pk_to_curv
 from nacl.signing import SigningKey
 
 from meshd.errors import AdmissionError, ConfigError, TokenError
-from meshd.wire.messages import MemberInfo
+from meshd.wire.records import MemberInfo
 
 IDENTITY_FILE = "identity.key"
 MESH_FILE = "mesh.key"

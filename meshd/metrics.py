@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from meshd import __version__
-from meshd.tasks.model import ACTIVE_STATES, TaskState, Transition
+from meshd.wire.records import ACTIVE_STATES, TaskState, Transition
 
 if TYPE_CHECKING:
     from meshd.node import Node

@@ -55,15 +55,13 @@ from meshd.wire.messages import (
     Hello,
     Intro,
     IntroAck,
-    MemberInfo,
-    MemberRecord,
-    MemberState,
     MsgType,
     Payload,
     Ping,
     SkillPayloads,
     TaskPayloads,
 )
+from meshd.wire.records import MemberInfo, MemberRecord, MemberState
 
 if TYPE_CHECKING:
     from meshd.net.discovery import Discovery

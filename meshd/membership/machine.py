@@ -66,9 +66,6 @@ from meshd.wire.messages import (
     Intro,
     IntroAck,
     Leave,
-    MemberInfo,
-    MemberRecord,
-    MemberState,
     MemberUpdate,
     Payload,
     Ping,
@@ -76,6 +73,7 @@ from meshd.wire.messages import (
     Sync,
     SyncReq,
 )
+from meshd.wire.records import MemberInfo, MemberRecord, MemberState
 
 __all__ = [
     "Connect",

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Final
 
 from meshd.errors import LocalProtocolError
-from meshd.wire.messages import MemberState
+from meshd.wire.records import MemberState
 
 
 class PeerState(enum.Enum):

@@ -25,7 +25,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 from meshd import log
 from meshd.config import DiscoveryConfig
 from meshd.net.interfaces import Interface
-from meshd.wire.messages import PROTOCOL_VERSION, MemberInfo
+from meshd.wire.records import PROTOCOL_VERSION, MemberInfo
 
 SERVICE_TYPE = "_meshd._tcp.local."
 

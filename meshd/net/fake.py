@@ -40,7 +40,7 @@ from typing import Any, Protocol, runtime_checkable
 from meshd.clock import FakeClock
 from meshd.config import MembershipConfig
 from meshd.membership import Connect, Disconnect, Membership, Publish, Send
-from meshd.wire.messages import MemberInfo
+from meshd.wire.records import MemberInfo
 
 __all__ = [
     "Discoverer",

@@ -29,7 +29,7 @@ from meshd.clock import Clock, SystemClock
 from meshd.skills.api import CheckpointFn, ProgressFn, SkillCancelled, SkillContext, SkillHandoff
 from meshd.skills.builtin import Registry, default_registry
 from meshd.skills.spec import SkillError, validate_params
-from meshd.tasks.model import TaskFailure
+from meshd.wire.records import TaskFailure
 
 _log = log.get("meshd.skills.executor")
 

@@ -54,13 +54,8 @@ from meshd.skills.pack import (
     verify_pack,
 )
 from meshd.skills.spec import SkillError, SkillSpec
-from meshd.wire.messages import (
-    PackInfo,
-    SkillAnnounce,
-    SkillChunk,
-    SkillFetch,
-    SkillRevoke,
-)
+from meshd.wire.messages import SkillAnnounce, SkillChunk, SkillFetch, SkillRevoke
+from meshd.wire.records import PackInfo
 
 if TYPE_CHECKING:
     from meshd.node import Node

@@ -39,7 +39,8 @@ from meshd.wire.codec import (
     member_record_from_wire,
     member_record_to_wire,
 )
-from meshd.wire.messages import MemberRecord, MsgType, TaskCopy, TaskReport
+from meshd.wire.messages import MsgType, TaskReport
+from meshd.wire.records import MemberRecord, TaskCopy
 
 LOCK_FILE = "meshd.lock"
 DB_DIR = "db"

@@ -9,21 +9,7 @@ scheduler. All pure (no I/O, injected ``now``); :mod:`meshd.node` wires them to 
 """
 
 from meshd.tasks.assign import AgentView, Exclusion, Ranking, choose_agent, rank_agents
-from meshd.tasks.model import (
-    Assignment,
-    Progress,
-    Requirement,
-    Task,
-    TaskError,
-    TaskFailure,
-    TaskState,
-    Transition,
-    is_terminal,
-    new_task,
-    new_task_id,
-    succeeded,
-    validate_task,
-)
+from meshd.tasks.model import TaskError, new_task, new_task_id, validate_task
 from meshd.tasks.scheduler import (
     AssignTask,
     CancelOnAgent,
@@ -34,6 +20,17 @@ from meshd.tasks.scheduler import (
     TaskFinished,
 )
 from meshd.tasks.table import TRANSITIONS, Event, apply, transition
+from meshd.wire.records import (
+    Assignment,
+    Progress,
+    Requirement,
+    Task,
+    TaskFailure,
+    TaskState,
+    Transition,
+    is_terminal,
+    succeeded,
+)
 
 __all__ = [
     "TRANSITIONS",

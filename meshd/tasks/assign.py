@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
-from meshd.tasks.model import Task
+from meshd.wire.records import Task
 
 
 @dataclass(frozen=True, slots=True)

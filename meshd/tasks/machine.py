@@ -35,14 +35,7 @@ from typing import Any, Final
 from meshd.config import TaskConfig
 from meshd.membership import Publish, Send
 from meshd.tasks.assign import AgentView
-from meshd.tasks.model import (
-    ACTIVE_STATES,
-    Task,
-    TaskError,
-    TaskFailure,
-    TaskState,
-    is_terminal,
-)
+from meshd.tasks.model import TaskError
 from meshd.tasks.scheduler import (
     AssignTask,
     CancelOnAgent,
@@ -58,7 +51,6 @@ from meshd.wire.messages import (
     TaskAck,
     TaskAssign,
     TaskCancel,
-    TaskCopy,
     TaskOp,
     TaskOpKind,
     TaskReport,
@@ -67,6 +59,7 @@ from meshd.wire.messages import (
     TaskSyncReq,
     TaskUpdate,
 )
+from meshd.wire.records import ACTIVE_STATES, Task, TaskCopy, TaskFailure, TaskState, is_terminal
 
 #: Copies per TASK_UPDATE / TASK_SYNC frame: ~1-2 KiB each keeps a frame far below 1 MiB.
 CHUNK: Final = 200

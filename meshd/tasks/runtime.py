@@ -40,17 +40,17 @@ from meshd.tasks.machine import (
     TaskEvent,
     TaskMachine,
 )
-from meshd.tasks.model import Requirement, Task, TaskError, TaskState, is_terminal, new_task
+from meshd.tasks.model import TaskError, new_task
 from meshd.wire import codec
 from meshd.wire.messages import (
     PAYLOAD_TYPES,
     ReportKind,
     TaskAck,
-    TaskCopy,
     TaskOpKind,
     TaskReport,
     TaskUpdate,
 )
+from meshd.wire.records import Requirement, Task, TaskCopy, TaskState, is_terminal
 
 if TYPE_CHECKING:
     from meshd.node import Node
@@ -298,7 +298,7 @@ class TaskRuntime:
     def members_changed(self) -> None:
         core = self.node.machine
         me = core.self_info
-        from meshd.wire.messages import MemberState
+        from meshd.wire.records import MemberState
 
         members = [Member(me.node_id, me.name, me.role, me.priority, True)]
         for view in core.members():

@@ -41,19 +41,18 @@ from typing import Any
 from meshd.config import TaskConfig
 from meshd.errors import LocalProtocolError
 from meshd.tasks.assign import AgentView, Ranking, rank_agents
-from meshd.tasks.model import (
+from meshd.tasks.model import TaskError, validate_task
+from meshd.tasks.table import Event, apply
+from meshd.wire.records import (
     ACTIVE_STATES,
     Assignment,
     Progress,
     Task,
-    TaskError,
     TaskFailure,
     TaskState,
     is_terminal,
     succeeded,
-    validate_task,
 )
-from meshd.tasks.table import Event, apply
 
 _S = TaskState
 

@@ -23,7 +23,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from meshd.errors import LocalProtocolError
-from meshd.tasks.model import Task, TaskState, Transition, is_terminal
+from meshd.wire.records import Task, TaskState, Transition, is_terminal
 
 
 class Event(enum.Enum):

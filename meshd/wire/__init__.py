@@ -67,7 +67,6 @@ from meshd.wire.messages import (
     MSG_ID_BYTES,
     NODE_ID_CHARS,
     PAYLOAD_TYPES,
-    PROTOCOL_VERSION,
     Ack,
     AgentInfo,
     Envelope,
@@ -79,12 +78,8 @@ from meshd.wire.messages import (
     LeadAck,
     LeadHeartbeat,
     Leave,
-    MemberInfo,
-    MemberRecord,
-    MemberState,
     MemberUpdate,
     MsgType,
-    PackInfo,
     Payload,
     Ping,
     PingReq,
@@ -99,7 +94,6 @@ from meshd.wire.messages import (
     TaskAck,
     TaskAssign,
     TaskCancel,
-    TaskCopy,
     TaskOp,
     TaskOpKind,
     TaskReport,
@@ -110,6 +104,14 @@ from meshd.wire.messages import (
     TransferReq,
     Vote,
     VoteReq,
+)
+from meshd.wire.records import (
+    PROTOCOL_VERSION,
+    MemberInfo,
+    MemberRecord,
+    MemberState,
+    PackInfo,
+    TaskCopy,
 )
 
 __all__ = [

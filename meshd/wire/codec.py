@@ -46,21 +46,11 @@ from meshd.errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
-from meshd.tasks.model import (
-    Assignment,
-    Progress,
-    Requirement,
-    Task,
-    TaskFailure,
-    TaskState,
-    Transition,
-)
 from meshd.wire.messages import (
     MAX_FRAME_BYTES,
     MSG_ID_BYTES,
     NODE_ID_CHARS,
     PAYLOAD_TYPES,
-    PROTOCOL_VERSION,
     Ack,
     AgentInfo,
     Envelope,
@@ -72,12 +62,8 @@ from meshd.wire.messages import (
     LeadAck,
     LeadHeartbeat,
     Leave,
-    MemberInfo,
-    MemberRecord,
-    MemberState,
     MemberUpdate,
     MsgType,
-    PackInfo,
     Payload,
     Ping,
     PingReq,
@@ -92,7 +78,6 @@ from meshd.wire.messages import (
     TaskAck,
     TaskAssign,
     TaskCancel,
-    TaskCopy,
     TaskOp,
     TaskOpKind,
     TaskReport,
@@ -103,6 +88,21 @@ from meshd.wire.messages import (
     TransferReq,
     Vote,
     VoteReq,
+)
+from meshd.wire.records import (
+    PROTOCOL_VERSION,
+    Assignment,
+    MemberInfo,
+    MemberRecord,
+    MemberState,
+    PackInfo,
+    Progress,
+    Requirement,
+    Task,
+    TaskCopy,
+    TaskFailure,
+    TaskState,
+    Transition,
 )
 
 __all__ = [

@@ -12,9 +12,13 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-from meshd.tasks.model import Task
-
-PROTOCOL_VERSION = 1
+from meshd.wire.records import (
+    PROTOCOL_VERSION,
+    MemberInfo,
+    MemberRecord,
+    PackInfo,
+    TaskCopy,
+)
 
 #: Largest frame a node accepts on a mesh link (bytes). Big enough for a full
 #: membership SYNC of a few hundred nodes; chunked transfers (skill packs) stay below it.
@@ -62,50 +66,6 @@ class MsgType(enum.IntEnum):
     SKILL_FETCH = 30
     SKILL_CHUNK = 31
     SKILL_REVOKE = 32
-
-
-class MemberState(enum.StrEnum):
-    """A peer as one node sees it. ``left`` is a graceful exit, ``dead`` a detected failure."""
-
-    ALIVE = "alive"
-    SUSPECT = "suspect"
-    DEAD = "dead"
-    LEFT = "left"
-
-
-@dataclass(frozen=True, slots=True)
-class MemberInfo:
-    """What a node says about itself: identity, admission proof, how to reach it.
-
-    ``incarnation`` is owned by the node itself: it only ever increases, and a node
-    bumps it to refute a suspicion or after a restart. ``proof`` is the admission
-    HMAC (see ``meshd.identity``); it binds the node's Ed25519 key to the mesh and is
-    not secret.
-    """
-
-    node_id: str
-    name: str
-    role: str
-    priority: int
-    ed25519_pk: bytes
-    curve_pk: bytes
-    proof: bytes
-    addresses: tuple[str, ...]
-    router_port: int
-    pub_port: int
-    intro_port: int
-    incarnation: int = 0
-    protocol_version: int = PROTOCOL_VERSION
-    tier: int = 0
-    started_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class MemberRecord:
-    """One member and the state the sender believes it is in (for gossip and sync)."""
-
-    info: MemberInfo
-    state: MemberState
 
 
 # ---- payloads ---------------------------------------------------------------------
@@ -275,18 +235,6 @@ class TransferReq:
 # ---- tasks (see PROTOCOL.md, "Tasks") ------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TaskCopy:
-    """One copy of a task record, stamped by the lead that wrote it: ``term`` is that
-    lead's term and ``seq`` its running number within the term (both 0 for the origin's
-    own copy before any lead took it). Of two copies of a task, the one with the higher
-    ``(term, seq)`` is the newer."""
-
-    term: int
-    seq: int
-    task: Task
-
-
 class ReportKind(enum.StrEnum):
     """What an agent reports about an attempt (TASK_REPORT ``kind``)."""
 
@@ -419,20 +367,6 @@ class AgentInfo:
 
 
 # ---- skill packs (see PROTOCOL.md, "Skill packs") -------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PackInfo:
-    """One installed pack as its holder announces it: enough to validate a task's
-    parameters anywhere (``manifest``: the manifest's msgpack-ready dict) and to fetch,
-    verify and install the pack (``pack_id``: SHA-256 hex of the archive bytes)."""
-
-    name: str
-    version: str
-    pack_id: str
-    size: int
-    signer: bytes
-    manifest: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,15 +27,6 @@ if str(ROOT) not in sys.path:
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # noqa: E402
 
-from meshd.tasks.model import (  # noqa: E402
-    Assignment,
-    Progress,
-    Requirement,
-    Task,
-    TaskFailure,
-    TaskState,
-    Transition,
-)
 from meshd.wire import (  # noqa: E402
     Ack,
     AgentInfo,
@@ -79,6 +70,15 @@ from meshd.wire import (  # noqa: E402
     Vote,
     VoteReq,
     encode,
+)
+from meshd.wire.records import (  # noqa: E402
+    Assignment,
+    Progress,
+    Requirement,
+    Task,
+    TaskFailure,
+    TaskState,
+    Transition,
 )
 
 OUT_DIR = Path(__file__).resolve().parent

@@ -18,7 +18,7 @@ from meshd.identity import (
     node_id_for,
     save_mesh_key,
 )
-from meshd.wire.messages import MemberInfo
+from meshd.wire.records import MemberInfo
 
 
 def info_for(ident: Identity, mesh: MeshKey) -> MemberInfo:

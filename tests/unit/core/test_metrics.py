@@ -15,9 +15,9 @@ from meshd.election.table import Role
 from meshd.metrics import collect, completion, is_healthy, prometheus_text, task_figures
 from meshd.net.transport import Counters
 from meshd.skills.executor import SkillStats
-from meshd.tasks.model import Task, TaskFailure, new_task
+from meshd.tasks.model import new_task
 from meshd.tasks.table import Event, apply
-from meshd.wire.messages import MemberState, TaskCopy
+from meshd.wire.records import MemberState, Task, TaskCopy, TaskFailure
 
 NOW = 1_000_000.0
 ME, A, B, GONE = "me" * 16, "aa" * 16, "bb" * 16, "cc" * 16

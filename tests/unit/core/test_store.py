@@ -6,7 +6,7 @@ import pytest
 
 from meshd.errors import StateLockedError
 from meshd.store.db import StateLock, Store, StoredPeer
-from meshd.wire.messages import MemberInfo, MemberRecord, MemberState
+from meshd.wire.records import MemberInfo, MemberRecord, MemberState
 
 
 def record(n: int, state: MemberState = MemberState.ALIVE) -> MemberRecord:
@@ -104,7 +104,8 @@ def test_audit_reads_back_in_time_order_and_filters(tmp_path: Path) -> None:
 
 def test_tasks_outbox_and_audit_survive_reopen_and_bad_records_are_kept(tmp_path: Path) -> None:
     from meshd.tasks.model import new_task
-    from meshd.wire.messages import ReportKind, TaskCopy, TaskReport
+    from meshd.wire.messages import ReportKind, TaskReport
+    from meshd.wire.records import TaskCopy
 
     origin = f"{1:032x}"
     t1 = new_task("echo", {"message": "a"}, origin, 1000.0)

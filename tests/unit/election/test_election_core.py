@@ -11,17 +11,8 @@ from meshd.core import ELECTION_PAYLOADS, Core
 from meshd.election import Persist, Role, Voter
 from meshd.membership import Connect, MemberChanged, Publish, Send
 from meshd.net.fake import Discoverer, FakeNetwork, Leaver, fake_info
-from meshd.wire.messages import (
-    Heartbeat,
-    Hello,
-    LeadHeartbeat,
-    Leave,
-    MemberInfo,
-    MemberState,
-    StepDown,
-    Vote,
-    VoteReq,
-)
+from meshd.wire.messages import Heartbeat, Hello, LeadHeartbeat, Leave, StepDown, Vote, VoteReq
+from meshd.wire.records import MemberInfo, MemberState
 
 MCFG = MembershipConfig()
 ECFG = ElectionConfig()

@@ -32,13 +32,13 @@ from meshd.membership import Publish, Send
 from meshd.wire.messages import (
     LeadAck,
     LeadHeartbeat,
-    MemberState,
     Payload,
     StepDown,
     TransferReq,
     Vote,
     VoteReq,
 )
+from meshd.wire.records import MemberState
 
 CFG = ElectionConfig()
 TE = CFG.election_timeout

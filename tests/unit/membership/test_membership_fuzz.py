@@ -24,15 +24,13 @@ from meshd.wire.messages import (
     Hello,
     IntroAck,
     Leave,
-    MemberInfo,
-    MemberRecord,
-    MemberState,
     MemberUpdate,
     Ping,
     PingReq,
     Sync,
     SyncReq,
 )
+from meshd.wire.records import MemberInfo, MemberRecord, MemberState
 
 ME = fake_info("me")
 PEERS = [fake_info(f"p{i}") for i in range(4)]

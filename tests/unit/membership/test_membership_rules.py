@@ -30,9 +30,6 @@ from meshd.wire.messages import (
     Intro,
     IntroAck,
     Leave,
-    MemberInfo,
-    MemberRecord,
-    MemberState,
     MemberUpdate,
     Payload,
     Ping,
@@ -40,6 +37,7 @@ from meshd.wire.messages import (
     Sync,
     SyncReq,
 )
+from meshd.wire.records import MemberInfo, MemberRecord, MemberState
 
 CFG = MembershipConfig()
 ME = fake_info("me")

@@ -7,7 +7,7 @@ from dataclasses import replace
 from meshd.config import MembershipConfig
 from meshd.membership import MemberChanged
 from meshd.net.fake import FakeNetwork, fake_info
-from meshd.wire.messages import MemberState
+from meshd.wire.records import MemberState
 
 
 def heartbeats_per_node_per_second(n: int, cfg: MembershipConfig, seconds: float = 10.0) -> float:

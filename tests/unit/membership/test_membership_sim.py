@@ -15,7 +15,8 @@ import pytest
 from meshd.config import MembershipConfig
 from meshd.membership import MemberChanged
 from meshd.net.fake import FakeNetwork, fake_info
-from meshd.wire.messages import Heartbeat, Hello, IntroAck, MemberState
+from meshd.wire.messages import Heartbeat, Hello, IntroAck
+from meshd.wire.records import MemberState
 
 N = 50
 CFG = MembershipConfig()

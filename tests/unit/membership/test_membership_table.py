@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from meshd.errors import LocalProtocolError
 from meshd.membership import TRANSITIONS, Event, PeerState, transition
-from meshd.wire.messages import MemberState
+from meshd.wire.records import MemberState
 
 U, C, A, S, D, L = (
     PeerState.UNKNOWN,

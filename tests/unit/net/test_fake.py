@@ -11,7 +11,8 @@ import pytest
 from meshd.clock import FakeClock
 from meshd.membership import Connect, Disconnect, MemberChanged, Publish, Send
 from meshd.net.fake import FakeNetwork, fake_info
-from meshd.wire.messages import MemberInfo, MemberRecord, MemberState, Ping
+from meshd.wire.messages import Ping
+from meshd.wire.records import MemberInfo, MemberRecord, MemberState
 
 
 class Dummy:

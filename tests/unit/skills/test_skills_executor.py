@@ -19,7 +19,7 @@ from meshd.skills.executor import (
     ok,
 )
 from meshd.skills.spec import ParamSpec, SkillError, SkillSpec
-from meshd.tasks.model import TaskFailure
+from meshd.wire.records import TaskFailure
 
 
 class Boom:

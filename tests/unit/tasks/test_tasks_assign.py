@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from meshd.tasks.assign import AgentView, choose_agent, rank_agents
-from meshd.tasks.model import Requirement, Task, new_task
+from meshd.tasks.model import new_task
+from meshd.wire.records import Requirement, Task
 
 NOW = 1_700_000_000.0
 

@@ -8,15 +8,9 @@ from dataclasses import replace
 from meshd.config import TaskConfig
 from meshd.membership import Send
 from meshd.tasks.machine import Member, RunSkill, StoreCopies, TaskMachine
-from meshd.tasks.model import Assignment, TaskState, new_task
-from meshd.wire.messages import (
-    ReportKind,
-    TaskAck,
-    TaskAssign,
-    TaskCopy,
-    TaskReport,
-    TaskSubmit,
-)
+from meshd.tasks.model import new_task
+from meshd.wire.messages import ReportKind, TaskAck, TaskAssign, TaskReport, TaskSubmit
+from meshd.wire.records import Assignment, TaskCopy, TaskState
 
 A, B, C = (f"{i:032x}" for i in (10, 11, 12))
 CFG = TaskConfig()

@@ -30,8 +30,9 @@ from meshd.tasks.machine import (
     StoreCopies,
     TaskMachine,
 )
-from meshd.tasks.model import Requirement, Task, TaskState, is_terminal, new_task
-from meshd.wire.messages import MemberState, TaskCopy, TaskPayloads, TaskReport
+from meshd.tasks.model import new_task
+from meshd.wire.messages import TaskPayloads, TaskReport
+from meshd.wire.records import MemberState, Requirement, Task, TaskCopy, TaskState, is_terminal
 
 MCFG = MembershipConfig()
 ECFG = ElectionConfig()

@@ -9,8 +9,7 @@ import pytest
 from meshd.config import TaskConfig
 from meshd.errors import LocalProtocolError
 from meshd.tasks.assign import AgentView
-from meshd.tasks.model import Assignment, Requirement, Task, TaskError, TaskFailure, new_task
-from meshd.tasks.model import TaskState as S
+from meshd.tasks.model import TaskError, new_task
 from meshd.tasks.scheduler import (
     AssignTask,
     CancelOnAgent,
@@ -20,6 +19,8 @@ from meshd.tasks.scheduler import (
     TaskChanged,
     TaskFinished,
 )
+from meshd.wire.records import Assignment, Requirement, Task, TaskFailure
+from meshd.wire.records import TaskState as S
 
 T0 = 1_700_000_000.0
 CFG = TaskConfig()

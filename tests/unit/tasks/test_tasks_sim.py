@@ -21,15 +21,7 @@ import pytest
 
 from meshd.config import TaskConfig
 from meshd.tasks.assign import AgentView
-from meshd.tasks.model import (
-    Requirement,
-    TaskError,
-    TaskFailure,
-    TaskState,
-    is_terminal,
-    new_task,
-    succeeded,
-)
+from meshd.tasks.model import TaskError, new_task
 from meshd.tasks.scheduler import (
     AssignTask,
     CancelOnAgent,
@@ -38,6 +30,7 @@ from meshd.tasks.scheduler import (
     Scheduler,
     TaskFinished,
 )
+from meshd.wire.records import Requirement, TaskFailure, TaskState, is_terminal, succeeded
 
 T0 = 1_700_000_000.0
 N_TASKS = 1000

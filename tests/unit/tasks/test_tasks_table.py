@@ -9,17 +9,9 @@ import pytest
 
 from meshd.config import Config, TaskConfig, load_file
 from meshd.errors import LocalProtocolError, MeshError
-from meshd.tasks.model import (
-    Requirement,
-    TaskError,
-    TaskState,
-    is_terminal,
-    new_task,
-    new_task_id,
-    succeeded,
-    validate_task,
-)
+from meshd.tasks.model import TaskError, new_task, new_task_id, validate_task
 from meshd.tasks.table import SILENT_EVENTS, TRANSITIONS, Event, apply, transition
+from meshd.wire.records import Requirement, TaskState, is_terminal, succeeded
 
 S = TaskState
 E = Event

@@ -18,7 +18,6 @@ from meshd.errors import (
     UnknownMessageType,
     UnsupportedVersion,
 )
-from meshd.tasks.model import Task, TaskState, Transition
 from meshd.wire import (
     MAX_FRAME_BYTES,
     MAX_MEMBERS,
@@ -80,6 +79,7 @@ from meshd.wire import (
     msg_type_from_topic,
     topic_for,
 )
+from meshd.wire.records import Task, TaskState, Transition
 
 A = "0123456789abcdef0123456789abcdef"
 B = "fedcba9876543210fedcba9876543210"

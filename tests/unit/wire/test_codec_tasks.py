@@ -13,16 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshd.errors import DecodeError, LocalProtocolError, MalformedFrame, TruncatedFrame
-from meshd.tasks.model import (
-    Assignment,
-    Progress,
-    Requirement,
-    Task,
-    TaskFailure,
-    TaskState,
-    Transition,
-    new_task,
-)
+from meshd.tasks.model import new_task
 from meshd.wire import (
     MAX_AGENT_CONCURRENCY,
     MAX_CAPABILITIES,
@@ -60,6 +51,15 @@ from meshd.wire import (
     task_copy_to_wire,
     task_from_wire,
     task_to_wire,
+)
+from meshd.wire.records import (
+    Assignment,
+    Progress,
+    Requirement,
+    Task,
+    TaskFailure,
+    TaskState,
+    Transition,
 )
 
 A = "0123456789abcdef0123456789abcdef"

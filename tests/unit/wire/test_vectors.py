@@ -14,15 +14,6 @@ import pytest
 
 import meshd.errors
 from meshd.errors import DecodeError
-from meshd.tasks.model import (
-    Assignment,
-    Progress,
-    Requirement,
-    Task,
-    TaskFailure,
-    TaskState,
-    Transition,
-)
 from meshd.wire import (
     PAYLOAD_TYPES,
     Ack,
@@ -69,6 +60,15 @@ from meshd.wire import (
     VoteReq,
     decode,
     encode,
+)
+from meshd.wire.records import (
+    Assignment,
+    Progress,
+    Requirement,
+    Task,
+    TaskFailure,
+    TaskState,
+    Transition,
 )
 
 VECTOR_DIR = Path(__file__).resolve().parents[3] / "proto" / "vectors"
