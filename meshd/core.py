@@ -23,16 +23,9 @@ from collections.abc import Callable, Iterable
 from typing import Final, TypeAlias
 
 from meshd.config import ElectionConfig, MembershipConfig
-from meshd.election import Election, ElectionEvent, LeadStatus, Persist, Voter
-from meshd.membership import (
-    Connect,
-    Disconnect,
-    MemberChanged,
-    Membership,
-    MemberView,
-    Publish,
-    Send,
-)
+from meshd.effects import Connect, Disconnect, ElectionEvent, MemberChanged, Persist, Publish, Send
+from meshd.election import Election, LeadStatus, Voter
+from meshd.membership import Membership, MemberView
 from meshd.wire.messages import (
     LeadAck,
     LeadHeartbeat,

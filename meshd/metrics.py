@@ -105,7 +105,7 @@ def completion(history: tuple[Transition, ...]) -> tuple[float | None, float | N
 def task_figures(
     tasks: Iterable[Any], now: float
 ) -> tuple[dict[str, _Tally], _Tally, dict[str, int]]:
-    """One pass over ``tasks`` (:class:`~meshd.tasks.model.Task`): per-agent tallies,
+    """One pass over ``tasks`` (:class:`~meshd.wire.records.Task`): per-agent tallies,
     the mesh tally, and the task count by state (every state present, 0 or more)."""
     agents: dict[str, _Tally] = {}
     mesh = _Tally()

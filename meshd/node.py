@@ -25,7 +25,7 @@ from meshd.clock import Clock, SystemClock
 from meshd.config import DEFAULT_PORT, Config, parse_hostport
 from meshd.control_proto import SOCKET_NAME
 from meshd.core import Core, CoreEffect
-from meshd.election import ElectionEvent, Persist
+from meshd.effects import Connect, Disconnect, ElectionEvent, MemberChanged, Persist, Publish, Send
 from meshd.errors import AdmissionError, ConfigError, ControlError, DecodeError
 from meshd.identity import (
     Identity,
@@ -34,13 +34,6 @@ from meshd.identity import (
     load_mesh_key,
     load_or_create_identity,
     save_mesh_key,
-)
-from meshd.membership import (
-    Connect,
-    Disconnect,
-    MemberChanged,
-    Publish,
-    Send,
 )
 from meshd.net.control import ControlServer
 from meshd.net.transport import Transport

@@ -74,9 +74,9 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from meshd.config import ElectionConfig
+from meshd.effects import ElectionEvent, Persist, Publish, Send
 from meshd.election.table import Event, Role, transition
 from meshd.errors import ConfigError, LocalProtocolError
-from meshd.membership import Publish, Send
 from meshd.wire.messages import (
     LeadAck,
     LeadHeartbeat,
@@ -112,34 +112,6 @@ _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 # ---- effects and views -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Persist:
-    """Store ``term`` and ``voted_for`` durably (synchronously) before carrying out the
-    effects that follow it in the same list: a vote or a term adoption is only answered
-    once it would survive a crash. Always the full durable state."""
-
-    term: int
-    voted_for: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ElectionEvent:
-    """This node's view of the lead changed.
-
-    ``kind``: :data:`LEAD_ELECTED` (``lead`` is the new lead; reason ``won`` on the winner,
-    ``heartbeat`` on the others), :data:`LEAD_LOST` (a follower lost its lead ``lead``;
-    reason ``lead_silent``, ``lead_left``, ``lead_dead``, ``higher_term`` or
-    ``stepped_down``) or :data:`STEPPED_DOWN` (this node stopped leading; reason
-    ``lost_quorum``, ``higher_term``, ``transfer``, ``operator``, ``priority_takeover`` or
-    ``shutdown``). ``term`` is the term the event is about.
-    """
-
-    kind: str
-    term: int
-    lead: str | None
-    reason: str
 
 
 Effect: TypeAlias = Send | Publish | Persist | ElectionEvent

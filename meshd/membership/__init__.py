@@ -4,31 +4,16 @@ See :mod:`meshd.membership.machine` for the protocol and :mod:`meshd.membership.
 for the transition table of a peer's state.
 """
 
-from meshd.membership.machine import (
-    Connect,
-    Disconnect,
-    Effect,
-    MemberChanged,
-    Membership,
-    MemberView,
-    Publish,
-    Send,
-    digest_of,
-)
+from meshd.membership.machine import Effect, Membership, MemberView, digest_of
 from meshd.membership.table import TRANSITIONS, Event, PeerState, transition
 
 __all__ = [
     "TRANSITIONS",
-    "Connect",
-    "Disconnect",
     "Effect",
     "Event",
-    "MemberChanged",
     "MemberView",
     "Membership",
     "PeerState",
-    "Publish",
-    "Send",
     "digest_of",
     "transition",
 ]

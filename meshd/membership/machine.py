@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from meshd.config import MembershipConfig
+from meshd.effects import Connect, Disconnect, MemberChanged, Publish, Send
 from meshd.errors import ConfigError
 from meshd.membership.table import Event, PeerState, transition
 from meshd.wire.messages import (
@@ -98,64 +99,6 @@ _DOWN = (_DEAD, _LEFT)
 
 
 # ---- effects ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``payload`` directly to ``to`` (over the DEALER link to that peer).
-
-    The machine only emits it for a peer it has emitted :class:`Connect` for and not
-    disconnected since. ``correlation_id`` is set on replies (ACK to a PING).
-    """
-
-    to: str
-    payload: Payload
-    correlation_id: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    """Broadcast ``payload`` on our PUB socket (reaches peers subscribed to us; may drop)."""
-
-    payload: Payload
-
-
-@dataclass(frozen=True, slots=True)
-class Connect:
-    """Open (or refresh, when the endpoints changed) the DEALER + SUB links to this peer.
-
-    The first Connect to a peer is always followed by ``Send(peer, Hello(self_info))``.
-    """
-
-    info: MemberInfo
-
-
-@dataclass(frozen=True, slots=True)
-class Disconnect:
-    """Close the links to this peer."""
-
-    node_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class MemberChanged:
-    """A listed member's state (or its info) changed; for logs, events and persistence.
-
-    ``previous`` is None for a member that was not listed before (new, or a candidate).
-    ``reason`` is a stable token: ``joined``, ``heartbeat_timeout``, ``probe_failed``,
-    ``recovered`` (a suspect proved alive), ``refuted`` (a newer incarnation cleared a
-    suspicion; for our own record: we refuted), ``left``, ``gossip`` (another node's
-    verdict), ``restarted`` (a newer incarnation of a dead/left member), ``updated`` (new
-    info, same state), ``restored`` (dead/left record read back by :meth:`Membership.restore`)
-    and ``forgotten``: the member was dropped after ``forget_after`` (``record`` is its last
-    record; delete it from the store).
-
-    Records about this node itself use reasons ``refuted`` and ``left``.
-    """
-
-    record: MemberRecord
-    previous: MemberState | None
-    reason: str
 
 
 Effect: TypeAlias = Send | Publish | Connect | Disconnect | MemberChanged

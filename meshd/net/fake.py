@@ -39,7 +39,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from meshd.clock import FakeClock
 from meshd.config import MembershipConfig
-from meshd.membership import Connect, Disconnect, Membership, Publish, Send
+from meshd.effects import Connect, Disconnect, Publish, Send
+from meshd.membership import Membership
 from meshd.wire.records import MemberInfo
 
 __all__ = [

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from meshd import log
+from meshd.effects import Publish, Send
 from meshd.errors import ControlError
-from meshd.membership import Publish, Send
 from meshd.skills.api import SkillContext
 from meshd.skills.builtin import Registry
 from meshd.skills.pack import (

@@ -33,7 +33,16 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from meshd.config import TaskConfig
-from meshd.membership import Publish, Send
+from meshd.effects import (
+    CancelSkill,
+    Emit,
+    OpDone,
+    Publish,
+    RunSkill,
+    SaveOutbox,
+    Send,
+    StoreCopies,
+)
 from meshd.tasks.assign import AgentView
 from meshd.tasks.model import TaskError
 from meshd.tasks.scheduler import (
@@ -77,93 +86,8 @@ _RELIABLE: Final = frozenset(
 # ---- effects ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class StoreCopies:
-    """Write these copies to the store (durable before the batch's messages leave)."""
-
-    copies: tuple[TaskCopy, ...]
-    #: fsync'd before the batch's acknowledgements leave, its skills start and its
-    #: clients are answered (the origin's new task). False for a replica's copies (from
-    #: TASK_UPDATE / TASK_SYNC): written lazily, never fsync'd.
-    durable: bool = True
-    #: The lead's own copies: committed now, fsync'd within ``store.sync_delay`` without
-    #: holding anything back (every copy is also published to, and held by, the members
-    #: at once, so a lead that dies loses nothing the next lead cannot gather).
-    sync_soon: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class SaveOutbox:
-    """Durable outbox entry ``key`` (``submit:<id>`` / ``report:<id>``): ``report`` for a
-    pending report, None to delete; a submit entry stores ``TaskReport`` None and
-    ``pending`` True."""
-
-    key: str
-    pending: bool
-    report: TaskReport | None = None
-    #: fsync'd before the batch's acknowledgements leave (a submit: the client was told
-    #: the task is stored). An outcome needs no fsync (see :meth:`TaskMachine._report`).
-    durable: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class RunSkill:
-    """Run ``task`` (attempt ``task.attempt``) on this node's skill runner."""
-
-    task: Task
-
-
-@dataclass(frozen=True, slots=True)
-class CancelSkill:
-    """Stop the local run of ``task_id`` (any attempt)."""
-
-    task_id: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class TaskEvent:
-    """Something a client may watch: ``kind`` TASK_SUBMITTED, TASK_ASSIGNED,
-    TASK_STARTED, TASK_PROGRESS, TASK_COMPLETED, TASK_VERIFIED, TASK_FAILED,
-    TASK_CANCELLED, TASK_RETRY, TASK_REQUEUED. ``audit``: a coordination decision of
-    this node (it is the lead) that belongs in the durable audit log."""
-
-    kind: str
-    task: Task
-    audit: bool = False
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class OpDone:
-    """An operator command relayed to the lead was answered (``ok`` or refused)."""
-
-    task_id: str
-    op: str
-    ok: bool
-    message: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Resumed:
-    """This node took over as lead and resumed ``unfinished`` tasks (gathered from
-    ``sources`` members)."""
-
-    unfinished: int
-    sources: int
-
-
-TaskEffect = (
-    Send
-    | Publish
-    | StoreCopies
-    | SaveOutbox
-    | RunSkill
-    | CancelSkill
-    | TaskEvent
-    | OpDone
-    | Resumed
-)
+#: What the task machine returns (see :mod:`meshd.effects`).
+TaskEffect = Send | Publish | StoreCopies | SaveOutbox | RunSkill | CancelSkill | Emit | OpDone
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,8 +313,8 @@ class TaskMachine:
         out: list[TaskEffect] = [
             StoreCopies((copy,)),
             SaveOutbox(f"submit:{task.task_id}", True),
-            TaskEvent("TASK_SUBMITTED", task),
         ]
+        self._event("TASK_SUBMITTED", task, out)
         self._submits[task.task_id] = _Pending(now)
         self._send_submit(task.task_id, now, out)
         return out
@@ -542,7 +466,7 @@ class TaskMachine:
         self.copies[task.task_id] = copy
         kind = _event_for(old.task if old else None, task)
         if kind is not None:
-            out.append(TaskEvent(kind, task))
+            self._event(kind, task, out)
         entry = self._reports.get(task.task_id)
         if entry is not None:
             report = entry[0]
@@ -922,51 +846,73 @@ class TaskMachine:
         """Coordination decisions worth a durable record."""
         if new.state is TaskState.ASSIGNED and (old is None or old.assigned_to != new.assigned_to):
             again = old is not None and old.attempt > 0
-            out.append(
-                TaskEvent(
-                    "TASK_REASSIGNED" if again else "TASK_ASSIGNED",
-                    new,
-                    audit=True,
-                    detail=f"to {new.assigned_to}",
-                )
+            self._event(
+                "TASK_REASSIGNED" if again else "TASK_ASSIGNED",
+                new,
+                out,
+                audit=True,
+                detail=f"to {new.assigned_to}",
             )
         elif new.state is TaskState.WAITING_APPROVAL and (
             old is None or old.state is not new.state
         ):
-            out.append(
-                TaskEvent(
-                    "TASK_WAITING_APPROVAL",
-                    new,
-                    audit=True,
-                    detail=f"skill {new.skill} needs an operator's approval",
-                )
+            self._event(
+                "TASK_WAITING_APPROVAL",
+                new,
+                out,
+                audit=True,
+                detail=f"skill {new.skill} needs an operator's approval",
             )
         elif (
             new.state is TaskState.PENDING
             and old is not None
             and old.state is TaskState.WAITING_APPROVAL
         ):
-            out.append(
-                TaskEvent(
-                    "TASK_APPROVED",
-                    new,
-                    audit=True,
-                    detail=new.history[-1].reason if new.history else "",
-                )
+            self._event(
+                "TASK_APPROVED",
+                new,
+                out,
+                audit=True,
+                detail=new.history[-1].reason if new.history else "",
             )
         elif new.state is TaskState.FAILED and (old is None or old.state is not new.state):
             err = new.error
             if err is not None and err.code == "denied":
-                out.append(TaskEvent("TASK_DENIED", new, audit=True, detail=err.message))
+                self._event("TASK_DENIED", new, out, audit=True, detail=err.message)
                 return
-            out.append(
-                TaskEvent(
-                    "TASK_FAILED",
-                    new,
-                    audit=True,
-                    detail=f"{err.code}: {err.message}" if err else "",
-                )
+            self._event(
+                "TASK_FAILED",
+                new,
+                out,
+                audit=True,
+                detail=f"{err.code}: {err.message}" if err else "",
             )
+
+    def _event(
+        self, kind: str, task: Task, out: list[TaskEffect], audit: bool = False, detail: str = ""
+    ) -> None:
+        """An :class:`~meshd.effects.Emit` about ``task`` (``kind`` TASK_SUBMITTED,
+        TASK_ASSIGNED, TASK_STARTED, TASK_PROGRESS, TASK_COMPLETED, TASK_VERIFIED,
+        TASK_FAILED, TASK_CANCELLED, TASK_RETRY, TASK_REQUEUED...). ``audit``: a
+        coordination decision of this node (it leads) for the durable audit log, stamped
+        with the lead's term. Progress is told only on the task's origin (its client is
+        the one watching)."""
+        if kind == "TASK_PROGRESS" and task.origin != self.self_id:
+            return
+        fields: dict[str, Any] = {
+            "task_id": task.task_id,
+            "skill": task.skill,
+            "state": task.state.value,
+            "node": task.assigned_to,
+            "origin": task.origin,
+        }
+        if detail:
+            fields["detail"] = detail
+        if task.error is not None and task.state is TaskState.FAILED:
+            fields["error"] = {"code": task.error.code, "message": task.error.message}
+        if audit:
+            fields["term"] = self.term
+        out.append(Emit(kind, fields, audit))
 
     def _flush_updates(self, out: list[TaskEffect]) -> None:
         """Publish the copies written in this step (chunked)."""
@@ -1106,7 +1052,17 @@ class TaskMachine:
         held, self._held_submits = self._held_submits, []
         for sender, copy in held:
             self._lead_submit(sender, copy, now, out)
-        out.append(Resumed(unfinished, gather.sources if gather else 0))
+        out.append(
+            Emit(
+                "TASKS_RESUMED",
+                {
+                    "unfinished": unfinished,
+                    "sources": gather.sources if gather else 0,
+                    "term": self.term,
+                },
+                audit=True,
+            )
+        )
         self._next_beacon = now
         self._retarget(now, out)
 

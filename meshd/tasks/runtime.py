@@ -21,25 +21,22 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from meshd import log
+from meshd.effects import (
+    CancelSkill,
+    Emit,
+    OpDone,
+    Publish,
+    RunSkill,
+    SaveOutbox,
+    Send,
+    StoreCopies,
+)
 from meshd.errors import ControlError
-from meshd.membership import Publish, Send
 from meshd.roles import load_roles
 from meshd.skills.builtin import Registry, default_registry
 from meshd.skills.executor import HANDOFF, ExecResult, Executor, ExecutorConfig, SkillStats
 from meshd.skills.spec import SkillError, validate_params
-from meshd.tasks.machine import (
-    CHUNK,
-    CancelSkill,
-    Member,
-    OpDone,
-    Resumed,
-    RunSkill,
-    SaveOutbox,
-    StoreCopies,
-    TaskEffect,
-    TaskEvent,
-    TaskMachine,
-)
+from meshd.tasks.machine import CHUNK, Member, TaskEffect, TaskMachine
 from meshd.tasks.model import TaskError, new_task
 from meshd.wire import codec
 from meshd.wire.messages import (
@@ -346,24 +343,12 @@ class TaskRuntime:
                 self._runs.append(eff)
             elif isinstance(eff, CancelSkill):
                 self.executor.cancel(eff.task_id)
-            elif isinstance(eff, TaskEvent):
+            elif isinstance(eff, Emit):
                 self._event(eff)
             elif isinstance(eff, OpDone):
                 fut = self._ops.pop((eff.task_id, eff.op), None)
                 if fut is not None and not fut.done():
                     fut.set_result(eff)
-            elif isinstance(eff, Resumed):
-                record = {
-                    "type": "TASKS_RESUMED",
-                    "node": self.node.identity.node_id,
-                    "unfinished": eff.unfinished,
-                    "sources": eff.sources,
-                    "term": self.machine.term,
-                    "at": self.node.clock.wall(),
-                }
-                self._audit.append(record)
-                self.node.events.append(record)
-                _log.info("tasks_resumed", unfinished=eff.unfinished, sources=eff.sources)
         if self._flush_handle is None and (
             self._copies
             or self._outbox
@@ -387,34 +372,21 @@ class TaskRuntime:
             data = node.envelope(eff.payload)
             node.transport.publish(codec.topic_for(PAYLOAD_TYPES[type(eff.payload)]), data)
 
-    def _event(self, eff: TaskEvent) -> None:
-        task = eff.task
-        record: dict[str, Any] = {
-            "type": eff.kind,
-            "task_id": task.task_id,
-            "skill": task.skill,
-            "state": task.state.value,
-            "node": task.assigned_to,
-            "origin": task.origin,
-            "at": self.node.clock.wall(),
-        }
-        if eff.detail:
-            record["detail"] = eff.detail
-        if task.error is not None and task.state is TaskState.FAILED:
-            record["error"] = {"code": task.error.code, "message": task.error.message}
+    def _event(self, eff: Emit) -> None:
+        me = self.node.identity.node_id
+        record: dict[str, Any] = {"type": eff.kind, **eff.fields, "at": self.node.clock.wall()}
+        record.setdefault("node", me)
         if eff.audit:
-            record["term"] = self.machine.term
             self._audit.append(record)
-        if eff.kind != "TASK_PROGRESS" or task.origin == self.node.identity.node_id:
-            self.node.events.append(record)
-            waiters, self._event_waiters = self._event_waiters, []
-            for fut in waiters:
-                if not fut.done():
-                    fut.set_result(None)
+        self.node.events.append(record)
+        waiters, self._event_waiters = self._event_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
         if eff.kind in ("TASK_COMPLETED", "TASK_VERIFIED"):
-            if task.assigned_to == self.node.identity.node_id:
+            if record["node"] == me:
                 self.completed_here += 1
-        elif eff.kind == "TASK_FAILED" and task.assigned_to == self.node.identity.node_id:
+        elif eff.kind == "TASK_FAILED" and record["node"] == me:
             self.failed_here += 1
 
     def _flush(self, final: bool = False) -> None:

@@ -17,7 +17,7 @@ this version defines is required.
 this node sends is a frame every node of the same version accepts; a violation raises
 :class:`~meshd.errors.LocalProtocolError`.
 
-Tasks (:class:`~meshd.tasks.model.Task`) travel as maps inside the task messages and are
+Tasks (:class:`~meshd.wire.records.Task`) travel as maps inside the task messages and are
 stored the same way (:func:`encode_task_copy` / :func:`decode_task_copy`); their free
 ``params`` and ``result`` values are checked to be plain msgpack data (see
 :data:`MAX_VALUE_DEPTH`).
@@ -675,7 +675,7 @@ def _float_of(v: object) -> object:
 
 
 def task_to_wire(task: Task) -> WireMap:
-    """The wire map of a :class:`~meshd.tasks.model.Task` (keys in canonical order; not
+    """The wire map of a :class:`~meshd.wire.records.Task` (keys in canonical order; not
     validated: :func:`task_from_wire` of it does that)."""
     req = task.requirement
     prog = task.progress
@@ -743,7 +743,7 @@ def _task(obj: object, path: str) -> Task:
 
 
 def task_from_wire(obj: object, path: str = "task") -> Task:
-    """Validate a decoded task map and build a :class:`~meshd.tasks.model.Task`.
+    """Validate a decoded task map and build a :class:`~meshd.wire.records.Task`.
 
     Raises :class:`MalformedFrame` naming the bad field, prefixed with ``path``
     (``task.hist[2].at``). Checks the wire rules only (types, lengths, ranges), not the

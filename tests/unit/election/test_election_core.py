@@ -8,8 +8,8 @@ import random
 
 from meshd.config import ElectionConfig, MembershipConfig
 from meshd.core import ELECTION_PAYLOADS, Core
-from meshd.election import Persist, Role, Voter
-from meshd.membership import Connect, MemberChanged, Publish, Send
+from meshd.effects import Connect, MemberChanged, Persist, Publish, Send
+from meshd.election import Role, Voter
 from meshd.net.fake import Discoverer, FakeNetwork, Leaver, fake_info
 from meshd.wire.messages import Heartbeat, Hello, LeadHeartbeat, Leave, StepDown, Vote, VoteReq
 from meshd.wire.records import MemberInfo, MemberState

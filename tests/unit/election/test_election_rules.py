@@ -16,19 +16,9 @@ from typing import Any
 import pytest
 
 from meshd.config import Config, ElectionConfig, load_file
-from meshd.election import (
-    LEAD_ELECTED,
-    LEAD_LOST,
-    STEPPED_DOWN,
-    Effect,
-    Election,
-    ElectionEvent,
-    Persist,
-    Role,
-    Voter,
-)
+from meshd.effects import ElectionEvent, Persist, Publish, Send
+from meshd.election import LEAD_ELECTED, LEAD_LOST, STEPPED_DOWN, Effect, Election, Role, Voter
 from meshd.errors import ConfigError, LocalProtocolError
-from meshd.membership import Publish, Send
 from meshd.wire.messages import (
     LeadAck,
     LeadHeartbeat,

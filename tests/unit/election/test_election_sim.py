@@ -21,8 +21,8 @@ import pytest
 
 from meshd.config import ElectionConfig, MembershipConfig
 from meshd.core import Core
-from meshd.election import LEAD_ELECTED, STEPPED_DOWN, ElectionEvent, Persist, Role
-from meshd.membership import Send
+from meshd.effects import ElectionEvent, Persist, Send
+from meshd.election import LEAD_ELECTED, STEPPED_DOWN, Role
 from meshd.net.fake import FakeNetwork, fake_info
 from meshd.wire.messages import LeadAck, Vote
 

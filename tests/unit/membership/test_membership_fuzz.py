@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from meshd.config import MembershipConfig
-from meshd.membership import Connect, Disconnect, Membership, Send, digest_of
+from meshd.effects import Connect, Disconnect, Send
+from meshd.membership import Membership, digest_of
 from meshd.net.fake import fake_info
 from meshd.wire.messages import (
     Ack,

@@ -10,17 +10,9 @@ from collections.abc import Callable, Iterable
 import pytest
 
 from meshd.config import MembershipConfig
+from meshd.effects import Connect, Disconnect, MemberChanged, Publish, Send
 from meshd.errors import ConfigError
-from meshd.membership import (
-    Connect,
-    Disconnect,
-    Effect,
-    MemberChanged,
-    Membership,
-    Publish,
-    Send,
-    digest_of,
-)
+from meshd.membership import Effect, Membership, digest_of
 from meshd.net.fake import fake_info
 from meshd.wire.messages import (
     Ack,

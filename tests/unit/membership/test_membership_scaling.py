@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from meshd.config import MembershipConfig
-from meshd.membership import MemberChanged
+from meshd.effects import MemberChanged
 from meshd.net.fake import FakeNetwork, fake_info
 from meshd.wire.records import MemberState
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import pytest
 
 from meshd.config import MembershipConfig
-from meshd.membership import MemberChanged
+from meshd.effects import MemberChanged
 from meshd.net.fake import FakeNetwork, fake_info
 from meshd.wire.messages import Heartbeat, Hello, IntroAck
 from meshd.wire.records import MemberState

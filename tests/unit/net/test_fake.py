@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from meshd.clock import FakeClock
-from meshd.membership import Connect, Disconnect, MemberChanged, Publish, Send
+from meshd.effects import Connect, Disconnect, MemberChanged, Publish, Send
 from meshd.net.fake import FakeNetwork, fake_info
 from meshd.wire.messages import Ping
 from meshd.wire.records import MemberInfo, MemberRecord, MemberState

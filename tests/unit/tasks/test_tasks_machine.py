@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from meshd.config import TaskConfig
-from meshd.membership import Send
-from meshd.tasks.machine import Member, RunSkill, StoreCopies, TaskMachine
+from meshd.effects import RunSkill, Send, StoreCopies
+from meshd.tasks.machine import Member, TaskMachine
 from meshd.tasks.model import new_task
 from meshd.wire.messages import ReportKind, TaskAck, TaskAssign, TaskReport, TaskSubmit
 from meshd.wire.records import Assignment, TaskCopy, TaskState

@@ -19,17 +19,18 @@ import pytest
 
 from meshd.config import ElectionConfig, MembershipConfig, TaskConfig
 from meshd.core import Core
-from meshd.election import Persist
-from meshd.membership import MemberChanged, Publish, Send
-from meshd.net.fake import FakeNetwork, fake_info
-from meshd.tasks.machine import (
+from meshd.effects import (
     CancelSkill,
-    Member,
+    MemberChanged,
+    Persist,
+    Publish,
     RunSkill,
     SaveOutbox,
+    Send,
     StoreCopies,
-    TaskMachine,
 )
+from meshd.net.fake import FakeNetwork, fake_info
+from meshd.tasks.machine import Member, TaskMachine
 from meshd.tasks.model import new_task
 from meshd.wire.messages import TaskPayloads, TaskReport
 from meshd.wire.records import MemberState, Requirement, Task, TaskCopy, TaskState, is_terminal
