@@ -28,11 +28,13 @@ from typing import Any
 from _common import Daemon, Mesh, all_see_all, pct, wait_for
 
 from meshd.identity import Identity
+from meshd.skills.build import build_pack
 from meshd.skills.executor import Executor
-from meshd.skills.pack import build_pack, new_skill, verify_pack
 from meshd.skills.policy import Limits, Permissions
 from meshd.skills.sandbox import SandboxedSkill
+from meshd.skills.scaffold import new_skill
 from meshd.skills.spec import SkillSpec
+from meshd.skills.verify import verify_pack
 
 
 def make_skill(root: Path, name: str, mb: float) -> Path:

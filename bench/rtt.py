@@ -22,7 +22,7 @@ import zmq
 import zmq.asyncio
 
 from meshd import config, log
-from meshd.node import Node
+from meshd.daemon.node import Node
 from meshd.roles import get_role
 
 
@@ -76,17 +76,17 @@ async def main_async(rounds: int, batches: int) -> None:
         await b.start()
         ctx, router, dealer = await raw_pair()
         try:
-            while a.machine.get(b.identity.node_id) is None:
+            while a.core.get(b.identity.node_id) is None:
                 await asyncio.sleep(0.01)
             b_id = b.identity.node_id
             for _ in range(200):  # warm up both paths
-                await a.ping(b_id)
+                await a.peer_ping(b_id)
             await raw_rounds(router, dealer, 200)
             full: list[float] = []
             raw: list[float] = []
             for _ in range(batches):
                 for _ in range(rounds // batches):
-                    full.append(await a.ping(b_id))
+                    full.append(await a.peer_ping(b_id))
                 raw += await raw_rounds(router, dealer, rounds // batches)
         finally:
             dealer.close(0)

@@ -1,13 +1,24 @@
-"""One node's protocol logic: membership + election, composed, still pure (no I/O).
+"""The whole pure node: membership + election + delegation, composed (no I/O).
 
-:class:`Core` is what the daemon (:mod:`meshd.node`) and the in-memory network
-(:mod:`meshd.net.fake`) both drive, so the scenarios tested in simulated time are the very
-code that runs on sockets. It routes each incoming message, feeds the election the
-membership view whenever that changes, and merges both machines' timers.
+:class:`Core` is what the daemon (:mod:`meshd.daemon.node`) and the simulator
+(:mod:`meshd.sim`) both drive, so the scenarios tested in simulated time are the very code
+that runs on sockets. Events go in (a message from an authenticated peer, a discovery,
+the passage of time, a local request, a skill run's outcome) with ``now``; one list of
+effects (:mod:`meshd.effects`) comes out, in the order it must be carried out.
 
 Routing: every message counts as contact for the election (:meth:`Election.heard`) and as
-proof of life for membership (election messages included: membership ignores what it
-does not know, beyond the liveness it proves); election payloads then go to the election.
+proof of life for membership (election and task messages included: membership ignores
+what it does not know, beyond the liveness it proves); election payloads then go to the
+election, task payloads to the task machine.
+
+Keeping the machines in step is internal: whenever membership's view changes, the
+election gets the new voters and the task machine the new agents; whenever the lead or
+the term moves, the task machine follows (it gathers state when this node became lead).
+
+Time: ``now`` is monotonic seconds everywhere. The task machine stamps histories and
+checks deadlines in wall-clock seconds, because a task's times must mean the same on every
+node that holds a copy: Core gives it ``now + wall_offset``, a wall clock anchored once
+(when the daemon starts) that advances with the monotonic clock and so never jumps.
 
 Reach window: the election counts a peer reachable while it was heard recently. Peers
 that are not the lead speak mostly through membership heartbeats, whose period grows
@@ -20,44 +31,71 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from typing import Final, TypeAlias
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
 
-from meshd.config import ElectionConfig, MembershipConfig
-from meshd.effects import Connect, Disconnect, ElectionEvent, MemberChanged, Persist, Publish, Send
+from meshd.config import ElectionConfig, MembershipConfig, TaskConfig
+from meshd.effects import Effect, MemberChanged
 from meshd.election import Election, LeadStatus, Voter
 from meshd.membership import Membership, MemberView
+from meshd.tasks.machine import Member, TaskMachine
 from meshd.wire.messages import (
     LeadAck,
     LeadHeartbeat,
     Payload,
     StepDown,
+    TaskOpKind,
+    TaskPayloads,
+    TaskReport,
     TransferReq,
     Vote,
     VoteReq,
 )
-from meshd.wire.records import MemberInfo, MemberRecord, MemberState
+from meshd.wire.records import MemberInfo, MemberRecord, MemberState, Task, TaskCopy
 
-__all__ = ["ELECTION_PAYLOADS", "Core", "CoreEffect"]
+__all__ = ["ELECTION_PAYLOADS", "AgentSetup", "Core", "CoreEffect"]
 
 #: Payload types the election machine handles.
 ELECTION_PAYLOADS: Final = (VoteReq, Vote, LeadHeartbeat, LeadAck, StepDown, TransferReq)
 
-CoreEffect: TypeAlias = (
-    Send | Publish | Connect | Disconnect | MemberChanged | Persist | ElectionEvent
-)
+#: Everything a Core step may return: the whole effect vocabulary.
+CoreEffect: TypeAlias = Effect
+
+_LIVE: Final = (MemberState.ALIVE, MemberState.SUSPECT)
 
 
 def _accept_all(info: MemberInfo) -> bool:
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class AgentSetup:
+    """What this node's task machine needs to know about it as an agent.
+
+    ``skills``: the skills it can run now (asked at each assignment: packs come and go).
+    ``role_defaults``: capabilities and concurrency limit of a role, for members that
+    have not told the lead theirs yet. ``verifier``: the verify step of a finished task
+    (run when this node leads). ``needs_approval``: whether a skill needs an operator's
+    approval per task.
+    """
+
+    config: TaskConfig
+    skills: Callable[[], tuple[str, ...]]
+    role_defaults: Callable[[str], tuple[tuple[str, ...], int]]
+    max_concurrent: int
+    capabilities: tuple[str, ...] = ()
+    verifier: Callable[[Task], tuple[bool, str]] | None = None
+    needs_approval: Callable[[str], bool] | None = None
+
+
 class Core:
-    """Membership and election of one node (pure: events in, effects out).
+    """Membership, election and (with ``agent``) delegation of one node: events in,
+    effects out.
 
     ``term`` / ``voted_for``: the durable election state read back from the store (the
-    last :class:`~meshd.election.Persist` carried out). ``rng`` seeds both machines.
-    Effects are returned in the order they must be carried out (a ``Persist`` before the
-    messages that depend on it).
+    last :class:`~meshd.effects.Persist` carried out). ``rng`` seeds the machines.
+    ``wall_offset``: wall-clock seconds minus monotonic seconds at start (see the module
+    docstring). Without ``agent`` there is no task machine (membership and election only).
     """
 
     def __init__(
@@ -70,8 +108,12 @@ class Core:
         verify: Callable[[MemberInfo], bool] = _accept_all,
         term: int = 0,
         voted_for: str | None = None,
+        *,
+        agent: AgentSetup | None = None,
+        wall_offset: float = 0.0,
     ) -> None:
         self._mcfg = membership_config
+        self.wall_offset = wall_offset
         self.membership = Membership(self_info, membership_config, now, rng, verify)
         self.election = Election(
             self_info.node_id,
@@ -82,6 +124,19 @@ class Core:
             term,
             voted_for,
         )
+        self.tasks: TaskMachine | None = None
+        if agent is not None:
+            self.tasks = TaskMachine(
+                self_info.node_id,
+                agent.config,
+                skills=agent.skills,
+                role_defaults=agent.role_defaults,
+                max_concurrent=agent.max_concurrent,
+                capabilities=agent.capabilities,
+                verifier=agent.verifier,
+                needs_approval=agent.needs_approval,
+            )
+        self._followed: tuple[str | None, int] = (None, 0)
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -115,8 +170,22 @@ class Core:
     def status(self, now: float) -> LeadStatus:
         return self.election.status(now)
 
+    def name_of(self, node_id: str) -> str:
+        """A member's name (this node's own too); the id's first 12 digits if unknown."""
+        if node_id == self.self_id:
+            return self.self_info.name
+        view = self.membership.get(node_id)
+        return view.info.name if view is not None else node_id[:12]
+
+    def wall(self, now: float) -> float:
+        """The task machine's time at monotonic ``now`` (see the module docstring)."""
+        return now + self.wall_offset
+
     def next_deadline(self) -> float:
-        return min(self.membership.next_deadline(), self.election.next_deadline())
+        due = min(self.membership.next_deadline(), self.election.next_deadline())
+        if self.tasks is not None:
+            due = min(due, self.tasks.next_deadline() - self.wall_offset)
+        return due
 
     def voters(self) -> list[Voter]:
         """The election's view of the members (this node included)."""
@@ -124,7 +193,18 @@ class Core:
         out.append(Voter(self.self_id, self.election.priority, MemberState.ALIVE))
         return out
 
-    # ---- events ------------------------------------------------------------------------
+    def agents(self) -> list[Member]:
+        """The task machine's view of the members (this node included, alive)."""
+        me = self.self_info
+        out = [Member(me.node_id, me.name, me.role, me.priority, True)]
+        for view in self.membership.members():
+            info = view.info
+            out.append(
+                Member(info.node_id, info.name, info.role, info.priority, view.state in _LIVE)
+            )
+        return out
+
+    # ---- events: the mesh --------------------------------------------------------------
 
     def receive(
         self, sender: str, payload: Payload, now: float, msg_id: bytes = b""
@@ -137,23 +217,33 @@ class Core:
         self._sync(out, now)
         if isinstance(payload, ELECTION_PAYLOADS):
             out.extend(self.election.receive(sender, payload, now))
+        self._follow(out, now)
+        if self.tasks is not None and isinstance(payload, TaskPayloads):
+            out.extend(self.tasks.receive(sender, payload, self.wall(now)))
         return out
 
     def tick(self, now: float) -> list[CoreEffect]:
-        """Let time pass (call at :meth:`next_deadline`)."""
+        """Let time pass (call at :meth:`next_deadline`, or earlier: early calls are cheap)."""
         out: list[CoreEffect] = list(self.membership.tick(now))
         self._sync(out, now)
         out.extend(self.election.tick(now))
+        self._follow(out, now)
+        if self.tasks is not None:
+            out.extend(self.tasks.tick(self.wall(now)))
         return out
 
     def discovered(self, info: MemberInfo, now: float, source: str) -> list[CoreEffect]:
+        """mDNS or a static seed proposes ``info`` (a candidate until it speaks)."""
         out: list[CoreEffect] = list(self.membership.discovered(info, now, source))
         self._sync(out, now)
+        self._follow(out, now)
         return out
 
     def restore(self, records: Iterable[MemberRecord], now: float) -> list[CoreEffect]:
+        """The member records read back from the store at start."""
         out: list[CoreEffect] = list(self.membership.restore(records, now))
         self._sync(out, now)
+        self._follow(out, now)
         return out
 
     def leave(self, now: float) -> list[CoreEffect]:
@@ -172,6 +262,82 @@ class Core:
         """
         return list(self.election.set_priority(priority, now))
 
+    def request_transfer(self, target: str, now: float) -> list[CoreEffect]:
+        """Hand the lead to ``target`` ("": step down), here or through the lead
+        (raises LocalProtocolError when there is no lead to ask)."""
+        out: list[CoreEffect] = list(self.election.request_transfer(target, now))
+        self._follow(out, now)
+        return out
+
+    # ---- events: delegation (only with an agent setup) ------------------------------------
+
+    def _tm(self) -> TaskMachine:
+        if self.tasks is None:
+            raise RuntimeError("this Core has no task machine (no AgentSetup)")
+        return self.tasks
+
+    def load_tasks(
+        self,
+        copies: Iterable[TaskCopy],
+        submits: Iterable[str],
+        reports: Iterable[TaskReport],
+        now: float,
+    ) -> list[CoreEffect]:
+        """Task state read back from the store at start (see :meth:`TaskMachine.load`)."""
+        tm = self._tm()
+        out: list[CoreEffect] = list(tm.load(copies, submits, reports, self.wall(now)))
+        out.extend(tm.members_changed(self.agents(), self.wall(now)))
+        self._follow(out, now)
+        return out
+
+    def submit(self, task: Task, now: float) -> list[CoreEffect]:
+        """A new task from a local client (raises TaskError when it is refused)."""
+        return list(self._tm().submit(task, self.wall(now)))
+
+    def operator(
+        self, op: TaskOpKind, task_id: str, actor: str, now: float, target: str = ""
+    ) -> list[CoreEffect]:
+        """An operator command (raises TaskError when it is refused now)."""
+        return list(self._tm().operator(op, task_id, actor, self.wall(now), target))
+
+    def skill_progress(
+        self,
+        task_id: str,
+        attempt: int,
+        pct: float,
+        message: str,
+        checkpoint: bytes | None,
+        now: float,
+    ) -> list[CoreEffect]:
+        """The local run of ``task_id`` reports progress (and maybe a checkpoint)."""
+        tm = self._tm()
+        return list(tm.skill_progress(task_id, attempt, pct, message, checkpoint, self.wall(now)))
+
+    def skill_done(
+        self, task_id: str, attempt: int, ok: bool, result: Any, code: str, message: str, now: float
+    ) -> list[CoreEffect]:
+        """The local run of ``task_id`` ended with a result or an error."""
+        tm = self._tm()
+        return list(tm.skill_done(task_id, attempt, ok, result, code, message, self.wall(now)))
+
+    def skill_handoff(
+        self, task_id: str, attempt: int, target: str, checkpoint: bytes | None, now: float
+    ) -> list[CoreEffect]:
+        """The local run asked to hand its task to ``target`` ("" = the best other agent)."""
+        return list(self._tm().skill_handoff(task_id, attempt, target, checkpoint, self.wall(now)))
+
+    def skill_lost(self, task_id: str, attempt: int, why: str, now: float) -> list[CoreEffect]:
+        """The local run is given up without an outcome (shutdown)."""
+        return list(self._tm().skill_lost(task_id, attempt, why, self.wall(now)))
+
+    def skills_changed(self, now: float) -> list[CoreEffect]:
+        """The skills this node can run changed (a pack installed, removed, revoked)."""
+        return list(self._tm().skills_changed(self.wall(now)))
+
+    def drain(self, now: float) -> list[CoreEffect]:
+        """Shutting down: take no more tasks."""
+        return list(self._tm().drain(self.wall(now)))
+
     # ---- internals ---------------------------------------------------------------------
 
     def reach_window(self) -> float:
@@ -179,6 +345,18 @@ class Core:
         return 2 * self.membership.heartbeat_period()
 
     def _sync(self, out: list[CoreEffect], now: float) -> None:
+        """Membership's view changed: tell the election and the task machine."""
         if any(isinstance(e, MemberChanged) for e in out):
             self.election.set_reach_window(self.reach_window())
             out.extend(self.election.update_members(self.voters(), now))
+            if self.tasks is not None:
+                out.extend(self.tasks.members_changed(self.agents(), self.wall(now)))
+
+    def _follow(self, out: list[CoreEffect], now: float) -> None:
+        """The lead or the term moved: the task machine follows."""
+        current = (self.election.lead, self.election.term)
+        if current == self._followed:
+            return
+        self._followed = current
+        if self.tasks is not None:
+            out.extend(self.tasks.lead_changed(current[0], current[1], self.wall(now)))

@@ -71,8 +71,20 @@ class StoreError(MeshError):
     """The local LMDB store failed (full, corrupt, unreadable)."""
 
 
+class RequestError(MeshError):
+    """A local request (a control operation) that cannot be honoured as asked: bad
+    input, an unknown name, a refusal. ``code`` is a short stable token (``bad_request``,
+    ``unknown_skill``, ``unknown_peer``, ``refused``, ``timeout``...) that the control edge
+    passes on to the client, which maps it to an exit code."""
+
+    def __init__(self, message: str, code: str = "bad_request") -> None:
+        super().__init__(message)
+        self.code = code
+
+
 class ControlError(MeshError):
-    """The control socket could not be reached or answered with an error."""
+    """The control socket could not be reached or answered with an error (client side:
+    ``code`` is the daemon's code, or ``not_running``, ``permission``...)."""
 
     def __init__(self, message: str, code: str = "error") -> None:
         super().__init__(message)

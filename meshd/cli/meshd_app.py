@@ -89,8 +89,8 @@ def start(
     from meshd import config as cfgmod
     from meshd import log
     from meshd.config import parse_hostport
+    from meshd.daemon.node import Node, run_node
     from meshd.identity import MeshKey
-    from meshd.node import Node, run_node
     from meshd.roles import get_role
 
     try:
@@ -168,7 +168,7 @@ def init(
     join: Annotated[str | None, typer.Option("--join", help="Join this mesh's token.")] = None,
 ) -> None:
     """Create this host's identity and a new mesh (or join one with --join TOKEN)."""
-    from meshd.node import prepare_state
+    from meshd.daemon.state import prepare_state
 
     sdir = _state_dir(state_dir)
     try:

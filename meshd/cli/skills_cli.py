@@ -37,7 +37,8 @@ def skill_new(
     ] = None,
 ) -> None:
     """Scaffold a new skill folder (skill.toml + main.py) that packs as it is."""
-    from meshd.skills.pack import PackError, new_skill
+    from meshd.skills.archive import PackError
+    from meshd.skills.scaffold import new_skill
 
     target = folder or Path(name)
     try:

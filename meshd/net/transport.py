@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeAlias
 
 import zmq
@@ -39,6 +39,7 @@ from zmq.utils import z85
 from meshd import log
 from meshd.config import TransportConfig
 from meshd.identity import Identity, MeshKey
+from meshd.net.base import Counters, FrameHandler, IntroHandler
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAIN_MESH = b"mesh"
@@ -48,25 +49,9 @@ MAX_PENDING_ZAP = 512
 #: Most frames read from one socket per wake-up before yielding to the loop (fairness).
 READ_BATCH = 256
 
-#: Callback for every frame read: (data, via, authenticated node id or None, routing id,
-#: PUB/SUB topic or None).
-FrameHandler = Callable[[bytes, str, "str | None", "bytes | None", "bytes | None"], None]
 Socket: TypeAlias = "zmq.Socket[bytes]"
 
 _log = log.get("meshd.net")
-
-
-@dataclass
-class Counters:
-    frames_in: int = 0
-    frames_out: int = 0
-    dropped_out: int = 0
-    zap_admitted: int = 0
-    zap_refused: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
 class _Reader:
@@ -137,14 +122,17 @@ def endpoint(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-class Transport:
+class ZmqTransport:
+    """The ZeroMQ transport of one node (see the module docstring and
+    :class:`meshd.net.base.Transport`)."""
+
     def __init__(
         self,
         identity: Identity,
         mesh: MeshKey,
         config: TransportConfig,
         on_frame: FrameHandler,
-        on_intro: Callable[[bytes, str | None], bytes | None],
+        on_intro: IntroHandler,
     ) -> None:
         self.identity = identity
         self.mesh = mesh

@@ -1,6 +1,6 @@
 """What a packed skill may use: its declared permissions and resource limits.
 
-Shared by the pack manifest (:mod:`meshd.skills.pack`, which parses them from
+Shared by the pack manifest (:mod:`meshd.skills.manifest`, which parses them from
 ``skill.toml``) and the sandboxed runner (:mod:`meshd.skills.sandbox`, which enforces
 them). Pure data with validation; no I/O.
 """

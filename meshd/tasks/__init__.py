@@ -1,11 +1,15 @@
-"""Task delegation: the task model, its lifecycle table, agent choice and the lead's
-scheduler. All pure (no I/O, injected ``now``); :mod:`meshd.node` wires them to the mesh.
+"""Task delegation: checks on a new task, its lifecycle table, agent choice, the lead's
+scheduler and one node's task machine. All pure (no I/O, injected ``now``);
+:class:`meshd.core.Core` composes the task machine with membership and election.
 
-- :mod:`meshd.tasks.model`: :class:`Task` and its parts, :class:`TaskState`, checks on a
-  new task (:class:`TaskError`);
+The task records themselves (:class:`~meshd.wire.records.Task` and its parts,
+:class:`~meshd.wire.records.TaskState`) travel, so they live in :mod:`meshd.wire.records`.
+
+- :mod:`meshd.tasks.model`: checks on a new task (:func:`new_task`, :class:`TaskError`);
 - :mod:`meshd.tasks.table`: the lifecycle transition table and :func:`apply`;
 - :mod:`meshd.tasks.assign`: the assignment order (:func:`choose_agent`, :func:`rank_agents`);
-- :mod:`meshd.tasks.scheduler`: the lead-side :class:`Scheduler` and its effects.
+- :mod:`meshd.tasks.scheduler`: the lead-side :class:`Scheduler` and its effects;
+- :mod:`meshd.tasks.machine`: one node's part (origin, agent, replica, lead).
 """
 
 from meshd.tasks.assign import AgentView, Exclusion, Ranking, choose_agent, rank_agents
@@ -20,46 +24,26 @@ from meshd.tasks.scheduler import (
     TaskFinished,
 )
 from meshd.tasks.table import TRANSITIONS, Event, apply, transition
-from meshd.wire.records import (
-    Assignment,
-    Progress,
-    Requirement,
-    Task,
-    TaskFailure,
-    TaskState,
-    Transition,
-    is_terminal,
-    succeeded,
-)
 
 __all__ = [
     "TRANSITIONS",
     "AgentView",
     "AssignTask",
-    "Assignment",
     "CancelOnAgent",
     "Effect",
     "Event",
     "Exclusion",
-    "Progress",
     "Ranking",
     "RequestVerify",
-    "Requirement",
     "Scheduler",
-    "Task",
     "TaskChanged",
     "TaskError",
-    "TaskFailure",
     "TaskFinished",
-    "TaskState",
-    "Transition",
     "apply",
     "choose_agent",
-    "is_terminal",
     "new_task",
     "new_task_id",
     "rank_agents",
-    "succeeded",
     "transition",
     "validate_task",
 ]

@@ -1,6 +1,6 @@
 """One node's part in delegation: origin, agent and (when it leads) scheduler. Pure.
 
-:class:`TaskMachine` is what :mod:`meshd.node` drives next to :class:`~meshd.core.Core`:
+:class:`TaskMachine` is the delegation part of :class:`~meshd.core.Core`:
 events in (messages, the lead changing, members changing, the local skill runner's
 reports, client requests), effects out, with ``now`` (wall epoch seconds) injected. The
 same machine runs on the in-memory network in the tests.
@@ -22,7 +22,7 @@ Roles of one node, all at once:
   is sent, and publishes it.
 
 Effects must be carried out with every store effect of a batch made durable before any
-message of that batch leaves the node (:mod:`meshd.node` commits once per batch).
+message of that batch leaves the node (:mod:`meshd.daemon.commit` commits once per batch).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""The task model: what a delegated piece of work is, and the checks on a new one.
+"""A new task and the checks on it: :func:`new_task`, :func:`validate_task`, :class:`TaskError`.
 
-A :class:`Task` is an immutable record; every change makes a new one (see
-:func:`meshd.tasks.table.apply`), so a task can be stored, broadcast and compared without
-copies or locks. Times are wall-clock epoch seconds, because a task's ``created_at`` and
-``deadline`` must mean the same on every node that holds a copy of it.
+The record itself (:class:`~meshd.wire.records.Task`) is immutable and lives with the
+other records that travel, in :mod:`meshd.wire.records`; every change makes a new one
+(see :func:`meshd.tasks.table.apply`).
 """
 
 from __future__ import annotations

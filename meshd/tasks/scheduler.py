@@ -3,7 +3,8 @@
 Only the lead runs one. It holds every task it knows, a priority queue of PENDING ones
 (priority high to low, then oldest first, then id), the agents' views and its own timers.
 Every public method takes ``now`` (wall epoch seconds, the clock tasks are stamped with)
-and returns the effects for :mod:`meshd.node` to carry out, in order:
+and returns the effects for the task machine (:mod:`meshd.tasks.machine`) to carry out,
+in order:
 
 - :class:`TaskChanged`: store the new copy (before anything is sent) and broadcast it;
 - :class:`AssignTask`: send the task to an agent (it carries the ``(term, lead)`` fence);

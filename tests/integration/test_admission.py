@@ -14,7 +14,7 @@ from zmq.utils import z85
 
 from meshd.config import TransportConfig
 from meshd.identity import Identity, MeshKey
-from meshd.net.transport import Transport
+from meshd.net.transport import ZmqTransport as Transport
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ import pytest
 from harness import DEADLINE, Daemon, Mesh, all_see_all, run_meshctl, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshd.metrics import CONTENT_TYPE, MetricsServer, prometheus_text
+from meshd.daemon.metrics import prometheus_text
+from meshd.net.http import CONTENT_TYPE, MetricsServer
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,8 @@ import pytest
 
 from meshd import config
 from meshd.client import Client
+from meshd.daemon.node import Node
 from meshd.errors import ControlError
-from meshd.node import Node
 from meshd.roles import get_role
 from meshd.wire import codec
 from meshd.wire.messages import Envelope, Heartbeat, Hello, MsgType, Ping
@@ -60,7 +60,7 @@ async def pair(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
 
 
 def _alive(x: Node, y: Node) -> bool:
-    view = x.machine.get(y.identity.node_id)
+    view = x.core.get(y.identity.node_id)
     return view is not None and view.state.value == "alive"
 
 
@@ -96,7 +96,7 @@ async def test_bad_frames_are_counted_and_dropped(pair: tuple[Node, Node]) -> No
     await until(lambda: all(a.transport.counters.rejected.get(r, 0) >= 1 for r in bad))
     # Still linked and alive both ways; a valid message after the garbage still works.
     assert _alive(a, b) and _alive(b, a)
-    rtt = await b.ping(a_id)
+    rtt = await b.peer_ping(a_id)
     assert rtt > 0
     assert {p.record.info.node_id for p in a.store.load_peers()} >= stored_before
 
@@ -113,7 +113,7 @@ async def test_a_member_cannot_speak_for_another(pair: tuple[Node, Node]) -> Non
     b.transport.send(a.identity.node_id, codec.encode(forged))
     await until(lambda: a.transport.counters.rejected.get("spoofed_sender", 0) >= 1)
     # HELLO carrying info with a broken proof is refused too.
-    bad_info = replace(b.machine.self_info, proof=b"\x00" * 32)
+    bad_info = replace(b.core.self_info, proof=b"\x00" * 32)
     b.transport.send(a.identity.node_id, envelope(b, Hello(bad_info)))
     await until(lambda: a.transport.counters.rejected.get("admission", 0) >= 1)
     assert _alive(a, b)
@@ -177,7 +177,7 @@ async def test_restart_keeps_identity_and_rejoins_from_stored_peers(tmp_path: Pa
         await until(lambda: _alive(a, b) and _alive(b, a))
         b_id, b_inc = b.identity.node_id, b.self_info.incarnation
         await b.shutdown()
-        await until(lambda: a.machine.get(b_id) is not None and not _alive(a, b))
+        await until(lambda: a.core.get(b_id) is not None and not _alive(a, b))
         # Restart WITHOUT the seed: the stored peers are enough to rejoin.
         b = Node(node_config(), tmp_path / "b", get_role("observer"))
         await b.start()
@@ -196,7 +196,7 @@ async def test_mdns_record_with_a_copied_proof_is_refused(pair: tuple[Node, Node
     thief = Identity.generate()
     # b's genuine admission proof, pasted into a record with the thief's own keys.
     forged = replace(
-        b.machine.self_info,
+        b.core.self_info,
         node_id=thief.node_id,
         ed25519_pk=thief.ed25519_pk,
         curve_pk=thief.curve_pk,
@@ -206,8 +206,8 @@ async def test_mdns_record_with_a_copied_proof_is_refused(pair: tuple[Node, Node
     a._on_mdns(forged)
     assert a.transport.counters.rejected.get("admission", 0) == before + 1
     assert not a.transport.is_admitted(thief.curve_pk)
-    assert a.machine.get(thief.node_id) is None
-    assert thief.node_id not in {i.node_id for i in a.machine.candidates()}
+    assert a.core.get(thief.node_id) is None
+    assert thief.node_id not in {i.node_id for i in a.core.candidates()}
 
 
 async def test_a_refused_admission_is_audited_once_per_source(pair: tuple[Node, Node]) -> None:
@@ -216,6 +216,7 @@ async def test_a_refused_admission_is_audited_once_per_source(pair: tuple[Node, 
     forged = replace(b.self_info, proof=bytes(32))
     a._on_mdns(forged)
     a._on_mdns(forged)  # a retry within the minute: counted, not recorded again
+    await a.commit.durable()  # audit records are written with the loop turn's batch
     records = a.store.read_audit(kind="ADMISSION_REFUSED")
     assert len(records) == 1
     assert records[0]["via"] == "mdns" and records[0]["claimed"] == b.identity.node_id

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 from harness import run_meshd
 
-from meshd import notify, service
+from meshd import service
 from meshd.config import default_state_dir, load_file
 from meshd.errors import ConfigError, MeshError
 from meshd.identity import MeshKey
+from meshd.net import sd_notify as notify
 
 #: The exposure score `systemd-analyze security` may give the system unit (0 = locked
 #: down, 10 = unprotected; <= 2.x is "OK"). Measured: 2.0 with systemd 252.

@@ -10,7 +10,7 @@ from meshd.config import ElectionConfig, MembershipConfig
 from meshd.core import ELECTION_PAYLOADS, Core
 from meshd.effects import Connect, MemberChanged, Persist, Publish, Send
 from meshd.election import Role, Voter
-from meshd.net.fake import Discoverer, FakeNetwork, Leaver, fake_info
+from meshd.sim import Discoverer, FakeNetwork, Leaver, fake_info
 from meshd.wire.messages import Heartbeat, Hello, LeadHeartbeat, Leave, StepDown, Vote, VoteReq
 from meshd.wire.records import MemberInfo, MemberState
 

@@ -23,7 +23,7 @@ from meshd.config import ElectionConfig, MembershipConfig
 from meshd.core import Core
 from meshd.effects import ElectionEvent, Persist, Send
 from meshd.election import LEAD_ELECTED, STEPPED_DOWN, Role
-from meshd.net.fake import FakeNetwork, fake_info
+from meshd.sim import FakeNetwork, fake_info
 from meshd.wire.messages import LeadAck, Vote
 
 ECFG = ElectionConfig()

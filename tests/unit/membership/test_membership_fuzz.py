@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from meshd.config import MembershipConfig
 from meshd.effects import Connect, Disconnect, Send
 from meshd.membership import Membership, digest_of
-from meshd.net.fake import fake_info
+from meshd.sim import fake_info
 from meshd.wire.messages import (
     Ack,
     Heartbeat,

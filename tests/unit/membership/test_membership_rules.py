@@ -13,7 +13,7 @@ from meshd.config import MembershipConfig
 from meshd.effects import Connect, Disconnect, MemberChanged, Publish, Send
 from meshd.errors import ConfigError
 from meshd.membership import Effect, Membership, digest_of
-from meshd.net.fake import fake_info
+from meshd.sim import fake_info
 from meshd.wire.messages import (
     Ack,
     Error,

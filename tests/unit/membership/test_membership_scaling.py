@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from meshd.config import MembershipConfig
 from meshd.effects import MemberChanged
-from meshd.net.fake import FakeNetwork, fake_info
+from meshd.sim import FakeNetwork, fake_info
 from meshd.wire.records import MemberState
 
 

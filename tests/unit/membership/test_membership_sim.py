@@ -14,7 +14,7 @@ import pytest
 
 from meshd.config import MembershipConfig
 from meshd.effects import MemberChanged
-from meshd.net.fake import FakeNetwork, fake_info
+from meshd.sim import FakeNetwork, fake_info
 from meshd.wire.messages import Heartbeat, Hello, IntroAck
 from meshd.wire.records import MemberState
 

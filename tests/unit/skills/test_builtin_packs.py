@@ -250,10 +250,10 @@ def test_each_role_carries_its_packs_and_can_run_them() -> None:
 
 
 def test_manifests_parse_with_the_pack_module() -> None:
-    packmod = pytest.importorskip("meshd.skills.pack")
+    packmod = pytest.importorskip("meshd.skills.manifest")
     parse_manifest = getattr(packmod, "parse_manifest", None)
     if parse_manifest is None:
-        pytest.skip("meshd.skills.pack has no parse_manifest yet")
+        pytest.skip("meshd.skills.manifest has no parse_manifest yet")
     for pack in PACKS:
         path = PACKS_DIR / pack / "skill.toml"
         m = parse_manifest(path.read_text(), str(path))
@@ -718,14 +718,14 @@ def test_results_are_msgpack_encodable(tmp_path: Path) -> None:
 
 def _sandboxed(pack: str, root: Path) -> tuple[Any, Any]:
     """(runner, manifest) for ``pack`` copied world-readable under ``root``, or a skip
-    while meshd.skills.sandbox / meshd.skills.pack are not there."""
+    while meshd.skills.sandbox / meshd.skills.manifest are not there."""
     sandbox = pytest.importorskip("meshd.skills.sandbox")
     sandboxed = getattr(sandbox, "SandboxedSkill", None)
     if sandboxed is None:
         pytest.skip("meshd.skills.sandbox has no SandboxedSkill yet")
-    packmod = pytest.importorskip("meshd.skills.pack")
+    packmod = pytest.importorskip("meshd.skills.manifest")
     if not hasattr(packmod, "parse_manifest"):
-        pytest.skip("meshd.skills.pack has no parse_manifest yet")
+        pytest.skip("meshd.skills.manifest has no parse_manifest yet")
     # A world-readable copy: the sandbox may run the skill as an unprivileged user.
     folder = root / pack
     shutil.copytree(PACKS_DIR / pack, folder, ignore=shutil.ignore_patterns("__pycache__"))

@@ -17,23 +17,15 @@ import msgpack
 import pytest
 
 from meshd.identity import Identity, node_id_for
-from meshd.skills import pack as packmod
-from meshd.skills.pack import (
-    Manifest,
-    PackError,
-    VerifiedPack,
-    build_pack,
-    compare_versions,
-    inspect_pack,
-    install_pack,
-    new_skill,
-    pack_id,
-    parse_manifest,
-    remove_pack,
-    verify_pack,
-)
+from meshd.skills import archive as packmod
+from meshd.skills.archive import PackError, pack_id
+from meshd.skills.build import build_pack
+from meshd.skills.install import install_pack, remove_pack
+from meshd.skills.manifest import Manifest, compare_versions, parse_manifest
 from meshd.skills.policy import Limits, Permissions
+from meshd.skills.scaffold import new_skill
 from meshd.skills.spec import ParamSpec, SkillSpec, validate_params
+from meshd.skills.verify import VerifiedPack, inspect_pack, verify_pack
 
 #: 2027-01-15T08:00:00Z, before the fixture's expiry (end of 2027-12-31 UTC).
 NOW = 1_800_000_000.0

@@ -29,7 +29,7 @@ from meshd.effects import (
     Send,
     StoreCopies,
 )
-from meshd.net.fake import FakeNetwork, fake_info
+from meshd.sim import FakeNetwork, fake_info
 from meshd.tasks.machine import Member, TaskMachine
 from meshd.tasks.model import new_task
 from meshd.wire.messages import TaskPayloads, TaskReport

@@ -1,24 +1,27 @@
-"""An in-memory network that drives many sans-I/O state machines on one fake clock.
+"""A discrete-event network that drives many sans-I/O nodes on one fake clock.
 
 No sockets, no threads, no sleeps: a single event queue ordered by simulated time. Nodes
 are any objects with ``self_id``, ``receive``, ``tick`` and ``next_deadline`` (see
-:class:`SimNode`) that return effects; the network understands the effect types of
-:mod:`meshd.membership` and models the real transport's semantics:
+:class:`SimNode`) that return effects (:mod:`meshd.effects`): a bare
+:class:`~meshd.membership.Membership`, a :class:`~meshd.core.Core`, or a whole simulated
+node around a Core. Used by the unit tests and by the scale simulations (hundreds of
+nodes in one process). The network carries out the message and link effects and models
+the real transport's semantics:
 
 * ``Connect(info)`` opens our links to that peer: our DEALER (so we can ``Send`` to it)
   and our SUB (so we receive what it ``Publish``es). ``Disconnect`` closes both.
 * ``Send(to, payload)`` is delivered to ``to`` after the link latency, if the sender has a
   link to it (``require_link``; a real DEALER cannot send without one).
 * ``Publish(payload)`` reaches every node currently subscribed to the publisher.
-* Anything else (``MemberChanged``...) is appended to :attr:`FakeNetwork.log` and given to
-  the watchers.
+* Anything else (``MemberChanged``, ``Persist``...) is appended to :attr:`FakeNetwork.log`
+  and given to the watchers.
 
 Faults: per-link latency, random loss (seeded), partitions and one-way blocks, a custom
-drop rule, crash (the node stops, no LEAVE), restart (a new :class:`Membership` for the same
-identity with incarnation + 1, optionally restoring what the old one knew; :meth:`replace`
-for any other kind of node, e.g. :class:`meshd.core.Core`), and an mDNS
-model: :meth:`FakeNetwork.announce` calls ``discovered(info, now, "mdns")`` on live nodes,
-also for crashed nodes whose records linger.
+drop rule, crash (the node stops, no LEAVE), restart (a new process for the same
+identity with incarnation + 1, built by the factory the node was added with, optionally
+restoring what the old one knew; :meth:`FakeNetwork.replace` for any other kind of node),
+and an mDNS model: :meth:`FakeNetwork.announce` calls ``discovered(info, now, "mdns")`` on
+live nodes, also for crashed nodes whose records linger.
 
 Each delivery is checked (partition, drop rule, loss, target up) at delivery time; the
 link check is done at send time. Ticks happen exactly at each node's ``next_deadline()``.
@@ -35,19 +38,21 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from meshd.clock import FakeClock
 from meshd.config import MembershipConfig
 from meshd.effects import Connect, Disconnect, Publish, Send
 from meshd.membership import Membership
-from meshd.wire.records import MemberInfo
+from meshd.wire.records import MemberInfo, MemberRecord
 
 __all__ = [
     "Discoverer",
+    "Factory",
     "FakeNetwork",
     "Host",
     "Leaver",
+    "Restartable",
     "SimNode",
     "fake_info",
 ]
@@ -76,6 +81,22 @@ class Discoverer(Protocol):
 
 
 @runtime_checkable
+class Restartable(SimNode, Protocol):
+    """A node :meth:`FakeNetwork.restart` can replace: it tells its own info, gives a
+    snapshot of its member view, and restores one."""
+
+    @property
+    def self_info(self) -> MemberInfo: ...
+
+    def snapshot(self) -> list[MemberRecord]: ...
+
+    def restore(self, records: Iterable[MemberRecord], now: float) -> Sequence[object]: ...
+
+
+N = TypeVar("N", bound=Restartable)
+
+
+@runtime_checkable
 class Leaver(Protocol):
     """A node that can exit gracefully (for :meth:`FakeNetwork.leave`)."""
 
@@ -83,6 +104,8 @@ class Leaver(Protocol):
 
 
 Watcher = Callable[[float, str, object], None]
+#: Builds a node process for ``info`` started at ``now`` (see :meth:`FakeNetwork.restart`).
+Factory = Callable[[MemberInfo, float, random.Random], "Restartable"]
 DropRule = Callable[[str, str, object], bool]
 
 
@@ -121,9 +144,9 @@ class Host:
     #: Bumped on restart so timers of the previous process are dropped.
     gen: int = 0
     tick_at: float = math.inf
-    #: How to rebuild a Membership on restart.
-    config: MembershipConfig | None = None
-    verify: Callable[[MemberInfo], bool] | None = None
+    #: How to start a new process for this identity on :meth:`FakeNetwork.restart`:
+    #: ``factory(info, now, rng)`` (None: the node cannot be restarted that way).
+    factory: Factory | None = None
 
 
 _DELIVER = 0
@@ -205,13 +228,22 @@ class FakeNetwork:
     ) -> Membership:
         """Start a :class:`Membership` for ``info`` now (its rng seeded from ours)."""
         cfg = config or MembershipConfig()
-        m = Membership(
-            info, cfg, self.now, random.Random(self.rng.getrandbits(64)), verify or _accept_all
-        )
-        host = self.add(m, info)
-        host.config = cfg
-        host.verify = verify
-        return m
+        check = verify or _accept_all
+
+        def factory(info: MemberInfo, now: float, rng: random.Random) -> Membership:
+            return Membership(info, cfg, now, rng, check)
+
+        return self.add_process(info, factory)
+
+    def add_process(
+        self, info: MemberInfo, factory: Callable[[MemberInfo, float, random.Random], N]
+    ) -> N:
+        """Start ``factory(info, now, rng)`` now (its rng seeded from ours); the same
+        factory builds the new process on :meth:`restart`."""
+        node = factory(info, self.now, random.Random(self.rng.getrandbits(64)))
+        host = self.add(node, info)
+        host.factory = factory
+        return node
 
     def host(self, node_id: str) -> Host:
         return self.hosts[node_id]
@@ -314,25 +346,22 @@ class FakeNetwork:
         self._reschedule(host)
         return host
 
-    def restart(self, node_id: str, *, restore: bool = True) -> Membership:
-        """A new process for the same identity with incarnation + 1 (started now).
+    def restart(self, node_id: str, *, restore: bool = True) -> Restartable:
+        """A new process for the same identity with incarnation + 1 (started now), built
+        by the factory the node was added with (:meth:`add_member`, :meth:`add_process`).
 
         ``restore``: it first restores the old process's snapshot, as the daemon does
         from its store. The new process has no links yet; others keep theirs to it.
         """
         host = self.hosts[node_id]
-        old = self.membership(node_id)
+        old = host.node
+        if host.factory is None or not isinstance(old, Restartable):
+            raise TypeError(f"node {node_id} was not added with a factory: use replace()")
         records = old.snapshot() if restore else []
         info = dataclasses.replace(
             old.self_info, incarnation=old.self_info.incarnation + 1, started_at=self.now
         )
-        new = Membership(
-            info,
-            host.config or MembershipConfig(),
-            self.now,
-            random.Random(self.rng.getrandbits(64)),
-            host.verify or _accept_all,
-        )
+        new = host.factory(info, self.now, random.Random(self.rng.getrandbits(64)))
         self.replace(node_id, new, info)
         self._apply(host, new.restore(records, self.now) if restore else [])
         return new

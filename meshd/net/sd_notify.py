@@ -19,12 +19,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import TYPE_CHECKING
 
 from meshd import log
-
-if TYPE_CHECKING:
-    from meshd.node import Node
 
 _log = log.get("meshd.notify")
 
@@ -126,28 +122,20 @@ def start_watchdog() -> asyncio.Task[None] | None:
     return asyncio.get_running_loop().create_task(watchdog_loop(period), name="watchdog")
 
 
-def node_ready(node: Node) -> None:
-    """The node is up and its control socket answers: ``READY=1`` with a status line, and
-    the watchdog task (held by the node: cancelled at shutdown)."""
+def node_ready(status_text: str | None) -> asyncio.Task[None] | None:
+    """The daemon is up and its control socket answers: ``READY=1`` with a status line,
+    and the watchdog task when one is asked for (the caller holds it and cancels it at
+    shutdown). Does nothing, and returns None, without a service manager."""
     if not enabled():
-        return
+        return None
+    ready(status_text)
     try:
-        info = node.self_info
-        text: str | None = (
-            f"{info.name} ({info.role}) in mesh {node.mesh.mesh_id}, port {info.router_port}"
-        )
-    except Exception:  # a status line must never fail a start
-        text = None
-    ready(text)
-    try:
-        task = start_watchdog()
+        return start_watchdog()
     except Exception as exc:
         _log.debug("watchdog_not_started", error=str(exc))
-        return
-    if task is not None:
-        node.keep(task)
+        return None
 
 
 def node_stopping() -> None:
-    """A graceful shutdown of the node has begun: ``STOPPING=1``."""
+    """A graceful shutdown of the daemon has begun: ``STOPPING=1``."""
     stopping("leaving the mesh")

@@ -10,7 +10,7 @@ import pytest
 
 from meshd.clock import FakeClock
 from meshd.effects import Connect, Disconnect, MemberChanged, Publish, Send
-from meshd.net.fake import FakeNetwork, fake_info
+from meshd.sim import FakeNetwork, fake_info
 from meshd.wire.messages import Ping
 from meshd.wire.records import MemberInfo, MemberRecord, MemberState
 

@@ -1,20 +1,17 @@
 """Metrics: per-agent and mesh-wide task figures, this node's counters, Prometheus export.
 
-Three parts:
+Two parts (the HTTP server that serves them is :mod:`meshd.net.http`):
 
-- :func:`collect` builds a JSON-ready dict from a live :class:`~meshd.node.Node` (what
-  ``meshctl status --json`` shows under ``"metrics"``). Per-agent and mesh-wide figures
-  come from the task copies this node holds (every node holds a copy of every task, so
-  every node reports the same mesh figures, give or take replication lag); the figures
-  of this node come from its transport counters, its skill executor and its election.
+- :func:`collect` builds a JSON-ready dict from a node's core, transport counters and
+  skill statistics (what ``meshctl status --json`` shows under ``"metrics"``).
+  Per-agent and mesh-wide figures come from the task copies this node holds (every node
+  holds a copy of every task, so every node reports the same mesh figures, give or take
+  replication lag); the figures of this node come from its transport counters, its
+  skill executor and its election.
   One pass over the tasks, a few dict updates per task: cheap enough for every status
   call and every scrape (about 16 ms for 10k tasks on one slow core).
 - :func:`prometheus_text` renders such a dict in the Prometheus text exposition format
   0.0.4 (names prefixed ``meshd_``; counters end in ``_total``).
-- :class:`MetricsServer` is a minimal asyncio HTTP/1.1 server for ``GET /metrics`` and
-  ``GET /healthz``, with no dependency. **The metrics are not authenticated**: it binds
-  127.0.0.1 by default; bind a wider address only on a trusted network (they name every
-  node, role and skill of the mesh).
 
 Definitions (per agent = the node a task is or was ``assigned_to``):
 
@@ -36,22 +33,18 @@ duration is only as good as the mesh's clock agreement; negative ones count as 0
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
 
 from meshd import __version__
+from meshd.core import Core
+from meshd.net.base import Counters
+from meshd.skills.executor import SkillStats
 from meshd.wire.records import ACTIVE_STATES, TaskState, Transition
-
-if TYPE_CHECKING:
-    from meshd.node import Node
 
 #: s. Window of the "completed per hour" figures.
 THROUGHPUT_WINDOW: Final = 3600.0
-#: Content type of the Prometheus text exposition format 0.0.4.
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
 _COMPLETE = TaskState.COMPLETE
 _VERIFIED = TaskState.VERIFIED
@@ -150,12 +143,24 @@ def task_figures(
     return agents, mesh, {s.value: n for s, n in by_state.items()}
 
 
-def collect(node: Node) -> dict[str, Any]:
+def collect(
+    core: Core,
+    counters: Counters,
+    skills: Mapping[str, SkillStats],
+    *,
+    done_here: int,
+    failed_here: int,
+    started_wall: float,
+    now: float,
+    now_wall: float,
+) -> dict[str, Any]:
     """JSON-ready metrics of a started node (schema in the module docstring and README):
-    ``{"schema", "at", "node": {...}, "agents": {node_id: {...}}, "mesh": {...}}``."""
-    now_wall = node.clock.wall()
-    now = node.clock.monotonic()
-    core = node.machine
+    ``{"schema", "at", "node": {...}, "agents": {node_id: {...}}, "mesh": {...}}``.
+
+    ``core``: the node's core (members, election, task copies); ``counters``: its
+    transport's; ``skills``: its runner's statistics; ``done_here`` / ``failed_here``:
+    tasks that ended on this node since it started; ``now`` monotonic, ``now_wall`` wall.
+    """
     me = core.self_info
     st = core.status(now)
 
@@ -168,29 +173,27 @@ def collect(node: Node) -> dict[str, Any]:
         members[state] = members.get(state, 0) + 1
         known[info.node_id] = (info.name, info.role, state)
 
-    runtime = node.tasks
     tasks: Iterable[Any] = ()
-    skills: dict[str, dict[str, Any]] = {}
-    done_here = failed_here = 0
-    if runtime is not None:
-        tasks = (copy.task for copy in runtime.machine.copies.values())
-        for skill, stats in runtime.executor.stats().items():
-            skills[skill] = {
-                "runs": stats.runs,
-                "failures": stats.failures,
-                "total_duration_s": stats.total_duration,
-                "mean_duration_s": stats.mean_duration,
-            }
-        done_here, failed_here = runtime.completed_here, runtime.failed_here
+    if core.tasks is not None:
+        tasks = (copy.task for copy in core.tasks.copies.values())
+    per_skill = {
+        skill: {
+            "runs": stats.runs,
+            "failures": stats.failures,
+            "total_duration_s": stats.total_duration,
+            "mean_duration_s": stats.mean_duration,
+        }
+        for skill, stats in skills.items()
+    }
     tallies, mesh, by_state = task_figures(tasks, now_wall)
 
     agents: dict[str, dict[str, Any]] = {}
     for node_id in sorted(known.keys() | tallies.keys()):
-        name, role, state = known.get(node_id) or (node.name_of(node_id), "", "unknown")
+        name, role, state = known.get(node_id) or (core.name_of(node_id), "", "unknown")
         tally = tallies.get(node_id) or _Tally()
         agents[node_id] = {"name": name, "role": role, "state": state, **tally.to_dict()}
 
-    c = node.transport.counters
+    c = counters
     return {
         "schema": 1,
         "at": now_wall,
@@ -199,7 +202,7 @@ def collect(node: Node) -> dict[str, Any]:
             "name": me.name,
             "role": me.role,
             "version": __version__,
-            "uptime_s": round(max(0.0, now_wall - node.started_wall), 3),
+            "uptime_s": round(max(0.0, now_wall - started_wall), 3),
             "term": st.term,
             "election_role": st.role.value,
             "lead": st.lead,
@@ -211,7 +214,7 @@ def collect(node: Node) -> dict[str, Any]:
             "zap_admitted": c.zap_admitted,
             "zap_refused": c.zap_refused,
             "rejected": dict(c.rejected),
-            "skills": skills,
+            "skills": per_skill,
             "tasks_completed": done_here,
             "tasks_failed": failed_here,
         },
@@ -223,17 +226,6 @@ def collect(node: Node) -> dict[str, Any]:
             "total": sum(by_state.values()),
         },
     }
-
-
-def is_healthy(node: Node) -> bool:
-    """What ``/healthz`` answers: this node sees a lead (the same rule as ``meshctl
-    health``)."""
-    return node.machine.status(node.clock.monotonic()).lead is not None
-
-
-def render(node: Node) -> str:
-    """``prometheus_text(collect(node))``: the ``/metrics`` provider of a node."""
-    return prometheus_text(collect(node))
 
 
 # ---- Prometheus text format ----------------------------------------------------------------
@@ -477,156 +469,3 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
             [({"state": str(s)}, n) for s, n in sorted(_map(mesh.get("tasks")).items())],
         )
     return "\n".join(w.lines) + "\n"
-
-
-# ---- HTTP server ---------------------------------------------------------------------------
-
-_REASONS: Final = {
-    200: "OK",
-    400: "Bad Request",
-    404: "Not Found",
-    405: "Method Not Allowed",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    503: "Service Unavailable",
-}
-_TEXT: Final = "text/plain; charset=utf-8"
-
-
-class MetricsServer:
-    """``GET /metrics`` and ``GET /healthz`` over HTTP/1.1, one request per connection.
-
-    ``metrics`` returns the exposition text; ``healthy`` says whether ``/healthz``
-    answers 200 ``ok`` (else 503). Both run on the event loop, so they must be quick.
-    Requests are bounded: headers of at most ``max_header_bytes`` (431 beyond), the
-    whole head within ``read_timeout`` s (408 after), at most ``max_connections`` at
-    once (503 beyond). HEAD is served like GET, without the body; other methods get
-    405, other paths 404.
-
-    Not authenticated: keep the default bind address (127.0.0.1) unless the network is
-    trusted.
-    """
-
-    def __init__(
-        self,
-        metrics: Callable[[], str],
-        healthy: Callable[[], bool] | None = None,
-        *,
-        read_timeout: float = 5.0,
-        max_header_bytes: int = 8192,
-        max_connections: int = 64,
-    ) -> None:
-        self.metrics = metrics
-        self.healthy = healthy
-        self.read_timeout = read_timeout
-        self.max_header_bytes = max_header_bytes
-        self.max_connections = max_connections
-        self.port: int | None = None
-        self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[Any]] = set()
-
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Listen on ``host:port`` (port 0: a free one); returns the bound port."""
-        if self._server is not None:
-            raise RuntimeError("MetricsServer already started")
-        self._server = await asyncio.start_server(
-            self._handle, host, port, limit=self.max_header_bytes
-        )
-        self.port = int(self._server.sockets[0].getsockname()[1])
-        return self.port
-
-    async def close(self) -> None:
-        """Stop listening and drop the connections in progress."""
-        server, self._server = self._server, None
-        if server is None:
-            return
-        server.close()
-        conns = list(self._conns)
-        for task in conns:
-            task.cancel()
-        for task in conns:
-            with contextlib.suppress(BaseException):
-                await task
-        with contextlib.suppress(Exception):
-            await server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._conns.add(task)
-        try:
-            if len(self._conns) > self.max_connections:
-                await self._respond(writer, 503, "too many connections\n")
-                return
-            await self._serve(reader, writer)
-        except (ConnectionError, TimeoutError):
-            pass
-        finally:
-            if task is not None:
-                self._conns.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.read_timeout)
-        except asyncio.LimitOverrunError:
-            await self._respond(writer, 431, "request headers too large\n")
-            return
-        except asyncio.IncompleteReadError:
-            return  # the client went away (or sent half a request and closed)
-        except TimeoutError:
-            await self._respond(writer, 408, "request timeout\n")
-            return
-        request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        parts = request_line.split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1.") or not parts[0].isalpha():
-            await self._respond(writer, 400, "bad request\n")
-            return
-        method, target = parts[0], parts[1]
-        path = target.split("?", 1)[0]
-        head_only = method == "HEAD"
-        if path not in ("/metrics", "/healthz"):
-            await self._respond(writer, 404, "not found\n", head_only=head_only)
-            return
-        if method not in ("GET", "HEAD"):
-            await self._respond(writer, 405, "method not allowed\n", extra=("Allow: GET, HEAD",))
-            return
-        try:
-            if path == "/metrics":
-                status, body, ctype = 200, self.metrics(), CONTENT_TYPE
-            else:
-                ok = True if self.healthy is None else bool(self.healthy())
-                status, body, ctype = (200, "ok\n", _TEXT) if ok else (503, "unhealthy\n", _TEXT)
-        except Exception as exc:
-            from meshd import log
-
-            log.get("meshd.metrics").warning("metrics_provider_failed", path=path, error=repr(exc))
-            status, body, ctype = 500, "internal error\n", _TEXT
-        await self._respond(writer, status, body, ctype, head_only=head_only)
-
-    async def _respond(
-        self,
-        writer: asyncio.StreamWriter,
-        status: int,
-        body: str,
-        ctype: str = _TEXT,
-        *,
-        head_only: bool = False,
-        extra: tuple[str, ...] = (),
-    ) -> None:
-        data = body.encode("utf-8")
-        lines = [
-            f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
-            f"Content-Type: {ctype}",
-            f"Content-Length: {len(data)}",
-            "Connection: close",
-            "Cache-Control: no-store",
-            *extra,
-        ]
-        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        if not head_only:
-            writer.write(data)
-        await asyncio.wait_for(writer.drain(), self.read_timeout)

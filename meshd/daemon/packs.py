@@ -1,8 +1,11 @@
 """Skill packs on a live node: what is installed, whom it trusts, what is revoked, what
 the rest of the mesh holds, and how packs travel between nodes.
 
-The I/O edge of :mod:`meshd.skills.pack` (format, signature, verification) and
-:mod:`meshd.skills.sandbox` (the fenced runner), owned by :class:`meshd.node.Node`:
+The I/O edge of the pack format (:mod:`meshd.skills`: manifest, archive, signature,
+verification) and of the sandbox runner (:mod:`meshd.skills.sandbox`). It takes narrow
+ports: a keyed store, the event log, the clock, this node's identity and role, the skill
+registry, a :class:`Mesh` port (who is a member, how to reach them) and a :class:`Runs`
+port (stop the runs of a revoked skill, run statistics).
 
 - **installed packs** live in ``<state-dir>/skills/<name>/<version>/`` with the archive
   kept beside them (``<version>.pack``) so the node can serve it to others; the index
@@ -20,6 +23,8 @@ The I/O edge of :mod:`meshd.skills.pack` (format, signature, verification) and
   have ``[skills] auto_install`` on fetch it in chunks (SKILL_FETCH / SKILL_CHUNK) from
   the announcer, check its SHA-256 against the announced pack id, verify it and install
   it. Every install and every refusal is an audit record.
+
+Refusals raise :class:`~meshd.errors.RequestError` with the pack's refusal code.
 """
 
 from __future__ import annotations
@@ -31,34 +36,29 @@ import os
 import shutil
 import stat
 import tempfile
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from meshd import log
-from meshd.effects import Publish, Send
-from meshd.errors import ControlError
+from meshd.clock import Clock
+from meshd.config import SkillsConfig
+from meshd.daemon.events import EventLog
+from meshd.errors import RequestError
+from meshd.identity import Identity
+from meshd.roles import Role
 from meshd.skills.api import SkillContext
+from meshd.skills.archive import PackError
+from meshd.skills.build import build_pack
 from meshd.skills.builtin import Registry
-from meshd.skills.pack import (
-    Manifest,
-    PackError,
-    VerifiedPack,
-    build_pack,
-    compare_versions,
-    inspect_pack,
-    install_pack,
-    parse_manifest,
-    verify_pack,
-)
+from meshd.skills.executor import SkillStats
+from meshd.skills.install import install_pack
+from meshd.skills.manifest import Manifest, compare_versions, parse_manifest
 from meshd.skills.spec import SkillError, SkillSpec
-from meshd.wire.messages import SkillAnnounce, SkillChunk, SkillFetch, SkillRevoke
-from meshd.wire.records import PackInfo
-
-if TYPE_CHECKING:
-    from meshd.node import Node
+from meshd.skills.verify import VerifiedPack, inspect_pack, verify_pack
+from meshd.wire.messages import Payload, SkillAnnounce, SkillChunk, SkillFetch, SkillRevoke
+from meshd.wire.records import MemberInfo, PackInfo
 
 _log = log.get("meshd.skills")
 
@@ -66,6 +66,45 @@ _log = log.get("meshd.skills")
 CHUNK_BYTES = 256 * 1024
 #: s a fetcher waits for one chunk before it tries another holder.
 CHUNK_TIMEOUT = 5.0
+
+
+class KeyedStore(Protocol):
+    """The store's small keyed tables (``packs``, ``trust``, ``revoked_keys``,
+    ``revoked_packs``)."""
+
+    def kv_get(self, table: str, key: str) -> Any: ...
+
+    def kv_put(self, table: str, key: str, value: Any, durable: bool = True) -> None: ...
+
+    def kv_delete(self, table: str, key: str) -> bool: ...
+
+    def kv_items(self, table: str) -> list[tuple[str, Any]]: ...
+
+
+class Mesh(Protocol):
+    """The members of the mesh and the links to them, as the pack manager needs them."""
+
+    def members(self) -> list[MemberInfo]:
+        """The listed members (not this node)."""
+        ...
+
+    def name_of(self, node_id: str) -> str: ...
+
+    def send(self, to: str, payload: Payload) -> None: ...
+
+    def publish(self, payload: Payload) -> None: ...
+
+    def reply(self, to: str, payload: Payload, correlation_id: bytes) -> None: ...
+
+    def request(self, to: str, payload: Payload, msg_id: bytes) -> None: ...
+
+
+class Runs(Protocol):
+    """The local skill runs, as the pack manager needs them."""
+
+    def stop_skill(self, name: str) -> int: ...
+
+    def stats(self) -> Mapping[str, SkillStats]: ...
 
 
 def source_dirs() -> list[Path]:
@@ -115,10 +154,31 @@ class PackSkill:
 class PackManager:
     """Skill packs of one node (see the module docstring)."""
 
-    def __init__(self, node: Node, registry: Registry) -> None:
-        self.node = node
+    def __init__(
+        self,
+        root: Path,
+        registry: Registry,
+        *,
+        identity: Identity,
+        role: Role,
+        config: SkillsConfig,
+        store: KeyedStore,
+        events: EventLog,
+        clock: Clock,
+        mesh: Mesh,
+        runs: Runs,
+    ) -> None:
+        self.root = root
         self.registry = registry
-        self.root = node.state_dir / "skills"
+        self._identity = identity
+        self._role = role
+        self._cfg = config
+        self._store = store
+        self._events = events
+        self._clock = clock
+        self._mesh = mesh
+        self._runs = runs
+        self._bg: set[asyncio.Task[Any]] = set()
         self.scratch_root: Path | None = None
         self.installed: dict[str, Installed] = {}
         #: node id -> skill name -> what it announced.
@@ -128,18 +188,25 @@ class PackManager:
         # World-readable copies for the sandbox user, one folder per node (several nodes
         # may share a machine); removed when the node stops, and again when it starts.
         self._runtime_base = Path(tempfile.gettempdir()) / f"meshd-packs-{os.getuid()}"
-        self._runtime_root = self._runtime_base / node.identity.node_id[:16]
+        self._runtime_root = self._runtime_base / identity.node_id[:16]
         self.on_change: Callable[[], None] | None = None
 
     # ---- start ----------------------------------------------------------------------
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Cancel fetches in progress; remove the sandbox copies."""
+        tasks = list(self._bg)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
         shutil.rmtree(self._runtime_root, ignore_errors=True)
 
     def start(self) -> None:
         self.root.mkdir(mode=0o700, exist_ok=True)
         shutil.rmtree(self._runtime_root, ignore_errors=True)
-        for name, rec in self.node.store.kv_items("packs"):
+        for name, rec in self._store.kv_items("packs"):
             try:
                 info = _info_from(rec)
                 manifest = Manifest.from_dict(info.manifest)
@@ -155,10 +222,10 @@ class PackManager:
     def _install_role_packs(self) -> None:
         """Build, sign and install the built-in packs this node's role carries (when
         missing or older than the shipped source)."""
-        for name in self.node.role.skill_packs:
+        for name in self._role.skill_packs:
             src = next((d / name for d in source_dirs() if (d / name).is_dir()), None)
             if src is None:
-                _log.warning("role_pack_missing", name=name, role=self.node.role.name)
+                _log.warning("role_pack_missing", name=name, role=self._role.name)
                 continue
             try:
                 # The manifest alone says whether the shipped version is newer: no build
@@ -170,60 +237,60 @@ class PackManager:
                     and compare_versions(have.info.version, manifest.spec.version) >= 0
                 ):
                     continue
-                data = build_pack(src, self.node.identity)
+                data = build_pack(src, self._identity, now=self._clock.wall())
                 self.install_bytes(data, source=f"built-in {src}", announce=False)
-            except (PackError, ControlError, OSError) as exc:
+            except (PackError, RequestError, OSError) as exc:
                 _log.warning("role_pack_refused", name=name, error=str(exc))
 
     # ---- trust and revocation -----------------------------------------------------------
 
     def trusted(self, key: bytes) -> bool:
         """Admitted members' keys (and this node's), plus keys the operator trusted."""
-        if key == self.node.identity.ed25519_pk:
+        if key == self._identity.ed25519_pk:
             return True
-        if self.node.store.kv_get("trust", key.hex()) is not None:
+        if self._store.kv_get("trust", key.hex()) is not None:
             return True
-        return any(v.info.ed25519_pk == key for v in self.node.machine.members())
+        return any(m.ed25519_pk == key for m in self._mesh.members())
 
     def revoked_keys(self) -> set[bytes]:
-        return {bytes.fromhex(k) for k, _ in self.node.store.kv_items("revoked_keys")}
+        return {bytes.fromhex(k) for k, _ in self._store.kv_items("revoked_keys")}
 
     def revoked_packs(self) -> set[str]:
-        return {k for k, _ in self.node.store.kv_items("revoked_packs")}
+        return {k for k, _ in self._store.kv_items("revoked_packs")}
 
     def revoked_reason(self, info: PackInfo) -> str:
         """Why a pack may not run any more ('' when it may)."""
-        if self.node.store.kv_get("revoked_packs", info.pack_id) is not None:
+        if self._store.kv_get("revoked_packs", info.pack_id) is not None:
             return f"pack {info.name} {info.version} ({info.pack_id[:12]}) was revoked"
-        if self.node.store.kv_get("revoked_keys", info.signer.hex()) is not None:
+        if self._store.kv_get("revoked_keys", info.signer.hex()) is not None:
             return f"the signer of {info.name} ({info.signer.hex()[:12]}) was revoked"
         return ""
 
     def trust_add(self, key_hex: str, note: str = "") -> dict[str, Any]:
         key = _key(key_hex)
-        self.node.store.kv_put("trust", key.hex(), {"at": time.time(), "note": note})
+        self._store.kv_put("trust", key.hex(), {"at": self._clock.wall(), "note": note})
         self._audit("SKILL_TRUST_ADDED", key=key.hex(), note=note)
         return {"key": key.hex(), "trusted": True}
 
     def trust_remove(self, key_hex: str) -> dict[str, Any]:
         key = _key(key_hex)
-        if not self.node.store.kv_delete("trust", key.hex()):
-            raise ControlError(f"key {key.hex()} is not in the trust store", code="unknown_key")
+        if not self._store.kv_delete("trust", key.hex()):
+            raise RequestError(f"key {key.hex()} is not in the trust store", code="unknown_key")
         self._audit("SKILL_TRUST_REMOVED", key=key.hex())
         return {"key": key.hex(), "trusted": self.trusted(key)}
 
     def trust_list(self) -> list[dict[str, Any]]:
         out = [
             {"key": k, "source": "operator", "note": v.get("note", ""), "at": v.get("at")}
-            for k, v in self.node.store.kv_items("trust")
+            for k, v in self._store.kv_items("trust")
         ]
-        me = self.node.identity.ed25519_pk.hex()
-        out.append({"key": me, "source": "this node", "note": self.node.self_info.name})
-        for view in self.node.machine.members():
-            out.append(
-                {"key": view.info.ed25519_pk.hex(), "source": "member", "note": view.info.name}
-            )
-        revoked = {k for k, _ in self.node.store.kv_items("revoked_keys")}
+        me = self._identity.ed25519_pk.hex()
+        out.append(
+            {"key": me, "source": "this node", "note": self._mesh.name_of(self._identity.node_id)}
+        )
+        for info in self._mesh.members():
+            out.append({"key": info.ed25519_pk.hex(), "source": "member", "note": info.name})
+        revoked = {k for k, _ in self._store.kv_items("revoked_keys")}
         for row in out:
             row["revoked"] = row["key"] in revoked
         return out
@@ -234,22 +301,22 @@ class PackManager:
         key_bytes = [_key(k) for k in keys]
         pack_ids = [_pack_id(p) for p in packs]
         if not key_bytes and not pack_ids:
-            raise ControlError("give a key or a pack id to revoke", code="bad_request")
-        self._apply_revocations(key_bytes, pack_ids, by=self.node.identity.node_id)
-        self.node.apply_skill_effects([Publish(SkillRevoke(tuple(key_bytes), tuple(pack_ids)))])
+            raise RequestError("give a key or a pack id to revoke", code="bad_request")
+        self._apply_revocations(key_bytes, pack_ids, by=self._identity.node_id)
+        self._mesh.publish(SkillRevoke(tuple(key_bytes), tuple(pack_ids)))
         return {"keys": [k.hex() for k in key_bytes], "packs": pack_ids}
 
     def _apply_revocations(self, keys: list[bytes], packs: list[str], by: str) -> None:
-        now = time.time()
+        now = self._clock.wall()
         new = False
         for key in keys:
-            if self.node.store.kv_get("revoked_keys", key.hex()) is None:
-                self.node.store.kv_put("revoked_keys", key.hex(), {"at": now, "by": by})
+            if self._store.kv_get("revoked_keys", key.hex()) is None:
+                self._store.kv_put("revoked_keys", key.hex(), {"at": now, "by": by})
                 self._audit("SKILL_KEY_REVOKED", key=key.hex(), by=by)
                 new = True
         for pid in packs:
-            if self.node.store.kv_get("revoked_packs", pid) is None:
-                self.node.store.kv_put("revoked_packs", pid, {"at": now, "by": by})
+            if self._store.kv_get("revoked_packs", pid) is None:
+                self._store.kv_put("revoked_packs", pid, {"at": now, "by": by})
                 self._audit("SKILL_PACK_REVOKED", pack_id=pid, by=by)
                 new = True
         if not new:
@@ -260,14 +327,14 @@ class PackManager:
                 # Kept on disk (an operator may want to look), never run again.
                 self.registry.remove(inst.info.name)
                 del self.installed[inst.info.name]
-                stopped = self.node.tasks.stop_skill(inst.info.name) if self.node.tasks else 0
+                stopped = self._runs.stop_skill(inst.info.name)
                 _log.warning("pack_disabled", name=inst.info.name, reason=why, stopped=stopped)
         self._changed()
 
     # ---- install / remove / build -----------------------------------------------------------
 
     def install_bytes(self, data: bytes, source: str, announce: bool = True) -> dict[str, Any]:
-        """Verify and install a pack archive. Raises ControlError (the pack's refusal code)
+        """Verify and install a pack archive. Raises RequestError (the pack's refusal code)
         with nothing installed when it fails any check."""
         try:
             probe = inspect_pack(data)
@@ -280,11 +347,11 @@ class PackManager:
                 revoked_packs=self.revoked_packs(),
                 installed_version=have.info.version if have else None,
                 installed_pack_id=have.info.pack_id if have else None,
-                now=time.time(),
+                now=self._clock.wall(),
             )
         except PackError as exc:
             self._audit("SKILL_REFUSED", source=source, code=exc.code, reason=str(exc))
-            raise ControlError(f"pack refused ({exc.code}): {exc}", code=exc.code) from None
+            raise RequestError(f"pack refused ({exc.code}): {exc}", code=exc.code) from None
         if have is not None and have.info.pack_id == pack.pack_id:
             return self.describe(name)  # the same pack again: nothing to do
         folder = install_pack(pack, self.root)
@@ -297,8 +364,8 @@ class PackManager:
             pack.signer,
             pack.manifest.to_dict(),
         )
-        now = time.time()
-        self.node.store.kv_put("packs", name, {**_info_to(info), "at": now})
+        now = self._clock.wall()
+        self._store.kv_put("packs", name, {**_info_to(info), "at": now})
         self._register(Installed(info, pack.manifest, folder, now))
         self._audit(
             "SKILL_INSTALLED",
@@ -311,35 +378,35 @@ class PackManager:
         _log.info("pack_installed", name=name, version=info.version, source=source)
         if announce:
             # Our inventory, for the others' catalogs; not a publication (`publish` is).
-            self.node.apply_skill_effects([Publish(self.inventory())])
+            self._mesh.publish(self.inventory())
         self._changed()
         return self.describe(name)
 
     def build(self, folder: str) -> bytes:
         try:
-            return build_pack(Path(folder), self.node.identity)
+            return build_pack(Path(folder), self._identity, now=self._clock.wall())
         except PackError as exc:
-            raise ControlError(f"cannot pack {folder} ({exc.code}): {exc}", code=exc.code) from None
+            raise RequestError(f"cannot pack {folder} ({exc.code}): {exc}", code=exc.code) from None
         except OSError as exc:
-            raise ControlError(f"cannot pack {folder}: {exc}", code="bad_request") from None
+            raise RequestError(f"cannot pack {folder}: {exc}", code="bad_request") from None
 
     def remove(self, name: str) -> dict[str, Any]:
         inst = self.installed.pop(name, None)
         if inst is None:
-            raise ControlError(self._unknown(name), code="unknown_skill")
+            raise RequestError(self._unknown(name), code="unknown_skill")
         self.registry.remove(name)
-        self.node.store.kv_delete("packs", name)
+        self._store.kv_delete("packs", name)
         shutil.rmtree(self.root / name, ignore_errors=True)
         shutil.rmtree(self._runtime_root / f"{name}-{inst.info.version}", ignore_errors=True)
         self._audit("SKILL_REMOVED", name=name, version=inst.info.version)
-        self.node.apply_skill_effects([Publish(SkillAnnounce((), False, (name,)))])
+        self._mesh.publish(SkillAnnounce((), False, (name,)))
         self._changed()
         return {"name": name, "removed": True}
 
     def publish(self, name: str) -> dict[str, Any]:
         inst = self.installed.get(name)
         if inst is None:
-            raise ControlError(self._unknown(name), code="unknown_skill")
+            raise RequestError(self._unknown(name), code="unknown_skill")
         self._announce_delta((inst.info,))
         self._audit(
             "SKILL_PUBLISHED", name=name, version=inst.info.version, pack_id=inst.info.pack_id
@@ -377,6 +444,13 @@ class PackManager:
             self.on_change()
 
     # ---- queries ------------------------------------------------------------------------
+
+    def skill_spec(self, name: str) -> SkillSpec | None:
+        """The spec of a skill this node can run (built-in or installed), else the newest
+        one the mesh announced; None if nobody knows it."""
+        with contextlib.suppress(SkillError):
+            return self.registry.get(name).spec
+        return self.spec_for(name)
 
     def spec_for(self, name: str) -> SkillSpec | None:
         """The spec of a skill known anywhere in the mesh (installed here first, else the
@@ -424,7 +498,7 @@ class PackManager:
         if inst is None:
             return True
         m = inst.manifest
-        role = self.node.role
+        role = self._role
         if m.roles and role.name not in m.roles:
             return False
         return all(c in role.capabilities for c in m.spec.capabilities)
@@ -442,8 +516,8 @@ class PackManager:
             with contextlib.suppress(SkillError):
                 spec = self.registry.get(name).spec
         if spec is None:
-            raise ControlError(self._unknown(name), code="unknown_skill")
-        stats = self.node.tasks.executor.stats().get(name) if self.node.tasks else None
+            raise RequestError(self._unknown(name), code="unknown_skill")
+        stats = self._runs.stats().get(name)
         out: dict[str, Any] = {
             **spec.to_dict(),
             "installed": inst is not None,
@@ -481,21 +555,20 @@ class PackManager:
                 runnable_here=self.runnable_here(name),
             )
         out["holders"] = sorted(
-            self.node.name_of(node) for node, packs in self.catalog.items() if name in packs
+            self._mesh.name_of(node) for node, packs in self.catalog.items() if name in packs
         )
         return out
 
     def listing(self, mesh: bool) -> list[dict[str, Any]]:
-        executor = self.node.tasks.executor if self.node.tasks else None
-        stats = executor.stats() if executor else {}
+        stats = self._runs.stats()
         rows: list[dict[str, Any]] = []
-        me = self.node.identity.node_id
+        me = self._identity.node_id
         for name in sorted(self.registry.names()):
             inst = self.installed.get(name)
             st = stats.get(name)
             rows.append(
                 {
-                    "node": self.node.self_info.name,
+                    "node": self._mesh.name_of(me),
                     "node_id": me,
                     "name": name,
                     "version": inst.info.version if inst else self.registry.get(name).spec.version,
@@ -511,7 +584,7 @@ class PackManager:
                 for name, info in sorted(packs.items()):
                     rows.append(
                         {
-                            "node": self.node.name_of(node),
+                            "node": self._mesh.name_of(node),
                             "node_id": node,
                             "name": name,
                             "version": info.version,
@@ -533,16 +606,15 @@ class PackManager:
         """Tell a member that joined what we hold and what is revoked."""
         keys = tuple(self.revoked_keys())
         packs = tuple(self.revoked_packs())
-        effects: list[Send | Publish] = [Send(node_id, self.inventory())]
+        self._mesh.send(node_id, self.inventory())
         if keys or packs:
-            effects.append(Send(node_id, SkillRevoke(keys, packs)))
-        self.node.apply_skill_effects(effects)
+            self._mesh.send(node_id, SkillRevoke(keys, packs))
 
     def member_gone(self, node_id: str) -> None:
         self.catalog.pop(node_id, None)
 
     def _announce_delta(self, infos: tuple[PackInfo, ...]) -> None:
-        self.node.apply_skill_effects([Publish(SkillAnnounce(infos, False))])
+        self._mesh.publish(SkillAnnounce(infos, False))
 
     def receive(self, sender: str, payload: object, msg_id: bytes, corr: bytes | None) -> None:
         if isinstance(payload, SkillAnnounce):
@@ -564,7 +636,7 @@ class PackManager:
             packs.pop(name, None)
         for info in msg.packs:
             packs[info.name] = info
-        if not self.node.cfg.skills.auto_install:
+        if not self._cfg.auto_install:
             return
         for info in msg.packs:
             have = self.installed.get(info.name)
@@ -573,7 +645,8 @@ class PackManager:
             # already have (a joiner installs others on request).
             if newer and (not msg.full or have is not None) and self._worth_fetching(info):
                 task = asyncio.get_running_loop().create_task(self._auto_install(info, sender))
-                self.node.keep(task)
+                self._bg.add(task)
+                task.add_done_callback(self._bg.discard)
 
     def _worth_fetching(self, info: PackInfo) -> bool:
         return (
@@ -591,7 +664,7 @@ class PackManager:
             chunk = SkillChunk(
                 req.pack_id, req.offset, len(data), data[req.offset : req.offset + length]
             )
-        self.node.send_reply(sender, chunk, msg_id)
+        self._mesh.reply(sender, chunk, msg_id)
 
     def _archive(self, pack_id: str) -> bytes | None:
         for inst in self.installed.values():
@@ -611,7 +684,7 @@ class PackManager:
             ):
                 best = (info, node)
         if best is None:
-            raise ControlError(f"no member announces a skill {name!r}", code="unknown_skill")
+            raise RequestError(f"no member announces a skill {name!r}", code="unknown_skill")
         return await self._fetch_install(best[0], best[1], raise_errors=True)
 
     async def _auto_install(self, info: PackInfo, holder: str) -> None:
@@ -626,8 +699,8 @@ class PackManager:
                 n for n, p in self.catalog.items() if n != holder and p.get(info.name) == info
             ]
             data = await self.fetch(info, holders)
-            return self.install_bytes(data, source=f"mesh {self.node.name_of(holder)}")
-        except ControlError as exc:
+            return self.install_bytes(data, source=f"mesh {self._mesh.name_of(holder)}")
+        except RequestError as exc:
             _log.warning("pack_fetch_failed", name=info.name, error=str(exc))
             if raise_errors:
                 raise
@@ -638,9 +711,9 @@ class PackManager:
     async def fetch(self, info: PackInfo, holders: list[str]) -> bytes:
         """The archive, in chunks from the first holder that serves it all; its SHA-256
         must equal the announced pack id."""
-        max_bytes = self.node.cfg.skills.max_pack_bytes
+        max_bytes = self._cfg.max_pack_bytes
         if info.size > max_bytes:
-            raise ControlError(
+            raise RequestError(
                 f"pack {info.name} is {info.size} bytes, over {max_bytes}", code="too_large"
             )
         last = "no holder"
@@ -653,22 +726,22 @@ class PackManager:
                         node, SkillFetch(info.pack_id, len(buf), CHUNK_BYTES)
                     )
                     if chunk.error:
-                        raise ControlError(chunk.error, code="fetch_failed")
+                        raise RequestError(chunk.error, code="fetch_failed")
                     if chunk.offset != len(buf) or chunk.total > max_bytes or not chunk.data:
-                        raise ControlError("bad chunk", code="fetch_failed")
+                        raise RequestError("bad chunk", code="fetch_failed")
                     total = chunk.total
                     buf += chunk.data
-            except ControlError as exc:
-                last = f"{self.node.name_of(node)}: {exc}"
+            except RequestError as exc:
+                last = f"{self._mesh.name_of(node)}: {exc}"
                 continue
             if hashlib.sha256(buf).hexdigest() != info.pack_id:
-                last = f"{self.node.name_of(node)}: the data does not match the pack id"
+                last = f"{self._mesh.name_of(node)}: the data does not match the pack id"
                 self._audit(
                     "SKILL_REFUSED", source=f"mesh {node}", code="hash_mismatch", reason=last
                 )
                 continue
             return bytes(buf)
-        raise ControlError(
+        raise RequestError(
             f"could not fetch {info.name} {info.version}: {last}", code="fetch_failed"
         )
 
@@ -677,17 +750,15 @@ class PackManager:
         fut: asyncio.Future[SkillChunk] = asyncio.get_running_loop().create_future()
         self._fetches[msg_id] = fut
         try:
-            self.node.send_request(node, req, msg_id)
+            self._mesh.request(node, req, msg_id)
             return await asyncio.wait_for(fut, CHUNK_TIMEOUT)
         except TimeoutError:
-            raise ControlError(f"no chunk within {CHUNK_TIMEOUT:g} s", "timeout") from None
+            raise RequestError(f"no chunk within {CHUNK_TIMEOUT:g} s", "timeout") from None
         finally:
             self._fetches.pop(msg_id, None)
 
     def _audit(self, kind: str, **fields: Any) -> None:
-        record = {"type": kind, "node": self.node.identity.node_id, "at": time.time(), **fields}
-        self.node.store.append_audit(record)
-        self.node.events.append(record)
+        self._events.append(kind, fields, audit=True)
 
     # ---- local files --------------------------------------------------------------------
 
@@ -696,20 +767,20 @@ class PackManager:
         try:
             st = p.stat()
             if not stat.S_ISREG(st.st_mode):
-                raise ControlError(f"{path} is not a regular file", code="bad_request")
-            if st.st_size > self.node.cfg.skills.max_pack_bytes:
-                raise ControlError(
+                raise RequestError(f"{path} is not a regular file", code="bad_request")
+            if st.st_size > self._cfg.max_pack_bytes:
+                raise RequestError(
                     f"{path} is {st.st_size} bytes, over the pack limit", code="too_large"
                 )
             return p.read_bytes()
         except OSError as exc:
-            raise ControlError(f"cannot read {path}: {exc.strerror}", code="bad_request") from None
+            raise RequestError(f"cannot read {path}: {exc.strerror}", code="bad_request") from None
 
     def inspect_file(self, data: bytes) -> VerifiedPack:
         try:
             return inspect_pack(data)
         except PackError as exc:
-            raise ControlError(f"not a valid pack ({exc.code}): {exc}", code=exc.code) from None
+            raise RequestError(f"not a valid pack ({exc.code}): {exc}", code=exc.code) from None
 
 
 def _info_to(info: PackInfo) -> dict[str, Any]:
@@ -740,7 +811,7 @@ def _key(text: str) -> bytes:
     except ValueError:
         key = b""
     if len(key) != 32:
-        raise ControlError(
+        raise RequestError(
             f"bad key {text!r}: expected an Ed25519 public key as 64 hex digits "
             "(see `meshctl skill trust list`)",
             code="bad_request",
@@ -751,7 +822,7 @@ def _key(text: str) -> bytes:
 def _pack_id(text: str) -> str:
     value = text.strip().lower()
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise ControlError(
+        raise RequestError(
             f"bad pack id {text!r}: expected 64 hex digits (SHA-256)", code="bad_request"
         )
     return value

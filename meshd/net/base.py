@@ -1,0 +1,79 @@
+"""What the daemon needs of a transport: the :class:`Transport` protocol, its callbacks
+and its counters.
+
+Two transports implement it: :class:`meshd.net.transport.ZmqTransport` (the real one:
+CURVE-encrypted ZeroMQ sockets, ZAP admission) and :class:`meshd.net.memory.MemoryTransport`
+(in-process, for tests of the daemon's parts without sockets). A transport knows frames
+and peers' keys, not protocols: it never decodes what it carries.
+
+Per node: a ROUTER-like inbound endpoint (direct messages), a PUB-like one (broadcasts)
+and an intro endpoint (first contact from static seeds), on ports ``base``, ``base + 1``
+and ``base + 2``; per peer, a DEALER-like link out and a SUB-like link to its broadcasts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+#: Called for every frame read: ``(data, via, authenticated node id or None, routing id
+#: or None, PUB/SUB topic or None)``; ``via`` is ``router``, ``dealer`` or ``sub``.
+FrameHandler = Callable[[bytes, str, "str | None", "bytes | None", "bytes | None"], None]
+#: Called for an INTRO frame on the intro endpoint: ``(data, handshake key hex or None)``;
+#: returns the reply frame, or None for no reply.
+IntroHandler = Callable[[bytes, "str | None"], "bytes | None"]
+
+
+@dataclass
+class Counters:
+    """What a transport counts: frames in and out, drops, admissions, rejections."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    dropped_out: int = 0
+    zap_admitted: int = 0
+    zap_refused: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    def reject(self, reason: str) -> None:
+        """Count one refused frame or record under ``reason`` (a short stable token)."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+
+class Transport(Protocol):
+    """A node's links to its peers (see the module docstring)."""
+
+    @property
+    def counters(self) -> Counters: ...
+
+    async def start(self, host: str, port: int) -> tuple[int, int, int]:
+        """Listen on ``host`` (ports base, base + 1, base + 2; 0 = any free triple);
+        returns the three ports."""
+        ...
+
+    def admit(self, curve_pk: bytes, node_id: str) -> None:
+        """Let the peer with this CURVE key in (its frames are authenticated as
+        ``node_id``)."""
+        ...
+
+    def connect_peer(
+        self, node_id: str, curve_pk: bytes, host: str, router_port: int, pub_port: int
+    ) -> bool:
+        """Open the links to a peer; False when already linked the same way."""
+        ...
+
+    def disconnect_peer(self, node_id: str, linger_ms: int = 0) -> None: ...
+
+    def send(self, node_id: str, data: bytes, routing_id: bytes | None = None) -> bool:
+        """A direct frame (over our link, else back through our inbound endpoint by
+        ``routing_id``); never blocks: False (counted) when it cannot go."""
+        ...
+
+    def publish(self, topic: bytes, data: bytes) -> None: ...
+
+    async def intro(self, host: str, port: int, data: bytes, timeout: float) -> bytes | None:
+        """One INTRO exchange with a seed's intro endpoint; None on timeout."""
+        ...
+
+    async def close(self, linger_ms: int = 0) -> None: ...
