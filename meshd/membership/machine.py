@@ -3,8 +3,10 @@
 :class:`Membership` never touches a socket, a clock or the global random generator:
 it is fed events (a message from a peer, a discovery, the passage of time) together with
 ``now`` (monotonic seconds) and answers with a list of effects (send this, publish that,
-connect there, this member changed). The daemon (:mod:`meshd.node`) carries the effects
-out; tests drive many machines on one fake clock (:mod:`meshd.net.fake`).
+connect there, this member changed; see :mod:`meshd.effects`). :class:`meshd.core.Core`
+composes it with the election and the task machine; the daemon
+(:mod:`meshd.daemon.node`) carries the effects out, and tests drive many machines on one
+fake clock (:mod:`meshd.sim`).
 
 Protocol summary (SWIM with heartbeats; timings in :class:`~meshd.config.MembershipConfig`):
 
@@ -23,7 +25,8 @@ Protocol summary (SWIM with heartbeats; timings in :class:`~meshd.config.Members
 * Members learned from mDNS, a static seed or the restore file are *candidates*: connected
   to but not listed until they answer or a live member vouches for them, and dropped
   after ``candidate_timeout`` otherwise (mDNS records of crashed hosts linger for minutes).
-* The peer-state transitions are the table in :mod:`meshd.membership.table`.
+* The peer-state transitions are the table in :mod:`meshd.membership.table`; how a
+  gossiped record about a member is merged is the table in :mod:`meshd.membership.merge`.
 
 Choices beyond plain SWIM, all in the timings' spirit of "one bad link never kills":
 
@@ -59,6 +62,7 @@ from typing import TypeAlias
 from meshd.config import MembershipConfig
 from meshd.effects import Connect, Disconnect, MemberChanged, Publish, Send
 from meshd.errors import ConfigError
+from meshd.membership.merge import Action, Order, merge_action, order_of
 from meshd.membership.table import Event, PeerState, transition
 from meshd.wire.messages import (
     Ack,
@@ -89,6 +93,7 @@ __all__ = [
 ]
 
 _INF = math.inf
+_UNKNOWN = PeerState.UNKNOWN
 _ALIVE = PeerState.ALIVE
 _SUSPECT = PeerState.SUSPECT
 _CANDIDATE = PeerState.CANDIDATE
@@ -96,6 +101,7 @@ _DEAD = PeerState.DEAD
 _LEFT = PeerState.LEFT
 _LIVE = (_ALIVE, _SUSPECT)
 _DOWN = (_DEAD, _LEFT)
+_DOWN_EVENT = {MemberState.DEAD: Event.GOSSIP_DEAD, MemberState.LEFT: Event.GOSSIP_LEFT}
 
 
 # ---- effects ---------------------------------------------------------------------------
@@ -874,97 +880,90 @@ class Membership:
             self._send(sender, MemberUpdate((mine,)), now, out)
 
     def _merge_one(self, q: _Peer | None, rec: MemberRecord, now: float, out: list[Effect]) -> None:
-        """SWIM merge of one record about a third party (or the sender itself)."""
-        info = rec.info
-        inc = info.incarnation
-        live_rec = rec.state in (MemberState.ALIVE, MemberState.SUSPECT)
+        """SWIM merge of one record about a third party (or the sender itself): the action
+        is looked up in :data:`~meshd.membership.merge.MERGE` and carried out."""
         if q is None:
-            if not self._verify_fn(info):
-                return
-            if live_rec:
-                q = self._add(info, now)
-                self._move(q, Event.GOSSIP_ALIVE, now, "joined", out)
-                self._ensure_link(q, now, out)
-            else:
-                event = Event.GOSSIP_DEAD if rec.state is MemberState.DEAD else Event.GOSSIP_LEFT
-                self._create_down(info, event, "gossip", now, out)
-            return
-        qinc = q.info.incarnation
-        s = q.state
-        if s is _CANDIDATE:
-            if inc < qinc or not self._verify(info, q):
-                return
-            self._set_info(q, info, out)
-            if live_rec:
-                self._move(q, Event.GOSSIP_ALIVE, now, "joined", out)
-                self._came_back(q, now)
-            else:
-                self._gossip_down(q, rec.state, now, out, retry=False)
-        elif s in _LIVE:
-            if inc < qinc:
-                return
-            if live_rec:
-                # SUSPECT gossip about others never changes our view (only the suspect
-                # reacts to it); a newer ALIVE clears our suspicion (it refuted).
-                if inc == qinc or not self._verify(info, q):
-                    return
-                updated = self._set_info(q, info, out)
-                if s is _SUSPECT and rec.state is MemberState.ALIVE:
-                    q.last_evidence = now
-                    self._move(q, Event.GOSSIP_ALIVE, now, "refuted", out)
-                    self._clear_probe(q)
-                elif updated:
-                    out.append(MemberChanged(q.record(), s.member_state, "updated"))
-                return
-            if (
-                rec.state is MemberState.DEAD
-                and q.last_heard is not None
-                and now - q.last_heard < self._cfg.dead_guard * self._scale()
-            ):
-                # Dead guard: we heard it ourselves just now, so one node's verdict (maybe
-                # one bad link) does not override us. Tell the peer, so it refutes and the
-                # node that accused it learns the newer incarnation.
-                if now - q.last_notice >= self._cfg.sync_interval:
-                    q.last_notice = now
-                    self._send(q, MemberUpdate((rec,)), now, out)
-                return
-            if not self._verify(info, q):
-                return
-            self._set_info(q, info, out)
-            self._gossip_down(q, rec.state, now, out, retry=True)
-        else:  # DEAD / LEFT
-            if live_rec:
-                if inc <= qinc or not self._verify(info, q):
-                    return
-                self._set_info(q, info, out)
-                self._move(q, Event.RESTARTED, now, "restarted", out)
-                self._came_back(q, now)
-                self._ensure_link(q, now, out)
-                return
-            if inc < qinc:
-                return
-            # LEFT beats DEAD at equal incarnation (it is the more precise verdict); DEAD
-            # replaces LEFT only for a newer incarnation (that one crashed).
-            if rec.state is MemberState.LEFT and not (s is _LEFT and inc == qinc):
-                if not self._verify(info, q):
-                    return
-                self._set_info(q, info, out)
-                self._move(q, Event.GOSSIP_LEFT, now, "gossip", out)
-                if s is _DEAD:
-                    self._went_down(q, now, out)
-            elif rec.state is MemberState.DEAD and inc > qinc:
-                if not self._verify(info, q):
-                    return
-                self._set_info(q, info, out)
-                self._move(q, Event.GOSSIP_DEAD, now, "gossip", out)
-                if s is _LEFT:
-                    self._went_down(q, now, out)
+            action = merge_action(_UNKNOWN, rec.state, Order.NEWER)
+            _ADD_ACTIONS[action](self, rec, now, out)
+        else:
+            order = order_of(q.info.incarnation, rec.info.incarnation)
+            action = merge_action(q.state, rec.state, order)
+            _MERGE_ACTIONS[action](self, q, rec, now, out)
 
-    def _gossip_down(
-        self, q: _Peer, state: MemberState, now: float, out: list[Effect], *, retry: bool
+    # The actions of the merge table. Each one but IGNORE first checks the admission proof
+    # of the record's info (GUARDED_DEAD after the dead guard): info that fails it is
+    # ignored. Unknown members (ADD_*) have no _Peer yet.
+
+    def _add_alive(self, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        if not self._verify_fn(rec.info):
+            return
+        q = self._add(rec.info, now)
+        self._move(q, Event.GOSSIP_ALIVE, now, "joined", out)
+        self._ensure_link(q, now, out)
+
+    def _add_down(self, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        if not self._verify_fn(rec.info):
+            return
+        self._create_down(rec.info, _DOWN_EVENT[rec.state], "gossip", now, out)
+
+    def _ignore(self, q: _Peer, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        return
+
+    def _vouched(self, q: _Peer, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        if not self._verify(rec.info, q):
+            return
+        self._set_info(q, rec.info, out)
+        self._move(q, Event.GOSSIP_ALIVE, now, "joined", out)
+        self._came_back(q, now)
+
+    def _update_info(self, q: _Peer, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        if not self._verify(rec.info, q):
+            return
+        if self._set_info(q, rec.info, out):
+            out.append(MemberChanged(q.record(), q.state.member_state, "updated"))
+
+    def _refuted(self, q: _Peer, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        if not self._verify(rec.info, q):
+            return
+        self._set_info(q, rec.info, out)
+        q.last_evidence = now
+        self._move(q, Event.GOSSIP_ALIVE, now, "refuted", out)
+        self._clear_probe(q)
+
+    def _gossip_down(self, q: _Peer, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        self._take_down(q, rec, now, out, retry=False)
+
+    def _guarded_dead(self, q: _Peer, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        if q.last_heard is not None and now - q.last_heard < self._cfg.dead_guard * self._scale():
+            # Dead guard: we heard it ourselves just now, so one node's verdict (maybe one
+            # bad link) does not override us. Tell the peer, so it refutes and the node
+            # that accused it learns the newer incarnation.
+            if now - q.last_notice >= self._cfg.sync_interval:
+                q.last_notice = now
+                self._send(q, MemberUpdate((rec,)), now, out)
+            return
+        self._take_down(q, rec, now, out, retry=True)
+
+    def _restarted(self, q: _Peer, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        if not self._verify(rec.info, q):
+            return
+        self._set_info(q, rec.info, out)
+        self._move(q, Event.RESTARTED, now, "restarted", out)
+        self._came_back(q, now)
+        self._ensure_link(q, now, out)
+
+    def _newer_down_info(self, q: _Peer, rec: MemberRecord, now: float, out: list[Effect]) -> None:
+        if self._verify(rec.info, q):
+            self._set_info(q, rec.info, out)
+
+    def _take_down(
+        self, q: _Peer, rec: MemberRecord, now: float, out: list[Effect], *, retry: bool
     ) -> None:
-        event = Event.GOSSIP_DEAD if state is MemberState.DEAD else Event.GOSSIP_LEFT
-        self._move(q, event, now, "gossip", out)
+        """Apply a winning DEAD/LEFT record (``retry``: see :meth:`_went_down`)."""
+        if not self._verify(rec.info, q):
+            return
+        self._set_info(q, rec.info, out)
+        self._move(q, _DOWN_EVENT[rec.state], now, "gossip", out)
         self._went_down(q, now, out, retry=retry)
 
     # ---- internals: timers -------------------------------------------------------------
@@ -1031,3 +1030,26 @@ class Membership:
         self._send(p, Ping(p.probe_seq), now, out)
         p.probe_indirect = True
         p.probe_deadline = now + self._cfg.indirect_timeout
+
+
+# ---- the merge table's actions -------------------------------------------------------
+
+_AddAction: TypeAlias = Callable[[Membership, MemberRecord, float, list[Effect]], None]
+_MergeAction: TypeAlias = Callable[[Membership, _Peer, MemberRecord, float, list[Effect]], None]
+
+#: The actions of the merge table's UNKNOWN rows (no _Peer yet).
+_ADD_ACTIONS: dict[Action, _AddAction] = {
+    Action.ADD_ALIVE: Membership._add_alive,
+    Action.ADD_DOWN: Membership._add_down,
+}
+#: The actions of every other row.
+_MERGE_ACTIONS: dict[Action, _MergeAction] = {
+    Action.IGNORE: Membership._ignore,
+    Action.VOUCHED: Membership._vouched,
+    Action.UPDATE_INFO: Membership._update_info,
+    Action.REFUTED: Membership._refuted,
+    Action.GOSSIP_DOWN: Membership._gossip_down,
+    Action.GUARDED_DEAD: Membership._guarded_dead,
+    Action.RESTARTED: Membership._restarted,
+    Action.NEWER_DOWN_INFO: Membership._newer_down_info,
+}

@@ -10,6 +10,9 @@ States are the four wire states (:class:`~meshd.wire.messages.MemberState`) plus
 local ones: ``UNKNOWN`` (not in the table at all: never seen, expired or forgotten) and
 ``CANDIDATE`` (learned from mDNS, a static seed or the restore file, connected to but not
 listed until it proves itself: see :mod:`meshd.membership.machine`).
+
+Which of these events a gossiped record about a member causes, if any, is decided by the
+merge table in :mod:`meshd.membership.merge`.
 """
 
 from __future__ import annotations
