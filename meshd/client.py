@@ -281,13 +281,13 @@ class Client:
         """Deliver events to the :meth:`on` handlers for ``duration`` seconds (None: until
         interrupted), or until ``until()`` is true after a delivery. Starts with events
         after ``since`` (default: now). Returns how many were delivered."""
-        import time
+        from meshd import clock
 
-        cursor = time.time() if since is None else since
-        end = None if duration is None else time.monotonic() + duration
+        cursor = clock.wall() if since is None else since
+        end = None if duration is None else clock.monotonic() + duration
         delivered = 0
-        while end is None or time.monotonic() < end:
-            wait = 10.0 if end is None else max(0.0, min(10.0, end - time.monotonic()))
+        while end is None or clock.monotonic() < end:
+            wait = 10.0 if end is None else max(0.0, min(10.0, end - clock.monotonic()))
             events = self.long_call(wait, "events", since=cursor, wait=wait)
             for event in events:
                 cursor = max(cursor, float(event["at"]))
@@ -334,12 +334,12 @@ class TaskHandle:
 
     def updates(self, timeout: float | None = None) -> Iterator[dict[str, Any]]:
         """Every new version of the task until it finishes (or ``timeout`` s pass)."""
-        import time
+        from meshd import clock
 
-        end = None if timeout is None else time.monotonic() + timeout
+        end = None if timeout is None else clock.monotonic() + timeout
         yield self.view
         while not self.view["terminal"]:
-            left = 10.0 if end is None else end - time.monotonic()
+            left = 10.0 if end is None else end - clock.monotonic()
             if left <= 0:
                 return
             view = self.client.watch_task(self.task_id, self.view["version"], min(left, 10.0))

@@ -52,3 +52,22 @@ class FakeClock:
         if now < self._now:
             raise ValueError("a clock cannot go backwards")
         self._now = now
+
+
+# The process's clocks, for the shell (CLI, client, transport) where no Clock is passed
+# around: the one place that reads them.
+
+
+def monotonic() -> float:
+    """Seconds from an arbitrary origin; never goes backwards (timeouts, deadlines)."""
+    return time.monotonic()
+
+
+def wall() -> float:
+    """Seconds since the Unix epoch (what users read; event cursors)."""
+    return time.time()
+
+
+def precise() -> float:
+    """A high-resolution monotonic reading, for measuring short durations (round trips)."""
+    return time.perf_counter()

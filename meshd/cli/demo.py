@@ -17,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from meshd import clock
 from meshd.cli.render import status_table
 from meshd.client import Client
 from meshd.errors import ControlError
@@ -27,8 +28,8 @@ ROLES = ("team-lead", "network-admin", "devops", "software-engineer", "observer"
 
 def _wait_all_alive(dirs: list[Path], n: int, timeout: float) -> float | None:
     """Until every node lists the n-1 others alive and all follow one lead."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
+    start = clock.monotonic()
+    while clock.monotonic() - start < timeout:
         ok = 0
         leads = set()
         for d in dirs:
@@ -41,14 +42,14 @@ def _wait_all_alive(dirs: list[Path], n: int, timeout: float) -> float | None:
                 ok += 1
             leads.add(st["lead"]["id"] if st["lead"] else None)
         if ok == n and len(leads) == 1 and None not in leads:
-            return time.monotonic() - start
+            return clock.monotonic() - start
         time.sleep(0.05)
     return None
 
 
 def _wait_port(state_dir: Path, proc: subprocess.Popen[bytes], timeout: float) -> int:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end and proc.poll() is None:
+    end = clock.monotonic() + timeout
+    while clock.monotonic() < end and proc.poll() is None:
         try:
             with Client(state_dir, timeout=1.0) as c:
                 return int(c.status()["self"]["ports"]["router"])
@@ -128,8 +129,8 @@ def run_demo(nodes: int, base_port: int, duration: float | None, keep: bool) -> 
             f"  meshctl --state-dir {dirs[0]} status --watch\n"
             + ("Stopping after the duration ..." if duration else "Ctrl-C stops the demo.")
         )
-        deadline = time.monotonic() + duration if duration else None
-        while deadline is None or time.monotonic() < deadline:
+        deadline = clock.monotonic() + duration if duration else None
+        while deadline is None or clock.monotonic() < deadline:
             time.sleep(0.2)
         return 0
     except KeyboardInterrupt:

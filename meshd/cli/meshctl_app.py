@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from meshd import clock
 from meshd.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, MESHCTL_STATE, StateDir, fail
 from meshd.client import Client
 from meshd.errors import ControlError, DaemonNotRunning
@@ -98,14 +99,14 @@ app.add_typer(lead_app, name="lead")
 
 
 def _wait_lead(pred: Any, wait: float) -> dict[str, Any] | None:
-    end = time.monotonic() + wait
+    end = clock.monotonic() + wait
 
     def poll(client: Client) -> dict[str, Any] | None:
         while True:
             st: dict[str, Any] = client.status()
             if pred(st):
                 return st
-            if time.monotonic() >= end:
+            if clock.monotonic() >= end:
                 return None
             time.sleep(0.05)
 
@@ -162,7 +163,7 @@ def audit(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """The permanent record of coordination decisions this node took part in."""
-    start = time.time() - since if since > 0 else 0.0
+    start = clock.wall() - since if since > 0 else 0.0
     records = _call(lambda c: c.audit(start, kind))
     if as_json:
         print(json.dumps(records, indent=2, sort_keys=True))

@@ -137,17 +137,17 @@ def start(
         )
         cfg = replace(cfg, node=node, discovery=discovery)
 
-        def announce_new_mesh(started: Node) -> None:
-            if not started.created_mesh:
+        def announce_new_mesh(mesh: MeshKey, created: bool) -> None:
+            if not created:
                 return
             if sys.stderr.isatty():
                 text = (
-                    f"Created a new mesh {started.mesh.mesh_id}. To add a host, run on it:\n"
-                    f"{_join_hint(started.mesh.token())}"
+                    f"Created a new mesh {mesh.mesh_id}. To add a host, run on it:\n"
+                    f"{_join_hint(mesh.token())}"
                 )
             else:  # journald or a log file: the token is a secret, keep it out of logs
                 text = (
-                    f"Created a new mesh {started.mesh.mesh_id}. `meshd token` prints the "
+                    f"Created a new mesh {mesh.mesh_id}. `meshd token` prints the "
                     "join token for other hosts."
                 )
             print(text, file=sys.stderr, flush=True)

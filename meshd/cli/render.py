@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
+
+from meshd import clock
 
 
 def ago(ts: float | None, now: float) -> str:
@@ -20,7 +21,7 @@ def ago(ts: float | None, now: float) -> str:
 
 
 def status_table(status: dict[str, Any], now: float | None = None) -> str:
-    now = time.time() if now is None else now
+    now = clock.wall() if now is None else now
     me = status["self"]
     peers = status["peers"]
     counts = status.get("counts", {})

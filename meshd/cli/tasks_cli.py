@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from meshd import clock
 from meshd.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_USAGE, MESHCTL_STATE, fail
 from meshd.client import Client
 from meshd.errors import ControlError, DaemonNotRunning
@@ -109,7 +110,7 @@ def follow(
 ) -> dict[str, Any]:
     """Wait for the task, drawing a progress line on a TTY; the task as it stands when it
     finished or ``timeout`` passed (check ``["terminal"]``)."""
-    end = None if timeout is None else time.monotonic() + timeout
+    end = None if timeout is None else clock.monotonic() + timeout
     drawn = False
     while not view["terminal"]:
         if tty:
@@ -122,7 +123,7 @@ def follow(
             sys.stderr.write(line.ljust(100)[:100])
             sys.stderr.flush()
             drawn = True
-        left = 10.0 if end is None else end - time.monotonic()
+        left = 10.0 if end is None else end - clock.monotonic()
         if left <= 0:
             break
         view = client.watch_task(view["id"], view["version"], min(left, 10.0))
@@ -226,7 +227,7 @@ def task_list(
 def task_table(tasks: list[dict[str, Any]], now: float | None = None) -> str:
     from meshd.cli.render import ago
 
-    now = time.time() if now is None else now
+    now = clock.wall() if now is None else now
     rows = [("ID", "SKILL", "STATE", "PRI", "NODE", "PROGRESS", "CREATED", "DETAIL")]
     for t in tasks:
         err = t.get("error") or {}

@@ -26,6 +26,7 @@ from typing import IO, Annotated, Any
 
 import typer
 
+from meshd import clock
 from meshd.cli.common import EXIT_FAILURE, EXIT_NOT_RUNNING, MESHCTL_STATE, fail
 
 #: Task states shown in the queue, and how many of each are fetched per refresh.
@@ -136,8 +137,8 @@ def _header(status: dict[str, Any], now: float, width: int) -> str:
     nodes = f"{total} node{'' if total == 1 else 's'}"
     mesh = f"mesh {_safe(str(me.get('mesh_id', '?')))}"
     lead_text = _safe(lead_text)
-    clock = time.strftime("%H:%M:%S", time.localtime(now))
-    room = width - len(clock) - 1 if width >= len(clock) + 20 else width
+    stamp = time.strftime("%H:%M:%S", time.localtime(now))
+    room = width - len(stamp) - 1 if width >= len(stamp) + 20 else width
     # Narrow: the mesh id goes first, then the counts by state; the lead stays.
     for parts in (
         (mesh, f"{nodes} ({', '.join(by_state)})", lead_text),
@@ -149,7 +150,7 @@ def _header(status: dict[str, Any], now: float, width: int) -> str:
             break
     if room == width:
         return _clip(left, width)
-    return _clip(left, room).ljust(width - len(clock)) + clock
+    return _clip(left, room).ljust(width - len(stamp)) + stamp
 
 
 def _agents(nodes: list[dict[str, Any]], lead_id: str | None, width: int) -> tuple[str, list[str]]:
@@ -384,12 +385,12 @@ class Feed:
             if kind in EVENT_TYPES or kind.startswith("LEAD_"):
                 self.events.append(event)
         done = int(totals.get("complete", 0)) + int(totals.get("verified", 0))
-        self.rate = self.throughput.update(done, time.monotonic())
+        self.rate = self.throughput.update(done, clock.monotonic())
         self.status, self.queue = status, queue
 
     def frame(self, width: int, height: int, hint: bool = True) -> str:
         events = list(self.events)
-        now = time.time()
+        now = clock.wall()
         return render_frame(
             self.status, self.queue, events, width, height, now, self.rate, hint=hint
         )
@@ -477,11 +478,11 @@ def run_live(feed: Feed, interval: float, stdin: IO[str], stdout: IO[str]) -> in
         old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
         enter()
         # The caller fetched the first frame (errors before the screen changes).
-        next_fetch = time.monotonic() + interval if feed.status else 0.0
+        next_fetch = clock.monotonic() + interval if feed.status else 0.0
         watch = [wake_r] + ([in_fd] if in_fd >= 0 else [])
         while True:
-            if time.monotonic() >= next_fetch:
-                next_fetch = time.monotonic() + interval
+            if clock.monotonic() >= next_fetch:
+                next_fetch = clock.monotonic() + interval
                 try:
                     feed.refresh()
                     note = ""
@@ -492,7 +493,7 @@ def run_live(feed: Feed, interval: float, stdin: IO[str], stdout: IO[str]) -> in
             width, height = shutil.get_terminal_size()
             stdout.write(paint(feed.frame(width, height), width, height, _safe(note)))
             stdout.flush()
-            timeout = max(0.0, next_fetch - time.monotonic())
+            timeout = max(0.0, next_fetch - clock.monotonic())
             ready, _, _ = select.select(watch, [], [], timeout)
             if wake_r in ready:
                 while True:

@@ -25,13 +25,12 @@ import ipaddress
 import os
 import random
 import signal
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
-from meshd import __version__, log
+from meshd import __version__, clock, log
 from meshd.clock import Clock, SystemClock
 from meshd.config import DEFAULT_PORT, Config, TransportConfig, parse_hostport
 from meshd.control_proto import SOCKET_NAME
@@ -199,7 +198,7 @@ class Node:
         state_dir: Path,
         role: Role,
         clock: Clock | None = None,
-        on_ready: Callable[[Node], None] | None = None,
+        on_ready: Callable[[MeshKey, bool], None] | None = None,
         transport: TransportFactory = zmq_transport,
     ) -> None:
         self.cfg = config
@@ -421,7 +420,7 @@ class Node:
         )
         self.ready_wall = clock.wall()
         if self.on_ready is not None:
-            self.on_ready(self)
+            self.on_ready(self.mesh, self.created_mesh)
         # systemd (Type=notify): READY=1 + watchdog; else a no-op.
         status = f"{name} ({self.role.name}) in mesh {self.mesh.mesh_id}, port {rp}"
         self.keep(sd_notify.node_ready(status))
@@ -831,7 +830,7 @@ class Node:
         if isinstance(payload, Ack) and env.correlation_id in self._pings:
             fut = self._pings.pop(env.correlation_id)
             if not fut.done():
-                fut.set_result(time.perf_counter())
+                fut.set_result(clock.precise())
         self.apply(self.core.receive(sender, payload, self.now(), env.msg_id))
         if isinstance(payload, SkillPayloads):
             self.packs.receive(sender, payload, env.msg_id, env.correlation_id)
@@ -1014,7 +1013,7 @@ class Node:
                 fut.set_exception(TimeoutError())
 
         timer = loop.call_later(timeout, expire)
-        start = time.perf_counter()
+        start = clock.precise()
         try:
             self.transport.send(node_id, data, self._routing.get(node_id))
             end = await fut

@@ -27,6 +27,7 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Final
 
+from meshd import clock
 from meshd.net.base import Counters, FrameHandler, IntroHandler
 
 #: s. How long frames from a key not admitted yet are held before they are dropped.
@@ -143,7 +144,7 @@ class MemoryTransport:
 
     def _deliver(self, to: MemoryTransport, data: bytes, via: str, topic: bytes | None) -> None:
         loop = asyncio.get_running_loop()
-        loop.call_soon(to._receive, self, data, via, topic, loop.time() + to._wait)
+        loop.call_soon(to._receive, self, data, via, topic, clock.monotonic() + to._wait)
 
     def _receive(
         self, sender: MemoryTransport, data: bytes, via: str, topic: bytes | None, until: float
@@ -156,7 +157,7 @@ class MemoryTransport:
             user = self._admitted.get(sender.curve_pk)
             if user is None:
                 loop = asyncio.get_running_loop()
-                if loop.time() < until:
+                if clock.monotonic() < until:
                     loop.call_later(0.01, self._receive, sender, data, via, topic, until)
                 else:
                     self._counters.zap_refused += 1

@@ -36,7 +36,7 @@ from typing import TypeAlias
 import zmq
 from zmq.utils import z85
 
-from meshd import log
+from meshd import clock, log
 from meshd.config import TransportConfig
 from meshd.identity import Identity, MeshKey
 from meshd.net.base import Counters, FrameHandler, IntroHandler
@@ -295,9 +295,11 @@ class ZmqTransport:
         if sum(len(v) for v in self._pending.values()) >= MAX_PENDING_ZAP:
             self._expire_pending(float("inf"))
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.cfg.admission_wait
+        deadline = clock.monotonic() + self.cfg.admission_wait
         self._pending.setdefault(key, []).append((reply_to, req_id, deadline))
-        loop.call_later(self.cfg.admission_wait + 0.01, lambda: self._expire_pending(loop.time()))
+        loop.call_later(
+            self.cfg.admission_wait + 0.01, lambda: self._expire_pending(clock.monotonic())
+        )
         _log.debug("zap_held", address=address.decode(errors="replace"), key=key.hex()[:12])
 
     def _expire_pending(self, now: float) -> None:
