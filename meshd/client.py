@@ -148,9 +148,15 @@ class Client:
         result: list[dict[str, Any]] = self.call("audit", since=since, type=kind)
         return result
 
-    def events(self, since: float = 0.0) -> list[dict[str, Any]]:
-        """Recent events after ``since`` (wall seconds): AGENT_JOINED, AGENT_FAILED,
-        AGENT_LEFT, AGENT_SUSPECT, LEAD_ELECTED, LEAD_LOST, STEPPED_DOWN."""
+    def events(self, since: float = 0.0, wait: float = 0.0) -> list[dict[str, Any]]:
+        """Recent events after ``since`` (wall seconds, the ``at`` of the newest event seen):
+        membership (AGENT_JOINED, AGENT_FAILED, AGENT_LEFT, AGENT_SUSPECT...), the
+        election (LEAD_ELECTED, LEAD_LOST, STEPPED_DOWN), tasks (TASK_*), skill packs
+        (SKILL_*) and ADMISSION_REFUSED. ``wait`` > 0: a long-poll that returns as soon
+        as there is one (at most 30 s)."""
+        if wait > 0:
+            events: list[dict[str, Any]] = self.long_call(wait, "events", since=since, wait=wait)
+            return events
         result: list[dict[str, Any]] = self.call("events", since=since)
         return result
 
@@ -264,6 +270,84 @@ class Client:
         result: dict[str, Any] = self.call("task_handoff", id=task_id, to=to or "")
         return result
 
+    def approve(self, task_id: str) -> dict[str, Any]:
+        """Let a task whose skill needs an operator's approval run (relayed to the lead)."""
+        result: dict[str, Any] = self.call("task_approve", id=task_id)
+        return result
+
+    def deny(self, task_id: str, reason: str = "") -> dict[str, Any]:
+        """Refuse a task waiting for approval: it fails with ``denied`` and ``reason``."""
+        result: dict[str, Any] = self.call("task_deny", id=task_id, reason=reason)
+        return result
+
+    # -- skills -------------------------------------------------------------------------
+    def skills(self, mesh: bool = False) -> list[dict[str, Any]]:
+        """Skills this node can run (with run statistics); ``mesh``: also every pack the
+        other members announced."""
+        result: list[dict[str, Any]] = self.call("skill_list", mesh=mesh)
+        return result
+
+    def describe_skill(self, name: str) -> dict[str, Any]:
+        """What a skill does, its parameters, limits and permissions, where it is held."""
+        result: dict[str, Any] = self.call("skill_describe", name=name)
+        return result
+
+    def inspect_pack(self, path: str | Path) -> dict[str, Any]:
+        """What a pack file holds and who signed it (read by the daemon, not installed)."""
+        result: dict[str, Any] = self.call("skill_describe", file=str(Path(path).resolve()))
+        return result
+
+    def pack_skill(self, folder: str | Path, out: str | Path | None = None) -> dict[str, Any]:
+        """Build a signed pack from a skill folder (signed with this node's key); written
+        to ``out``, else ``NAME-VERSION.pack`` in the current directory."""
+        result: dict[str, Any] = self.call(
+            "skill_pack",
+            dir=str(Path(folder).resolve()),
+            out=str(Path(out).resolve()) if out else None,
+            cwd=os.getcwd(),
+        )
+        return result
+
+    def install_pack(self, path: str | Path) -> dict[str, Any]:
+        """Verify and install a pack file on this node."""
+        result: dict[str, Any] = self.call("skill_install", file=str(Path(path).resolve()))
+        return result
+
+    def install_skill(self, name: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Fetch the newest version of ``name`` a member announces, verify and install it."""
+        result: dict[str, Any] = self.long_call(timeout, "skill_install", name=name)
+        return result
+
+    def remove_skill(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("skill_remove", name=name)
+        return result
+
+    def publish_skill(self, name: str) -> dict[str, Any]:
+        """Announce an installed pack to the mesh (members that trust its signer fetch it)."""
+        result: dict[str, Any] = self.call("skill_publish", name=name)
+        return result
+
+    def revoke(
+        self, keys: list[str] | None = None, packs: list[str] | None = None
+    ) -> dict[str, Any]:
+        """Revoke signer keys and/or pack ids, here and mesh-wide."""
+        result: dict[str, Any] = self.call("skill_revoke", keys=keys or [], packs=packs or [])
+        return result
+
+    def trust_add(self, key: str, note: str = "") -> dict[str, Any]:
+        """Trust packs signed by ``key`` (an Ed25519 public key, 64 hex digits)."""
+        result: dict[str, Any] = self.call("skill_trust_add", key=key, note=note)
+        return result
+
+    def trust_remove(self, key: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("skill_trust_remove", key=key)
+        return result
+
+    def trust_list(self) -> list[dict[str, Any]]:
+        """Every key this node trusts: the operator's, its own, the members'."""
+        result: list[dict[str, Any]] = self.call("skill_trust_list")
+        return result
+
     # -- events -----------------------------------------------------------------------
     def on(self, kind: str, fn: Callable[[dict[str, Any]], None]) -> None:
         """Call ``fn(event)`` for every event of ``kind`` (``"*"``: all) seen by
@@ -288,7 +372,7 @@ class Client:
         delivered = 0
         while end is None or clock.monotonic() < end:
             wait = 10.0 if end is None else max(0.0, min(10.0, end - clock.monotonic()))
-            events = self.long_call(wait, "events", since=cursor, wait=wait)
+            events = self.events(cursor, wait) if wait > 0 else self.events(cursor)
             for event in events:
                 cursor = max(cursor, float(event["at"]))
                 for fn in [*self._handlers.get(event["type"], []), *self._handlers.get("*", [])]:

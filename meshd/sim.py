@@ -41,19 +41,35 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from meshd.clock import FakeClock
-from meshd.config import MembershipConfig
-from meshd.effects import Connect, Disconnect, Publish, Send
+from meshd.config import ElectionConfig, MembershipConfig
+from meshd.core import AgentSetup, Core
+from meshd.effects import (
+    CancelSkill,
+    Connect,
+    Disconnect,
+    Effect,
+    Persist,
+    Publish,
+    RunSkill,
+    SaveOutbox,
+    Send,
+    StoreCopies,
+)
 from meshd.membership import Membership
-from meshd.wire.records import MemberInfo, MemberRecord
+from meshd.wire.messages import TaskOpKind, TaskReport
+from meshd.wire.records import MemberInfo, MemberRecord, Task, TaskCopy
 
 __all__ = [
     "Discoverer",
+    "Disk",
     "Factory",
     "FakeNetwork",
     "Host",
     "Leaver",
     "Restartable",
+    "SimHost",
     "SimNode",
+    "SimSkills",
     "fake_info",
 ]
 
@@ -157,6 +173,176 @@ def _accept_all(info: MemberInfo) -> bool:
     return True
 
 
+@dataclass
+class Disk:
+    """What survives a crash of a simulated node: the election's durable state, its task
+    copies and its outbox (what the daemon keeps in LMDB)."""
+
+    persist: Persist = field(default_factory=lambda: Persist(0, None))
+    copies: dict[str, TaskCopy] = field(default_factory=dict)
+    submits: set[str] = field(default_factory=set)
+    reports: dict[str, TaskReport] = field(default_factory=dict)
+
+    def write(self, eff: object) -> bool:
+        """Carry out ``eff`` if it is a store effect (True), else do nothing (False)."""
+        if isinstance(eff, Persist):
+            self.persist = eff
+        elif isinstance(eff, StoreCopies):
+            for copy in eff.copies:
+                self.copies[copy.task.task_id] = copy
+        elif isinstance(eff, SaveOutbox):
+            kind, _, task_id = eff.key.partition(":")
+            if kind == "submit":
+                (self.submits.add if eff.pending else self.submits.discard)(task_id)
+            elif eff.pending and eff.report is not None:
+                self.reports[task_id] = eff.report
+            else:
+                self.reports.pop(task_id, None)
+        else:
+            return False
+        return True
+
+
+@dataclass
+class _Run:
+    task: Task
+    elapsed: float
+    next_at: float
+
+
+@dataclass
+class SimSkills:
+    """Skills in simulated time, shared by every node of a simulation, with books.
+
+    ``echo`` and ``sleep`` both run ``params["seconds"]`` (0 by default) in steps of
+    :attr:`step`, each step reporting progress and a checkpoint (the seconds done, as
+    text), and return ``{"message": params.get("message"), "slept": seconds}``. A run
+    resumes from its task's checkpoint. ``params["handoff_at"]``: the first attempt hands
+    its task to ``params.get("to", "")`` once that many seconds are done.
+    """
+
+    names: tuple[str, ...] = ("echo", "sleep")
+    step: float = 0.1
+    #: Runs started, per task id.
+    executions: Counter[str] = field(default_factory=Counter)
+    #: Where the last run of each task started from (seconds already done).
+    resumed_from: dict[str, float] = field(default_factory=dict)
+
+    def start(self, task: Task, now: float) -> _Run:
+        self.executions[task.task_id] += 1
+        start = float(task.checkpoint.decode()) if task.checkpoint else 0.0
+        self.resumed_from[task.task_id] = start
+        return _Run(task, start, now)
+
+    def advance(self, core: Core, run: _Run, now: float) -> tuple[bool, list[Effect]]:
+        """One step of ``run``: (finished?, the core's effects)."""
+        task = run.task
+        total = float(task.params.get("seconds", 0.0))
+        if run.elapsed >= total:
+            result = {"message": task.params.get("message"), "slept": total}
+            return True, core.skill_done(task.task_id, task.attempt, True, result, "", "", now)
+        handoff_at = task.params.get("handoff_at")
+        if handoff_at is not None and run.elapsed >= float(handoff_at) and task.attempt == 1:
+            to = str(task.params.get("to", ""))
+            ckpt = repr(run.elapsed).encode()
+            return True, core.skill_handoff(task.task_id, task.attempt, to, ckpt, now)
+        run.elapsed = min(total, run.elapsed + self.step)
+        run.next_at = now + self.step
+        pct = 100.0 * run.elapsed / total
+        ckpt = repr(run.elapsed).encode()
+        return False, core.skill_progress(task.task_id, task.attempt, pct, "", ckpt, now)
+
+
+class SimHost:
+    """A whole node in simulated time: a :class:`~meshd.core.Core`, its :class:`Disk`
+    and its skills (:class:`SimSkills`) — the daemon's wiring, minus sockets.
+
+    It carries out the store and skill effects itself (what the daemon's commit and
+    runner do) and returns every other effect to the network (the election's ``Persist``
+    too, after writing it, so that invariant taps see it). At start it loads its task
+    state from the disk, as the daemon does from LMDB.
+    """
+
+    def __init__(self, core: Core, disk: Disk, skills: SimSkills | None, now: float) -> None:
+        self.core = core
+        self.disk = disk
+        self.skills = skills
+        self.runs: dict[str, _Run] = {}
+        self._pending: list[object] = []
+        if core.tasks is not None:
+            loaded = core.load_tasks(disk.copies.values(), disk.submits, disk.reports.values(), now)
+            self._pending = self.local(loaded, now)
+
+    @property
+    def self_id(self) -> str:
+        return self.core.self_id
+
+    @property
+    def self_info(self) -> MemberInfo:
+        return self.core.self_info
+
+    def snapshot(self) -> list[MemberRecord]:
+        return self.core.snapshot()
+
+    def restore(self, records: Iterable[MemberRecord], now: float) -> list[object]:
+        return self.local(self.core.restore(records, now), now)
+
+    def discovered(self, info: MemberInfo, now: float, source: str) -> list[object]:
+        return self.local(self.core.discovered(info, now, source), now)
+
+    def leave(self, now: float) -> list[object]:
+        return self.local(self.core.leave(now), now)
+
+    def receive(self, sender: str, payload: Any, now: float, msg_id: bytes = b"") -> list[object]:
+        return self.local(self.core.receive(sender, payload, now, msg_id), now)
+
+    def tick(self, now: float) -> list[object]:
+        out = self.local(self.core.tick(now), now)
+        if self.skills is not None:
+            for task_id, run in list(self.runs.items()):
+                if run.next_at <= now and self.runs.get(task_id) is run:
+                    finished, effects = self.skills.advance(self.core, run, now)
+                    if finished:
+                        del self.runs[task_id]
+                    out += self.local(effects, now)
+        if self._pending:
+            out, self._pending = self._pending + out, []
+        return out
+
+    def next_deadline(self) -> float:
+        times = [self.core.next_deadline(), *(r.next_at for r in self.runs.values())]
+        if self._pending:
+            times.append(0.0)
+        return min(times)
+
+    def submit(self, task: Task, now: float) -> list[object]:
+        """A new task from a local client (carry the result out with ``net.apply``)."""
+        return self.local(self.core.submit(task, now), now)
+
+    def operator(self, op: TaskOpKind, task_id: str, now: float) -> list[object]:
+        """An operator command given on this node (``net.apply`` the result)."""
+        return self.local(self.core.operator(op, task_id, "operator", now), now)
+
+    def local(self, effects: Iterable[Effect], now: float) -> list[object]:
+        """Carry out the store and skill effects of a step of this node's core (its disk,
+        its runs); return the others, for the network (``net.apply``)."""
+        out: list[object] = []
+        for eff in effects:
+            if isinstance(eff, Persist):
+                self.disk.write(eff)
+                out.append(eff)
+            elif self.disk.write(eff):
+                continue
+            elif isinstance(eff, RunSkill):
+                if self.skills is not None:
+                    self.runs[eff.task.task_id] = self.skills.start(eff.task, now)
+            elif isinstance(eff, CancelSkill):
+                self.runs.pop(eff.task_id, None)
+            else:
+                out.append(eff)
+        return out
+
+
 class FakeNetwork:
     """Many sans-I/O nodes, one clock, one event queue. Deterministic for a given seed.
 
@@ -244,6 +430,32 @@ class FakeNetwork:
         host = self.add(node, info)
         host.factory = factory
         return node
+
+    def add_host(
+        self,
+        info: MemberInfo,
+        *,
+        membership: MembershipConfig | None = None,
+        election: ElectionConfig | None = None,
+        agent: AgentSetup | None = None,
+        skills: SimSkills | None = None,
+        disk: Disk | None = None,
+        verify: Callable[[MemberInfo], bool] | None = None,
+    ) -> SimHost:
+        """Start a whole simulated node (:class:`SimHost`) for ``info`` now: a Core (with
+        a task machine when ``agent`` is given), its :class:`Disk` and simulated skills.
+        :meth:`restart` brings it back from the same disk, as the daemon from LMDB."""
+        mcfg = membership or MembershipConfig()
+        ecfg = election or ElectionConfig()
+        check = verify or _accept_all
+        store = disk if disk is not None else Disk()
+
+        def factory(info: MemberInfo, now: float, rng: random.Random) -> SimHost:
+            p = store.persist
+            core = Core(info, mcfg, ecfg, now, rng, check, p.term, p.voted_for, agent=agent)
+            return SimHost(core, store, skills, now)
+
+        return self.add_process(info, factory)
 
     def host(self, node_id: str) -> Host:
         return self.hosts[node_id]
@@ -346,12 +558,14 @@ class FakeNetwork:
         self._reschedule(host)
         return host
 
-    def restart(self, node_id: str, *, restore: bool = True) -> Restartable:
+    def restart(self, node_id: str, *, restore: bool = True, **changes: Any) -> Restartable:
         """A new process for the same identity with incarnation + 1 (started now), built
-        by the factory the node was added with (:meth:`add_member`, :meth:`add_process`).
+        by the factory the node was added with (:meth:`add_member`, :meth:`add_host`,
+        :meth:`add_process`).
 
         ``restore``: it first restores the old process's snapshot, as the daemon does
-        from its store. The new process has no links yet; others keep theirs to it.
+        from its store. ``changes``: other fields of its info that change (a new
+        priority...). The new process has no links yet; others keep theirs to it.
         """
         host = self.hosts[node_id]
         old = host.node
@@ -359,7 +573,10 @@ class FakeNetwork:
             raise TypeError(f"node {node_id} was not added with a factory: use replace()")
         records = old.snapshot() if restore else []
         info = dataclasses.replace(
-            old.self_info, incarnation=old.self_info.incarnation + 1, started_at=self.now
+            old.self_info,
+            incarnation=old.self_info.incarnation + 1,
+            started_at=self.now,
+            **changes,
         )
         new = host.factory(info, self.now, random.Random(self.rng.getrandbits(64)))
         self.replace(node_id, new, info)

@@ -8,7 +8,6 @@ verify: the reason is printed), 2 a wrong request (unknown skill or task, bad ke
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -56,14 +55,7 @@ def skill_pack(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Archive path.")] = None,
 ) -> None:
     """Build one signed archive (signed with this node's key) from a skill folder."""
-    res = call(
-        lambda c: c.call(
-            "skill_pack",
-            dir=str(folder.resolve()),
-            out=str(out.resolve()) if out else None,
-            cwd=os.getcwd(),
-        )
-    )
+    res = call(lambda c: c.pack_skill(folder, out))
     print(
         f"{res['path']}: {res['name']} {res['version']}, {res['size']} bytes, "
         f"pack id {res['pack_id']}"
@@ -77,9 +69,9 @@ def skill_install(
     """Verify and install a pack file, or fetch a skill another member holds."""
     path = Path(what)
     if path.exists() or what.endswith(".pack") or "/" in what:
-        res = call(lambda c: c.call("skill_install", file=str(path.resolve())))
+        res = call(lambda c: c.install_pack(path))
     else:
-        res = call(lambda c: c.call("skill_install", name=what), timeout=120.0)
+        res = call(lambda c: c.install_skill(what))
     print(f"installed {res['name']} {res['version']} (pack id {res.get('pack_id', '-')})")
 
 
@@ -92,7 +84,7 @@ def skill_list(
 ) -> None:
     """Skills on this node (built-in and packs, with usage statistics), and with --mesh
     which host has which version."""
-    rows = call(lambda c: c.call("skill_list", mesh=mesh))
+    rows = call(lambda c: c.skills(mesh))
     if as_json:
         _dump(rows)
         return
@@ -123,9 +115,9 @@ def skill_describe(
     """What a skill does, its parameters, permissions, limits and usage statistics."""
     path = Path(what)
     if path.is_file():
-        info = call(lambda c: c.call("skill_describe", file=str(path.resolve())))
+        info = call(lambda c: c.inspect_pack(path))
     else:
-        info = call(lambda c: c.call("skill_describe", name=what))
+        info = call(lambda c: c.describe_skill(what))
     if as_json:
         _dump(info)
         return
@@ -177,14 +169,14 @@ def skill_describe(
 @skill_app.command("remove")
 def skill_remove(name: Annotated[str, typer.Argument(help="An installed pack's name.")]) -> None:
     """Uninstall a pack from this node."""
-    call(lambda c: c.call("skill_remove", name=name))
+    call(lambda c: c.remove_skill(name))
     print(f"removed {name}")
 
 
 @skill_app.command("publish")
 def skill_publish(name: Annotated[str, typer.Argument(help="An installed pack's name.")]) -> None:
     """Announce a pack to the mesh: members that trust its signer fetch and install it."""
-    res = call(lambda c: c.call("skill_publish", name=name))
+    res = call(lambda c: c.publish_skill(name))
     print(f"published {res['name']} {res['version']} (pack id {res['pack_id']})")
 
 
@@ -197,7 +189,7 @@ def skill_revoke(
     everywhere and is never installed again."""
     if not key and not pack:
         fail("meshctl", "give --key KEY and/or --pack PACK_ID", EXIT_USAGE)
-    res = call(lambda c: c.call("skill_revoke", keys=key or [], packs=pack or []))
+    res = call(lambda c: c.revoke(key, pack))
     print(f"revoked {len(res['keys'])} key(s), {len(res['packs'])} pack(s); told the mesh")
 
 
@@ -207,14 +199,14 @@ def trust_add(
     note: Annotated[str, typer.Option("--note", help="Whose key this is.")] = "",
 ) -> None:
     """Trust packs signed by KEY (besides the mesh's own members)."""
-    call(lambda c: c.call("skill_trust_add", key=key, note=note))
+    call(lambda c: c.trust_add(key, note))
     print(f"trusted {key}")
 
 
 @trust_app.command("remove")
 def trust_remove(key: Annotated[str, typer.Argument(help="A key added with trust add.")]) -> None:
     """Stop trusting a key added with `trust add` (members stay trusted: revoke them)."""
-    res = call(lambda c: c.call("skill_trust_remove", key=key))
+    res = call(lambda c: c.trust_remove(key))
     print(f"removed {key}" + (" (still trusted: a member's key)" if res["trusted"] else ""))
 
 
@@ -223,7 +215,7 @@ def trust_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every trusted signer key: this node, the members, and keys added by an operator."""
-    rows = call(lambda c: c.call("skill_trust_list"))
+    rows = call(lambda c: c.trust_list())
     if as_json:
         _dump(rows)
         return
@@ -234,7 +226,7 @@ def trust_list(
 
 def approve(task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")]) -> None:
     """Approve a task whose skill needs it (internet or privileged): it runs."""
-    t = call(lambda c: c.call("task_approve", id=task_id))
+    t = call(lambda c: c.approve(task_id))
     print(f"task {t['id']} approved: {t['state']}")
 
 
@@ -243,5 +235,5 @@ def deny(
     reason: Annotated[str, typer.Option("--reason", help="Recorded with the decision.")] = "",
 ) -> None:
     """Deny a task waiting for approval: it fails with `denied`."""
-    t = call(lambda c: c.call("task_deny", id=task_id, reason=reason))
+    t = call(lambda c: c.deny(task_id, reason))
     print(f"task {t['id']} denied: {t['state']}")

@@ -13,7 +13,6 @@ against generous bounds. Every scenario runs under global invariant checks:
 from __future__ import annotations
 
 import dataclasses
-import random
 import statistics
 from collections.abc import Callable, Iterable
 
@@ -21,9 +20,9 @@ import pytest
 
 from meshd.config import ElectionConfig, MembershipConfig
 from meshd.core import Core
-from meshd.effects import ElectionEvent, Persist, Send
+from meshd.effects import Effect, ElectionEvent, Persist, Send
 from meshd.election import LEAD_ELECTED, STEPPED_DOWN, Role
-from meshd.sim import FakeNetwork, fake_info
+from meshd.sim import FakeNetwork, SimHost, fake_info
 from meshd.wire.messages import LeadAck, Vote
 
 ECFG = ElectionConfig()
@@ -96,49 +95,40 @@ class Sim:
 
     def add(self, name: str, priority: int, *, announce: bool = True) -> str:
         info = dataclasses.replace(fake_info(name), priority=priority)
-        rng = random.Random(self.net.rng.getrandbits(64))
-        core = Core(info, MCFG, self.ecfg, self.net.now, rng)
-        self.net.add(core, info)
-        self.ids.append(core.self_id)
+        host = self.net.add_host(info, membership=MCFG, election=self.ecfg)
+        self.ids.append(host.self_id)
         if announce:
-            self.net.announce(core.self_id)
-        return core.self_id
+            self.net.announce(host.self_id)
+        return host.self_id
 
     def core(self, node: str) -> Core:
-        c = self.net.node(node)
-        assert isinstance(c, Core)
-        return c
+        host = self.net.node(node)
+        assert isinstance(host, SimHost)
+        return host.core
+
+    def step(self, node: str, fn: Callable[[Core, float], Iterable[Effect]]) -> None:
+        """Call ``fn(core, now)`` on a node and carry out what it returns."""
+        host = self.net.node(node)
+        assert isinstance(host, SimHost)
+        now = self.net.now
+        self.net.apply(node, host.local(fn(host.core, now), now))
 
     def up(self) -> list[str]:
         return self.net.ids(up_only=True)
 
     def restart(self, node: str, *, priority: int | None = None) -> Core:
-        """A new process with the durable term/vote of the old one (its last Persist) and
-        its member list restored, as the daemon does from LMDB."""
+        """A new process with the durable term/vote of the old one (from its disk) and its
+        member list restored, as the daemon does from LMDB."""
         old = self.core(node)
-        p = self.inv.persisted.get(node, Persist(0, None))
-        info = dataclasses.replace(
-            old.self_info,
-            incarnation=old.self_info.incarnation + 1,
-            started_at=self.net.now,
-            priority=old.self_info.priority if priority is None else priority,
-        )
-        new = Core(
-            info,
-            MCFG,
-            self.ecfg,
-            self.net.now,
-            random.Random(self.net.rng.getrandbits(64)),
-            term=p.term,
-            voted_for=p.voted_for,
-        )
-        assert (new.election.term, new.election.voted_for) == (
+        changes = {} if priority is None else {"priority": priority}
+        new = self.net.restart(node, **changes)
+        assert isinstance(new, SimHost)
+        assert (new.core.election.term, new.core.election.voted_for) == (
             old.election.term,
             old.election.voted_for,
         )
-        self.net.replace(node, new, info)
-        self.net.apply(node, new.restore(old.snapshot(), self.net.now))
-        return new
+        assert self.inv.persisted.get(node, Persist(0, None)) == new.disk.persist
+        return new.core
 
     # -- views -------------------------------------------------------------------------
 
@@ -480,7 +470,7 @@ def test_operator_transfer_then_manual_hold() -> None:
     sim = Sim([10, 20, 30, 40, 50], seed=13)
     lead, _ = sim.started()
     target = sim.ids[0]  # the lowest priority
-    sim.net.call(lead, lambda n, now: n.election.transfer(target, now))  # type: ignore[attr-defined]
+    sim.step(lead, lambda core, now: core.election.transfer(target, now))
     took = sim.until(lambda: sim.agreed() == target, 2.0)
     report("lead transfer -> target leads", took)
     assert took is not None and took < 0.05
@@ -492,7 +482,7 @@ def test_operator_step_down_through_a_follower() -> None:
     sim = Sim([10, 20, 30, 40, 50], seed=14)
     lead, _ = sim.started()
     follower = sim.ids[0]
-    sim.net.call(follower, lambda n, now: n.election.request_transfer("", now))  # type: ignore[attr-defined]
+    sim.step(follower, lambda core, now: core.election.request_transfer("", now))
     took = sim.until(lambda: sim.agreed() not in (None, lead), 2.0)
     report("step-down relayed by a follower -> next lead agreed", took)
     assert took is not None and took < 0.3

@@ -1,5 +1,6 @@
-"""Delegation on the fake network: whole nodes (Core + TaskMachine + a simulated skill
-runner + an in-memory durable store) in simulated time, with crashes and restarts.
+"""Delegation on the simulated network: whole nodes (:class:`meshd.sim.SimHost`: a Core
+with its task machine, a disk that survives crashes, simulated skills) in simulated time,
+with crashes and restarts.
 
 Scenarios: an agent dies mid-task and another finishes it from the checkpoint; the lead
 dies during a burst and the next lead resumes every task, none run twice; 1000 tasks with
@@ -12,210 +13,25 @@ import dataclasses
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
-from meshd.config import ElectionConfig, MembershipConfig, TaskConfig
-from meshd.core import Core
-from meshd.effects import (
-    CancelSkill,
-    MemberChanged,
-    Persist,
-    Publish,
-    RunSkill,
-    SaveOutbox,
-    Send,
-    StoreCopies,
-)
-from meshd.sim import FakeNetwork, fake_info
-from meshd.tasks.machine import Member, TaskMachine
+from meshd.config import TaskConfig
+from meshd.core import AgentSetup
+from meshd.sim import FakeNetwork, SimHost, SimSkills, fake_info
+from meshd.tasks.machine import TaskMachine
 from meshd.tasks.model import new_task
-from meshd.wire.messages import TaskPayloads, TaskReport
-from meshd.wire.records import MemberState, Requirement, Task, TaskCopy, TaskState, is_terminal
+from meshd.wire.messages import TaskOpKind
+from meshd.wire.records import Requirement, Task, TaskState, is_terminal
 
-MCFG = MembershipConfig()
-ECFG = ElectionConfig()
 TCFG = TaskConfig(default_timeout=30.0)
-SKILLS = ("echo", "sleep")
-
-
-@dataclass
-class Disk:
-    """What survives a crash: the task store, the outbox, the election's Persist."""
-
-    copies: dict[str, TaskCopy] = field(default_factory=dict)
-    submits: set[str] = field(default_factory=set)
-    reports: dict[str, TaskReport] = field(default_factory=dict)
-    persist: Persist = field(default_factory=lambda: Persist(0, None))
-
-
-@dataclass
-class Run:
-    task: Task
-    elapsed: float
-    next_at: float
-
-
-class World:
-    """Shared books: every skill execution start, per task."""
-
-    def __init__(self) -> None:
-        self.executions: Counter[str] = Counter()
-        self.resumed_from: dict[str, float] = {}
-
-
-class TaskNode:
-    """A whole node on the fake network (the daemon's wiring, minus sockets)."""
-
-    def __init__(
-        self,
-        info: Any,
-        disk: Disk,
-        world: World,
-        now: float,
-        rng: random.Random,
-        max_concurrent: int = 2,
-        approval: frozenset[str] = frozenset(),
-    ) -> None:
-        self.info = info
-        self.disk = disk
-        self.world = world
-        self.core = Core(
-            info, MCFG, ECFG, now, rng, term=disk.persist.term, voted_for=disk.persist.voted_for
-        )
-        self.tm = TaskMachine(
-            info.node_id,
-            TCFG,
-            skills=lambda: SKILLS,
-            role_defaults=lambda role: ((), 2),
-            max_concurrent=max_concurrent,
-            capabilities=(),
-            needs_approval=lambda name: name in approval,
-        )
-        self.runs: dict[str, Run] = {}
-        self._lead: tuple[str | None, int] = (None, 0)
-        self.pending: list[object] = list(
-            self._tasks(
-                self.tm.load(disk.copies.values(), disk.submits, disk.reports.values(), now), now
-            )
-        )
-
-    @property
-    def self_id(self) -> str:
-        return str(self.info.node_id)
-
-    # -- SimNode ------------------------------------------------------------------------
-
-    def receive(self, sender: str, payload: object, now: float, msg_id: bytes) -> list[object]:
-        out = self._core(self.core.receive(sender, payload, now, msg_id), now)  # type: ignore[arg-type]
-        if isinstance(payload, TaskPayloads):
-            out += self._tasks(self.tm.receive(sender, payload, now), now)
-        return out
-
-    def tick(self, now: float) -> list[object]:
-        out = self._core(self.core.tick(now), now)
-        out += self._tasks(self.tm.tick(now), now)
-        for task_id, run in list(self.runs.items()):
-            if run.next_at <= now and task_id in self.runs:
-                out += self._step(task_id, run, now)
-        if self.pending:
-            out, self.pending = self.pending + out, []
-        return out
-
-    def next_deadline(self) -> float:
-        times = [self.core.next_deadline(), self.tm.next_deadline()]
-        times += [r.next_at for r in self.runs.values()]
-        if self.pending:
-            times.append(0.0)
-        return min(times)
-
-    def discovered(self, info: Any, now: float, source: str) -> list[object]:
-        return self._core(self.core.discovered(info, now, source), now)
-
-    # -- plumbing -------------------------------------------------------------------------
-
-    def submit(self, task: Task, now: float) -> list[object]:
-        return self._tasks(self.tm.submit(task, now), now)
-
-    def _core(self, effects: Sequence[object], now: float) -> list[object]:
-        out: list[object] = []
-        members = False
-        for eff in effects:
-            if isinstance(eff, Persist):
-                self.disk.persist = eff
-            elif isinstance(eff, MemberChanged):
-                members = True
-            out.append(eff)
-        if members:
-            view = [Member(self.self_id, self.info.name, "worker", self.info.priority, True)]
-            for m in self.core.members():
-                alive = m.state in (MemberState.ALIVE, MemberState.SUSPECT)
-                view.append(Member(m.info.node_id, m.info.name, "worker", m.info.priority, alive))
-            out += self._tasks(self.tm.members_changed(view, now), now)
-        lead = (self.core.election.lead, self.core.election.term)
-        if lead != self._lead:
-            self._lead = lead
-            out += self._tasks(self.tm.lead_changed(lead[0], lead[1], now), now)
-        return out
-
-    def _tasks(self, effects: Sequence[object], now: float) -> list[object]:
-        out: list[object] = []
-        for eff in effects:
-            if isinstance(eff, StoreCopies):
-                for copy in eff.copies:
-                    self.disk.copies[copy.task.task_id] = copy
-            elif isinstance(eff, SaveOutbox):
-                kind, _, task_id = eff.key.partition(":")
-                if kind == "submit":
-                    (self.disk.submits.add if eff.pending else self.disk.submits.discard)(task_id)
-                elif eff.pending and eff.report is not None:
-                    self.disk.reports[task_id] = eff.report
-                else:
-                    self.disk.reports.pop(task_id, None)
-            elif isinstance(eff, RunSkill):
-                task = eff.task
-                self.world.executions[task.task_id] += 1
-                start = float(task.checkpoint.decode()) if task.checkpoint else 0.0
-                self.world.resumed_from[task.task_id] = start
-                self.runs[task.task_id] = Run(task, start, now)
-            elif isinstance(eff, CancelSkill):
-                self.runs.pop(eff.task_id, None)
-            elif isinstance(eff, Send | Publish):
-                out.append(eff)
-            else:
-                out.append(eff)  # events, for the network's log
-        return out
-
-    def _step(self, task_id: str, run: Run, now: float) -> list[object]:
-        task = run.task
-        total = float(task.params.get("seconds", 0.0))
-        if run.elapsed >= total:
-            del self.runs[task_id]
-            result = {"message": task.params.get("message"), "slept": total}
-            return self._tasks(
-                self.tm.skill_done(task_id, task.attempt, True, result, "", "", now), now
-            )
-        handoff_at = task.params.get("handoff_at")
-        if handoff_at is not None and run.elapsed >= float(handoff_at) and task.attempt == 1:
-            # The skill hands its task off (ctx.handoff()) after checkpointing.
-            del self.runs[task_id]
-            to = str(task.params.get("to", ""))
-            return self._tasks(
-                self.tm.skill_handoff(task_id, task.attempt, to, repr(run.elapsed).encode(), now),
-                now,
-            )
-        run.elapsed = min(total, run.elapsed + 0.1)
-        run.next_at = now + 0.1
-        pct = 100.0 * run.elapsed / total
-        return self._tasks(
-            self.tm.skill_progress(task_id, task.attempt, pct, "", repr(run.elapsed).encode(), now),
-            now,
-        )
 
 
 class Mesh:
+    """A mesh of :class:`SimHost` nodes sharing one :class:`SimSkills` (its books count
+    every skill run)."""
+
     def __init__(
         self,
         priorities: Sequence[int],
@@ -223,42 +39,33 @@ class Mesh:
         lead_runs: bool = False,
         approval: frozenset[str] = frozenset(),
     ) -> None:
-        self.approval = approval
         self.net = FakeNetwork(seed=seed)
-        self.world = World()
-        self.disks: dict[str, Disk] = {}
+        self.skills = SimSkills()
         self.ids: list[str] = []
         self.rng = random.Random(seed)
         for i, prio in enumerate(priorities):
             info = dataclasses.replace(fake_info(f"n{i}"), priority=prio)
-            limit = 2 if (lead_runs or i > 0) else 0
-            self._start(info, Disk(), limit)
+            agent = AgentSetup(
+                config=TCFG,
+                skills=lambda: self.skills.names,
+                role_defaults=lambda role: ((), 2),
+                max_concurrent=2 if (lead_runs or i > 0) else 0,
+                needs_approval=lambda name: name in approval,
+            )
+            self.net.add_host(info, agent=agent, skills=self.skills)
+            self.net.announce(info.node_id)
             self.ids.append(info.node_id)
             self.net.advance(0.02)
-        self.limits = {nid: (2 if (lead_runs or i > 0) else 0) for i, nid in enumerate(self.ids)}
 
-    def _start(self, info: Any, disk: Disk, limit: int) -> TaskNode:
-        node = TaskNode(
-            info,
-            disk,
-            self.world,
-            self.net.now,
-            random.Random(self.rng.getrandbits(64)),
-            limit,
-            self.approval,
-        )
-        self.disks[info.node_id] = disk
-        if info.node_id in self.net.hosts:
-            self.net.replace(info.node_id, node, info)
-        else:
-            self.net.add(node, info)
-        self.net.announce(info.node_id)
-        return node
-
-    def node(self, node_id: str) -> TaskNode:
+    def node(self, node_id: str) -> SimHost:
         n = self.net.node(node_id)
-        assert isinstance(n, TaskNode)
+        assert isinstance(n, SimHost)
         return n
+
+    def tm(self, node_id: str) -> TaskMachine:
+        tasks = self.node(node_id).core.tasks
+        assert tasks is not None
+        return tasks
 
     def lead(self) -> str | None:
         leads = {self.node(i).core.election.lead for i in self.net.ids(up_only=True)}
@@ -268,9 +75,7 @@ class Mesh:
         took = self.net.run_until(
             lambda: (
                 self.lead() is not None
-                and all(
-                    self.node(i).tm.role.value != "gathering" for i in self.net.ids(up_only=True)
-                )
+                and all(self.tm(i).role.value != "gathering" for i in self.net.ids(up_only=True))
             ),
             max_time,
         )
@@ -283,15 +88,9 @@ class Mesh:
         self.net.crash(node_id)
 
     def restart(self, node_id: str) -> None:
-        old = self.node(node_id)
-        info = dataclasses.replace(
-            old.info, incarnation=old.info.incarnation + 1, started_at=self.net.now
-        )
-        new = self._start(info, self.disks[node_id], self.limits[node_id])
-        # As the daemon does from LMDB: the members it knew, for a fast rejoin.
-        self.net.apply(
-            node_id, new._core(new.core.restore(old.core.snapshot(), self.net.now), self.net.now)
-        )
+        # From its disk; as the daemon does from LMDB: the members it knew, for a fast rejoin.
+        self.net.restart(node_id)
+        self.net.announce(node_id)
 
     def submit(self, origin: str, skill: str, params: dict[str, Any], **kw: Any) -> str:
         node = self.node(origin)
@@ -300,21 +99,21 @@ class Mesh:
         return task.task_id
 
     def task(self, node_id: str, task_id: str) -> Task:
-        t = self.node(node_id).tm.get(task_id)
+        t = self.tm(node_id).get(task_id)
         assert t is not None
         return t
 
     def pct(self, node_id: str, task_id: str) -> float:
-        t = self.node(node_id).tm.get(task_id)
+        t = self.tm(node_id).get(task_id)
         return -1.0 if t is None else t.progress.pct
 
     def state(self, node_id: str, task_id: str) -> TaskState | None:
-        t = self.node(node_id).tm.get(task_id)
+        t = self.tm(node_id).get(task_id)
         return None if t is None else t.state
 
     def all_terminal(self, ids: Sequence[str], at: Sequence[str]) -> bool:
         for n in at:
-            tm = self.node(n).tm
+            tm = self.tm(n)
             for t in ids:
                 task = tm.get(t)
                 if task is None or not is_terminal(task):
@@ -337,8 +136,8 @@ def test_agent_dies_mid_task_and_another_finishes_it_from_the_checkpoint() -> No
     final = m.task(origin, tid)
     assert final.state is TaskState.COMPLETE
     assert final.assigned_to not in (worker, lead)
-    assert m.world.executions[tid] == 2
-    assert m.world.resumed_from[tid] >= 0.9  # from the checkpoint, not from zero
+    assert m.skills.executions[tid] == 2
+    assert m.skills.resumed_from[tid] >= 0.9  # from the checkpoint, not from zero
     assert any("lost" in h.reason for h in final.history)
 
 
@@ -353,17 +152,13 @@ def test_non_idempotent_task_fails_agent_lost_then_operator_retry_reruns_it() ->
     assert m.net.run_until(lambda: m.state(lead, tid) is TaskState.FAILED, 10) is not None
     failed = m.task(lead, tid)
     assert failed.error is not None and failed.error.code == "agent_lost"
-    assert m.world.executions[tid] == 1
+    assert m.skills.executions[tid] == 1
     # The operator retries it on purpose, from a non-lead node (relayed to the lead).
     survivor = next(n for n in m.ids[1:] if n != worker)
-    from meshd.wire.messages import TaskOpKind
-
-    m.net.apply(
-        survivor, m.node(survivor).tm.operator(TaskOpKind.RETRY, tid, "operator", m.net.now)
-    )
+    m.net.apply(survivor, m.node(survivor).operator(TaskOpKind.RETRY, tid, m.net.now))
     assert m.net.run_until(lambda: m.all_terminal([tid], [lead, survivor]), 20) is not None
     assert m.task(survivor, tid).state is TaskState.COMPLETE
-    assert m.world.executions[tid] == 2
+    assert m.skills.executions[tid] == 2
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -381,8 +176,8 @@ def test_lead_dies_mid_burst_and_the_next_lead_resumes_every_task(seed: int) -> 
     for n in rest:
         assert all(m.task(n, t).state is TaskState.COMPLETE for t in ids)
     # None lost, none run twice (the old lead ran nothing: its limit is 0).
-    assert all(m.world.executions[t] == 1 for t in ids), m.world.executions.most_common(3)
-    assert m.node(m.ids[1]).tm.role.value == "lead"
+    assert all(m.skills.executions[t] == 1 for t in ids), m.skills.executions.most_common(3)
+    assert m.tm(m.ids[1]).role.value == "lead"
 
 
 @pytest.mark.parametrize("seed", [7, 8, 9])
@@ -421,8 +216,8 @@ def test_thousand_tasks_with_random_crashes_each_end_in_one_terminal_state(seed:
                 n[:4],
                 t[:6],
                 m.state(n, t),
-                m.node(n).tm.version(t),
-                m.node(n).tm.role.value,
+                m.tm(n).version(t),
+                m.tm(n).role.value,
                 m.net.hosts[n].up,
             )
             for n in everyone
@@ -431,11 +226,11 @@ def test_thousand_tasks_with_random_crashes_each_end_in_one_terminal_state(seed:
         ]
         info = {
             n[:4]: (
-                m.node(n).tm.lead and m.node(n).tm.lead[:4],
-                m.node(n).tm.term,
-                m.node(n).tm._wm.hw,
-                m.node(n).tm._wm.hi,
-                m.node(n).tm._seq,
+                m.tm(n).lead and m.tm(n).lead[:4],
+                m.tm(n).term,
+                m.tm(n)._wm.hw,
+                m.tm(n)._wm.hi,
+                m.tm(n)._seq,
             )
             for n in everyone
         }
@@ -451,7 +246,7 @@ def test_thousand_tasks_with_random_crashes_each_end_in_one_terminal_state(seed:
             assert not idem[t]
         if not idem[t]:
             # A non-idempotent task never starts twice without an operator.
-            assert m.world.executions[t] <= 1, (t, m.world.executions[t])
+            assert m.skills.executions[t] <= 1, (t, m.skills.executions[t])
     done = sum(1 for t in ids if m.task(m.ids[0], t).state is TaskState.COMPLETE)
     assert done >= 900, done
     print(f"\n[sim] 1000 tasks: {done} complete, {len(ids) - done} failed agent_lost")
@@ -469,7 +264,7 @@ def test_an_agent_hands_its_task_off_with_its_checkpoint(from_lead: bool) -> Non
     final = m.task(m.ids[2], tid)
     assert final.state is TaskState.COMPLETE, final.error
     assert final.assigned_to not in (first, None)
-    assert m.world.resumed_from[tid] >= 0.5  # from the checkpoint it handed over
+    assert m.skills.resumed_from[tid] >= 0.5  # from the checkpoint it handed over
     assert any(h.reason.startswith("handed off") for h in final.history)
 
 
@@ -490,8 +285,6 @@ def test_a_refused_handoff_fails_the_task_with_the_reason() -> None:
 
 @pytest.mark.parametrize("decision", ["approve", "deny"])
 def test_a_skill_that_needs_approval_waits_for_the_operator(decision: str) -> None:
-    from meshd.wire.messages import TaskOpKind
-
     m = Mesh([100, 50, 50], approval=frozenset({"sleep"}))
     lead = m.wait_lead()
     origin = m.ids[2]
@@ -500,18 +293,18 @@ def test_a_skill_that_needs_approval_waits_for_the_operator(decision: str) -> No
     assert m.net.run_until(lambda: m.all_terminal([free], m.ids), 10) is not None
     m.net.advance(2.0)
     assert m.state(lead, held) is TaskState.WAITING_APPROVAL
-    assert m.world.executions[held] == 0  # never started without the operator
+    assert m.skills.executions[held] == 0  # never started without the operator
     # The operator decides on a node that is not the lead (relayed to the lead).
     op = TaskOpKind.APPROVE if decision == "approve" else TaskOpKind.DENY
-    m.net.apply(origin, m.node(origin).tm.operator(op, held, "operator", m.net.now))
+    m.net.apply(origin, m.node(origin).operator(op, held, m.net.now))
     assert m.net.run_until(lambda: m.all_terminal([held], m.ids), 10) is not None
     final = m.task(origin, held)
     actor = f"operator@{origin}"
     if decision == "approve":
         assert final.state is TaskState.COMPLETE
         assert any(h.reason == f"approved by {actor}" for h in final.history)
-        assert m.world.executions[held] == 1
+        assert m.skills.executions[held] == 1
     else:
         assert final.state is TaskState.FAILED
         assert final.error is not None and final.error.code == "denied"
-        assert m.world.executions[held] == 0
+        assert m.skills.executions[held] == 0
