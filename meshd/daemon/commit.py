@@ -98,6 +98,9 @@ class Commit:
         self._needs_sync = False
         self._sync_job: asyncio.Future[None] | None = None
         self._closed = False
+        self._closing = False
+        #: Transactions committed since the last fsync began (close fsyncs them).
+        self._loose = False
         #: Commits done (transactions) and fsyncs asked for: for status and tests.
         self.commits = 0
 
@@ -113,7 +116,13 @@ class Commit:
                 self._lazy.pop(copy.task.task_id, None)
         else:
             for copy in eff.copies:
-                self._lazy[copy.task.task_id] = copy
+                task_id = copy.task.task_id
+                if task_id in self._copies:
+                    # Newer than the copy waiting in this turn's batch: it takes its place
+                    # there (a lazy write must never land before an older durable one).
+                    self._copies[task_id] = copy
+                else:
+                    self._lazy[task_id] = copy
         self._schedule()
 
     def outbox(self, eff: SaveOutbox) -> None:
@@ -158,6 +167,7 @@ class Commit:
 
     def _schedule(self) -> None:
         if self._closed:
+            self.flush(final=True)  # after close: carried out at once, durably
             return
         loop = asyncio.get_running_loop()
         if self._flush_handle is None and (
@@ -183,15 +193,24 @@ class Commit:
         durable, self._durable = self._durable, False
         store = self._store
         if copies or outbox or audit:
-            store.write_batch(copies, outbox, audit, durable=final and durable)
+            synced_now = final and durable
+            store.write_batch(copies, outbox, audit, durable=synced_now)
             self.commits += 1
+            self._loose = not synced_now
         batch, self._batch = self._batch, _Batch()
         if durable and store.fsync and not final:
             self._unsynced.append(batch)
             self._needs_sync = True
             self._sync_next()
-        else:
-            batch.release()
+            return
+        if batch.done is not None and (self._syncing or self._unsynced):
+            # Its held actions acknowledge what is committed already: out now. But whoever
+            # waits in durable() waits for everything before, fsyncs in flight included.
+            waiter = _Batch()
+            waiter.done, batch.done = batch.done, None
+            self._unsynced.append(waiter)
+            self._sync_next()
+        batch.release()
 
     def _sync_soon(self) -> None:
         """fsync within SYNC_DELAY, holding nothing back."""
@@ -207,7 +226,7 @@ class Commit:
         self._sync_next()
 
     def _sync_next(self) -> None:
-        if self._syncing or not self._unsynced:
+        if self._syncing or not self._unsynced or self._closing:
             return
         batches, self._unsynced = self._unsynced, []
         if not self._needs_sync:  # only batches that waited for their turn: no fsync
@@ -216,6 +235,7 @@ class Commit:
             return
         self._needs_sync = False
         self._syncing = True
+        self._loose = False  # this fsync covers every transaction committed before it
         job = asyncio.get_running_loop().run_in_executor(None, self._store.sync)
         self._sync_job = job
 
@@ -230,15 +250,23 @@ class Commit:
         job.add_done_callback(synced)
 
     async def close(self) -> None:
-        """Write what is pending (fsync'd), release every held action; later writes and
+        """Write what is pending and fsync it, release every held action; later writes and
         holds are carried out at once. Never returns while an fsync is running."""
+        self._closing = True  # no new fsync in a worker from now on
         if self._soon_handle is not None:
             self._soon_handle.cancel()
             self._soon_handle = None
-        if self._sync_job is not None:
+        # Never return while an fsync runs: the store is closed next.
+        while self._syncing and self._sync_job is not None:
             with contextlib.suppress(BaseException):
-                await self._sync_job  # never close the store under a running fsync
+                await self._sync_job
+            await asyncio.sleep(0)  # let its done-callback run (it releases its batches)
         self.flush(final=True)
+        if (self._loose or self._needs_sync) and self._store.fsync:
+            # Batches queued behind that fsync, and what was only committed (the lead's
+            # copies, audit records): durable before their held actions run.
+            self._store.sync()
+            self._loose = self._needs_sync = False
         for batch in self._unsynced:
             batch.release()
         self._unsynced.clear()

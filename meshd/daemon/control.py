@@ -199,11 +199,17 @@ def _check(value: Any, hint: Any, name: str) -> Any:
             if number == number and abs(number) != float("inf"):
                 return number
     elif hint is str:
-        if isinstance(value, str) and len(value) <= MAX_TEXT:
+        if isinstance(value, str):
+            if len(value) > MAX_TEXT:
+                raise RequestError(
+                    f"argument {name!r}: {len(value)} characters, at most {MAX_TEXT}"
+                )
             return value
     elif origin is list:
         (item,) = get_args(hint)
-        if isinstance(value, list | tuple) and len(value) <= MAX_ITEMS:
+        if isinstance(value, list | tuple):
+            if len(value) > MAX_ITEMS:
+                raise RequestError(f"argument {name!r}: {len(value)} items, at most {MAX_ITEMS}")
             return [_check(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
     elif origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
         return value
@@ -212,8 +218,14 @@ def _check(value: Any, hint: Any, name: str) -> Any:
 
 
 def parse(cls: type[Any], args: Mapping[str, Any]) -> Any:
-    """Build request ``cls`` from ``args`` (absent or None: the field's default)."""
+    """Build request ``cls`` from ``args`` (absent or None: the field's default); an
+    argument the op does not take is refused (a misspelt option must not pass as its
+    default)."""
     hints = get_type_hints(cls)
+    unknown = sorted(str(k) for k in args if k not in hints)
+    if unknown:
+        takes = ", ".join(hints) or "no arguments"
+        raise RequestError(f"unknown argument {unknown[0]!r} (takes: {takes})")
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         raw = args.get(f.name)

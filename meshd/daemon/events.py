@@ -45,28 +45,34 @@ class Waiters:
     def __len__(self) -> int:
         return sum(len(v) for v in self._waiting.values())
 
+    def future(self, key: Hashable) -> asyncio.Future[None]:
+        """A future set by the next :meth:`wake` of ``key`` (:meth:`discard` it after)."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(key, []).append(fut)
+        return fut
+
+    def discard(self, key: Hashable, fut: asyncio.Future[None]) -> None:
+        bucket = self._waiting.get(key, [])
+        if fut in bucket:
+            bucket.remove(fut)
+        if not bucket:
+            self._waiting.pop(key, None)
+
     async def wait(self, key: Hashable, timeout: float) -> None:
         if timeout <= 0:
             return
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
-        bucket = self._waiting.setdefault(key, [])
-        bucket.append(fut)
+        fut = self.future(key)
 
         def expire() -> None:
             if not fut.done():
                 fut.set_result(None)
 
-        timer = loop.call_later(timeout, expire)
+        timer = asyncio.get_running_loop().call_later(timeout, expire)
         try:
             await fut
         finally:
             timer.cancel()
-            bucket = self._waiting.get(key, [])
-            if fut in bucket:
-                bucket.remove(fut)
-            if not bucket:
-                self._waiting.pop(key, None)
+            self.discard(key, fut)
 
     def wake(self, key: Hashable) -> None:
         for fut in self._waiting.pop(key, ()):
@@ -94,6 +100,7 @@ class EventLog:
         self._events: deque[dict[str, Any]] = deque(maxlen=history)
         self._last_at = 0.0
         self._waiters = Waiters()
+        self._closed = False
         #: Called with every record appended (after the waiters are woken).
         self.listeners: list[Callable[[dict[str, Any]], None]] = []
 
@@ -112,7 +119,7 @@ class EventLog:
         record: dict[str, Any] = {"type": kind, "node": self._node_id}
         if fields:
             record.update(fields)
-        record["at"] = at
+        record["type"], record["at"] = kind, at  # never taken from ``fields``
         self._events.append(record)
         if audit and self._audit is not None:
             self._audit(record)
@@ -135,15 +142,32 @@ class EventLog:
         return self._events[-1]["at"] if self._events else 0.0
 
     async def wait(self, since: float, timeout: float) -> list[dict[str, Any]]:
-        """Events newer than ``since``, waiting up to ``timeout`` s for the first one."""
-        end = self._clock.monotonic() + max(0.0, timeout)
-        while self.newest_at() <= since:
-            left = end - self._clock.monotonic()
-            if left <= 0:
-                break
-            await self._waiters.wait(None, left)
+        """Events newer than ``since``, waiting up to ``timeout`` s for the first one (an
+        empty list: none came, or the log closed). The timeout runs on the event loop's
+        timer; an append that is not newer than ``since`` (a cursor from another clock)
+        wakes the wait, which then waits on."""
+        if self.newest_at() > since or self._closed or timeout <= 0:
+            return self.since(since)
+        loop = asyncio.get_running_loop()
+        expired: asyncio.Future[None] = loop.create_future()
+
+        def expire() -> None:
+            if not expired.done():
+                expired.set_result(None)
+
+        timer = loop.call_later(timeout, expire)
+        try:
+            while self.newest_at() <= since and not self._closed and not expired.done():
+                woken = self._waiters.future(None)
+                try:
+                    await asyncio.wait((woken, expired), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self._waiters.discard(None, woken)
+        finally:
+            timer.cancel()
         return self.since(since)
 
     def close(self) -> None:
-        """Wake every waiting long-poll (shutdown)."""
+        """End every waiting long-poll, and every later one at once (shutdown)."""
+        self._closed = True
         self._waiters.wake_all()

@@ -103,6 +103,10 @@ class Runner:
             if old is not None and not old.done():
                 with contextlib.suppress(BaseException):
                     await old  # the superseded attempt must leave the executor first
+            if self._tasks.get(task_id) is not current:
+                # Superseded before it reached the executor: it never runs.
+                outcomes.done(task_id, attempt, False, None, "cancelled", "superseded")
+                return
             result = await self.executor.run(
                 task_id,
                 task.skill,

@@ -75,8 +75,8 @@ class MemoryTransport:
         self._wait = admission_wait
         self._counters = Counters()
         self._admitted: dict[bytes, str] = {}
-        #: node id -> (peer transport, its curve key as we were told it)
-        self._links: dict[str, tuple[MemoryTransport, bytes]] = {}
+        #: node id -> (peer transport or None for a dead/wrong endpoint, key, host, port)
+        self._links: dict[str, tuple[MemoryTransport | None, bytes, str, int]] = {}
         #: transports subscribed to our broadcasts
         self._subscribers: dict[bytes, MemoryTransport] = {}
         self._by_rid: dict[bytes, MemoryTransport] = {}
@@ -102,21 +102,23 @@ class MemoryTransport:
     def connect_peer(
         self, node_id: str, curve_pk: bytes, host: str, router_port: int, pub_port: int
     ) -> bool:
-        peer = self._net._routers.get((host, router_port))
-        old = self._links.get(node_id)
-        if old is not None and old[0] is peer and old[1] == curve_pk:
-            return False
+        if self._links.get(node_id, (None, b"", "", 0))[1:] == (curve_pk, host, router_port):
+            return False  # already linked the same way
         self.disconnect_peer(node_id)
+        peer = self._net._routers.get((host, router_port))
         if peer is None or peer.curve_pk != curve_pk:
-            return True  # a link to nowhere, as a zmq connect to a dead or wrong endpoint
-        self._links[node_id] = (peer, curve_pk)
+            # A link to nowhere, as a zmq connect to a dead or wrong endpoint: frames sent
+            # over it are queued and never delivered.
+            self._links[node_id] = (None, curve_pk, host, router_port)
+            return True
+        self._links[node_id] = (peer, curve_pk, host, router_port)
         peer._subscribers[self.curve_pk] = self
         peer._by_rid[self.rid] = self
         return True
 
     def disconnect_peer(self, node_id: str, linger_ms: int = 0) -> None:
         old = self._links.pop(node_id, None)
-        if old is not None:
+        if old is not None and old[0] is not None:
             old[0]._subscribers.pop(self.curve_pk, None)
 
     def send(self, node_id: str, data: bytes, routing_id: bytes | None = None) -> bool:
@@ -124,7 +126,8 @@ class MemoryTransport:
             return False
         link = self._links.get(node_id)
         if link is not None:
-            self._deliver(link[0], data, "router", None)
+            if link[0] is not None:  # else queued on a link to nowhere: never delivered
+                self._deliver(link[0], data, "router", None)
         else:
             back = self._by_rid.get(routing_id or b"")
             if back is None:
@@ -164,7 +167,7 @@ class MemoryTransport:
                 return
             rid: bytes | None = sender.rid
         else:
-            user = next((nid for nid, (peer, _) in self._links.items() if peer is sender), None)
+            user = next((nid for nid, link in self._links.items() if link[0] is sender), None)
             if user is None:
                 return
             rid = None
