@@ -220,7 +220,7 @@ class TaskConfig:
 
 @dataclass(frozen=True, slots=True)
 class SkillsConfig:
-    """Skill packs (see :mod:`meshd.skills.manager`)."""
+    """Skill packs (see :mod:`meshd.daemon.packs`)."""
 
     #: Install a pack another member publishes when its signer is trusted (an admitted
     #: member or a key in the trust store). False: only `meshctl skill install`.

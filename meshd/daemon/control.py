@@ -181,38 +181,66 @@ class RevokeReq:
     packs: list[str] = field(default_factory=list)
 
 
+class _Mismatch(Exception):
+    """The value is not of the expected type (turned into a RequestError by _check)."""
+
+
+def _bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _Mismatch
+    return value
+
+
+def _int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or abs(value) >= 2**63:
+        raise _Mismatch
+    return value
+
+
+def _float(value: Any, name: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _Mismatch
+    number = float(value)
+    if number != number or abs(number) == float("inf"):
+        raise _Mismatch
+    return number
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _Mismatch
+    if len(value) > MAX_TEXT:
+        raise RequestError(f"argument {name!r}: {len(value)} characters, at most {MAX_TEXT}")
+    return value
+
+
+_SCALARS: Final[dict[Any, Callable[[Any, str], Any]]] = {
+    bool: _bool,
+    int: _int,
+    float: _float,
+    str: _str,
+}
+
+
 def _check(value: Any, hint: Any, name: str) -> Any:
     """``value`` as type ``hint`` (see the comment above the requests), or RequestError."""
     origin = get_origin(hint)
     if origin in (Union, types.UnionType):
         options = [a for a in get_args(hint) if a is not type(None)]
         return None if value is None else _check(value, options[0], name)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 2**63:
-            return value
-    elif hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-            if number == number and abs(number) != float("inf"):
-                return number
-    elif hint is str:
-        if isinstance(value, str):
-            if len(value) > MAX_TEXT:
-                raise RequestError(
-                    f"argument {name!r}: {len(value)} characters, at most {MAX_TEXT}"
-                )
-            return value
-    elif origin is list:
-        (item,) = get_args(hint)
-        if isinstance(value, list | tuple):
+    try:
+        scalar = _SCALARS.get(hint)
+        if scalar is not None:
+            return scalar(value, name)
+        if origin is list and isinstance(value, list | tuple):
             if len(value) > MAX_ITEMS:
                 raise RequestError(f"argument {name!r}: {len(value)} items, at most {MAX_ITEMS}")
+            (item,) = get_args(hint)
             return [_check(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
-    elif origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return value
+        if origin is dict and isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return value
+    except _Mismatch:
+        pass
     expected = getattr(hint, "__name__", str(hint))
     raise RequestError(f"argument {name!r}: expected {expected}, got {type(value).__name__}")
 

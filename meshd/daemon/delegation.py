@@ -104,6 +104,14 @@ def task_to_dict(
     }
 
 
+def _opt_float(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float | str):
+        return float(value)
+    raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
 class Delegation:
     """The delegation requests of one node (see the module docstring)."""
 
@@ -278,14 +286,45 @@ class Delegation:
         skill_name = args.get("skill")
         if not isinstance(skill_name, str) or not skill_name:
             raise RequestError("no skill given")
-        params = args.get("params") or {}
+        spec = self._spec(skill_name)
+        params = self._params(spec, args.get("params") or {})
+        requirement = self._requirement(args)
+        deps = tuple(self.resolve_task(str(d)) for d in args.get("after") or ())
+        idempotent = args.get("idempotent")
+        core = self._driver.core
+        try:
+            return new_task(
+                skill_name,
+                params,
+                core.self_id,
+                core.wall(self._driver.now()),
+                config=self._cfg,
+                requirement=requirement,
+                priority=int(args.get("priority", 5)),
+                timeout_s=_opt_float(args.get("timeout")),
+                deadline=_opt_float(args.get("deadline")),
+                idempotent=spec.idempotent if idempotent is None else bool(idempotent),
+                verify=bool(args.get("verify", False)),
+                parent=args.get("parent") or None,
+                depends_on=deps,
+                retry_limit=None if args.get("retries") is None else int(args["retries"]),
+            )
+        except TaskError as exc:
+            raise RequestError(str(exc)) from None
+        except (TypeError, ValueError) as exc:
+            raise RequestError(f"bad request: {exc}") from None
+
+    @staticmethod
+    def _params(spec: SkillSpec, params: object) -> dict[str, Any]:
         if not isinstance(params, dict):
             raise RequestError("params must be a mapping of names to values")
-        spec = self._spec(skill_name)
         try:
-            valid = dict(validate_params(spec, params))
+            return dict(validate_params(spec, params))
         except SkillError as exc:
             raise RequestError(str(exc), "bad_params") from None
+
+    def _requirement(self, args: Mapping[str, Any]) -> Requirement:
+        """Who may run it: a known role, a capability, a known node (all optional)."""
         role = args.get("role") or None
         if role is not None and role not in self._roles:
             known = ", ".join(sorted(self._roles))
@@ -297,32 +336,7 @@ class Delegation:
                 node_id = self._resolve_node(str(node_ref))
             except RequestError as exc:
                 raise RequestError(str(exc).replace("peer", "node", 1), "unknown_node") from None
-        deps = tuple(self.resolve_task(str(d)) for d in args.get("after") or ())
-        idempotent = args.get("idempotent")
-        core = self._driver.core
-        try:
-            return new_task(
-                skill_name,
-                valid,
-                core.self_id,
-                core.wall(self._driver.now()),
-                config=self._cfg,
-                requirement=Requirement(
-                    role=role, capability=args.get("capability") or None, node=node_id
-                ),
-                priority=int(args.get("priority", 5)),
-                timeout_s=None if args.get("timeout") is None else float(args["timeout"]),
-                deadline=None if args.get("deadline") is None else float(args["deadline"]),
-                idempotent=spec.idempotent if idempotent is None else bool(idempotent),
-                verify=bool(args.get("verify", False)),
-                parent=args.get("parent") or None,
-                depends_on=deps,
-                retry_limit=None if args.get("retries") is None else int(args["retries"]),
-            )
-        except TaskError as exc:
-            raise RequestError(str(exc)) from None
-        except (TypeError, ValueError) as exc:
-            raise RequestError(f"bad request: {exc}") from None
+        return Requirement(role=role, capability=args.get("capability") or None, node=node_id)
 
     async def operator(self, op: str, ref: str, target: str = "") -> dict[str, Any]:
         """Cancel / retry / hand off / approve / deny, done by the lead (relayed to it when

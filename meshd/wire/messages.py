@@ -448,10 +448,10 @@ Payload = (
     | SkillRevoke
 )
 
-#: The payloads of skill sharing (handled by :mod:`meshd.skills.share`).
+#: The payloads of skill sharing (handled by :mod:`meshd.daemon.packs`).
 SkillPayloads = (SkillAnnounce, SkillFetch, SkillChunk, SkillRevoke)
 
-#: The payloads of task delegation (handled by :mod:`meshd.tasks`).
+#: The payloads of task delegation (handled by the task machine, :mod:`meshd.tasks.machine`).
 TaskPayloads = (
     TaskSubmit, TaskAssign, TaskReport, TaskCancel, TaskUpdate, TaskAck, TaskOp, TaskSyncReq,
     TaskSync, AgentInfo,

@@ -1,4 +1,4 @@
-"""meshd.metrics: figures from task copies, Prometheus text, and the health verdict."""
+"""meshd.daemon.metrics: figures from task copies and the Prometheus text."""
 
 from __future__ import annotations
 
