@@ -136,7 +136,6 @@ class Core:
                 verifier=agent.verifier,
                 needs_approval=agent.needs_approval,
             )
-        self._followed: tuple[str | None, int] = (None, 0)
 
     # ---- queries -----------------------------------------------------------------------
 
@@ -353,10 +352,11 @@ class Core:
                 out.extend(self.tasks.members_changed(self.agents(), self.wall(now)))
 
     def _follow(self, out: list[CoreEffect], now: float) -> None:
-        """The lead or the term moved: the task machine follows."""
-        current = (self.election.lead, self.election.term)
-        if current == self._followed:
+        """The lead or the term moved: the task machine follows (the election holds the
+        truth; the task machine's copy is what it last followed)."""
+        tasks = self.tasks
+        if tasks is None:
             return
-        self._followed = current
-        if self.tasks is not None:
-            out.extend(self.tasks.lead_changed(current[0], current[1], self.wall(now)))
+        lead, term = self.election.lead, self.election.term
+        if (lead, term) != (tasks.lead, tasks.term):
+            out.extend(tasks.lead_changed(lead, term, self.wall(now)))

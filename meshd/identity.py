@@ -1,9 +1,10 @@
 """Node identity and mesh admission.
 
 * **Identity.** Each node has one Ed25519 key, created once and kept in
-  ``<state-dir>/identity.key`` (mode 0600). Its node id is BLAKE2b-128 of the public key
-  (32 hex chars); its CURVE key pair (for ZeroMQ) is the same key converted to
-  Curve25519, so one secret backs both signatures and link encryption.
+  ``<state-dir>/identity.key`` (mode 0600; :mod:`meshd.daemon.state` reads and writes
+  the files). Its node id is BLAKE2b-128 of the public key (32 hex chars); its CURVE key
+  pair (for ZeroMQ) is the same key converted to Curve25519, so one secret backs both
+  signatures and link encryption.
 * **Mesh key.** 32 random bytes shared by every member, created by ``meshd init`` and
   handed to new hosts as a join token (``meshd1-`` + base32 of key + checksum).
 * **Admission proof.** ``HMAC-SHA256(mesh_key, "meshd/admit/v1" | mesh_id | ed25519_pk)``.
@@ -23,19 +24,15 @@ import functools
 import hashlib
 import hmac
 import os
-import stat
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 
 from nacl.bindings import crypto_scalarmult_base, crypto_sign_ed25519_pk_to_curve25519
 from nacl.signing import SigningKey
 
-from meshd.errors import AdmissionError, ConfigError, TokenError
+from meshd.errors import AdmissionError, TokenError
 from meshd.wire.records import MemberInfo
 
-IDENTITY_FILE = "identity.key"
-MESH_FILE = "mesh.key"
 TOKEN_PREFIX = "meshd1-"
 _ADMIT_CONTEXT = b"meshd/admit/v1"
 
@@ -80,40 +77,17 @@ class Identity:
     def generate(cls) -> Identity:
         return cls(SigningKey.generate())
 
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        """The identity whose Ed25519 seed is ``seed`` (32 bytes; ValueError otherwise)."""
+        if len(seed) != 32:
+            raise ValueError("an Ed25519 seed is 32 bytes")
+        return cls(SigningKey(seed))
 
-def _check_private_file(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        raise ConfigError(
-            f"{path} is readable by other users (mode {mode:04o}); run: chmod 600 {path}"
-        )
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def load_or_create_identity(state_dir: Path) -> tuple[Identity, bool]:
-    """Load the node's identity, creating it on first use. Returns (identity, created)."""
-    path = state_dir / IDENTITY_FILE
-    if path.exists():
-        _check_private_file(path)
-        raw = path.read_bytes()
-        try:
-            seed = bytes.fromhex(raw.decode().strip())
-            if len(seed) != 32:
-                raise ValueError
-        except ValueError:
-            raise ConfigError(f"{path} is not a meshd identity key (64 hex chars)") from None
-        return Identity(SigningKey(seed)), False
-    ident = Identity.generate()
-    _write_private(path, bytes(ident.signing_key).hex().encode() + b"\n")
-    return ident, True
+    @property
+    def seed(self) -> bytes:
+        """The 32-byte Ed25519 seed (secret: what the identity file holds)."""
+        return bytes(self.signing_key)
 
 
 @dataclass(frozen=True)
@@ -179,25 +153,3 @@ class MeshKey:
         """(public, secret) Curve25519 pair of the mesh's intro sockets."""
         secret = hashlib.blake2b(self.key, digest_size=32, person=b"meshd-intro-kp").digest()
         return bytes(crypto_scalarmult_base(secret)), secret
-
-
-def load_mesh_key(state_dir: Path) -> MeshKey | None:
-    path = state_dir / MESH_FILE
-    if not path.exists():
-        return None
-    _check_private_file(path)
-    return MeshKey.from_token(path.read_text())
-
-
-def save_mesh_key(state_dir: Path, mesh: MeshKey) -> None:
-    _write_private(state_dir / MESH_FILE, mesh.token().encode() + b"\n")
-
-
-def ensure_state_dir(state_dir: Path) -> Path:
-    """Create the state dir owner-only (0700); refuse one other users can write."""
-    state_dir = state_dir.expanduser()
-    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mode = stat.S_IMODE(state_dir.stat().st_mode)
-    if mode & 0o077:
-        os.chmod(state_dir, 0o700)
-    return state_dir

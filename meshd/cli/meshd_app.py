@@ -184,7 +184,7 @@ def init(
 @app.command()
 def token(state_dir: StateDir = None) -> None:
     """Print this mesh's join token (keep it secret: it admits hosts to the mesh)."""
-    from meshd.identity import load_mesh_key
+    from meshd.daemon.state import load_mesh_key
 
     sdir = _state_dir(state_dir)
     try:

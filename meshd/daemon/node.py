@@ -43,7 +43,7 @@ from meshd.daemon.events import EventLog
 from meshd.daemon.metrics import collect, prometheus_text
 from meshd.daemon.packs import PackManager
 from meshd.daemon.runner import Runner
-from meshd.daemon.state import prepare_state
+from meshd.daemon.state import ensure_state_dir, prepare_state
 from meshd.effects import (
     CancelSkill,
     Connect,
@@ -61,7 +61,7 @@ from meshd.effects import (
     StoreCopies,
 )
 from meshd.errors import AdmissionError, DecodeError, LocalProtocolError, RequestError
-from meshd.identity import Identity, MeshKey, ensure_state_dir
+from meshd.identity import Identity, MeshKey
 from meshd.net import sd_notify
 from meshd.net.base import FrameHandler, IntroHandler, Transport
 from meshd.net.control import ControlServer

@@ -7,17 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from meshd.errors import AdmissionError, ConfigError, TokenError
-from meshd.identity import (
-    Identity,
-    MeshKey,
-    curve_pk_for,
+from meshd.daemon.state import (
     ensure_state_dir,
     load_mesh_key,
     load_or_create_identity,
-    node_id_for,
     save_mesh_key,
 )
+from meshd.errors import AdmissionError, ConfigError, TokenError
+from meshd.identity import Identity, MeshKey, curve_pk_for, node_id_for
 from meshd.wire.records import MemberInfo
 
 
