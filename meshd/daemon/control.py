@@ -245,21 +245,31 @@ def _check(value: Any, hint: Any, name: str) -> Any:
     raise RequestError(f"argument {name!r}: expected {expected}, got {type(value).__name__}")
 
 
+_FIELDS: dict[type[Any], dict[str, Any]] = {}
+
+
+def _fields(cls: type[Any]) -> dict[str, Any]:
+    """A request type's fields and their types (resolved once: get_type_hints is slow)."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        hints = get_type_hints(cls)
+        fields = _FIELDS[cls] = {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+    return fields
+
+
 def parse(cls: type[Any], args: Mapping[str, Any]) -> Any:
     """Build request ``cls`` from ``args`` (absent or None: the field's default); an
     argument the op does not take is refused (a misspelt option must not pass as its
     default)."""
-    hints = get_type_hints(cls)
-    unknown = sorted(str(k) for k in args if k not in hints)
-    if unknown:
-        takes = ", ".join(hints) or "no arguments"
-        raise RequestError(f"unknown argument {unknown[0]!r} (takes: {takes})")
+    fields = _fields(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        raw = args.get(f.name)
-        if raw is None:
-            continue
-        values[f.name] = _check(raw, hints[f.name], f.name)
+    for name, raw in args.items():
+        hint = fields.get(name)
+        if hint is None:
+            takes = ", ".join(fields) or "no arguments"
+            raise RequestError(f"unknown argument {str(name)!r} (takes: {takes})")
+        if raw is not None:
+            values[name] = _check(raw, hint, name)
     return cls(**values)
 
 
