@@ -248,3 +248,10 @@ print("\\n".join(failed))
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == ""
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test modules by basename (no packages in tests/): two files with
+    the same name in different folders break collection."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted({n for n in names if names.count(n) > 1}) == []
