@@ -86,6 +86,18 @@ class ElectionConfig:
     #: time of the last heartbeat a majority acknowledged. Covers clock-rate drift and
     #: scheduling delay between hosts; voters wait the full election_timeout.
     lease_margin: float = 0.1
+    #: s. A lead whose lease lapsed (no majority acknowledged a heartbeat in time: a stall
+    #: of its own event loop on a loaded host, or a cut) keeps heartbeating this long
+    #: without assigning anything new, and leads on with a fresh lease if a majority
+    #: acknowledges one (nobody else can have been elected meanwhile: that majority has
+    #: not moved to a newer term). Only then does it step down (``lost_quorum``). 0.5 s:
+    #: a one-second stall costs no election; a real cut is given up within a second.
+    lease_grace: float = 0.5
+    #: Times a node whose campaign timer fired defers to a reachable eligible node ranked
+    #: above it (re-arming its timer) before it campaigns anyway: the best-ranked node
+    #: stands alone, yet a better-ranked node that cannot win (cut off from the others)
+    #: does not keep the mesh without a lead.
+    max_defer: int = 3
     #: s. A candidate without a majority starts a new round after this (x 0.5..1.5 jitter).
     #: Four LAN round trips of slack at 0.2 s, yet a lost vote costs little.
     candidate_retry: float = 0.2

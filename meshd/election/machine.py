@@ -156,6 +156,8 @@ def validate_config(cfg: ElectionConfig) -> None:
         "step_down_hold",
         "manual_hold",
         "quorum",
+        "lease_grace",
+        "max_defer",
     )
     for name in non_negative:
         value = getattr(cfg, name)
@@ -236,6 +238,8 @@ class Election:
         self._timer_base = now
         self._timer_delay = config.election_timeout
         self._timer_watch: str | None = None
+        #: Campaign timer firings in a row spent deferring to a better-ranked node.
+        self._deferred = 0
         self._timer_jitter = 0.0
         self._timer_rank = 0.0
         self._arm(now, config.election_timeout)
@@ -329,7 +333,11 @@ class Election:
         return term == self._term and self._lead is not None and lead_id == self._lead
 
     def status(self, now: float) -> LeadStatus:
-        """The lead, the term and, without a lead, why not."""
+        """The lead, the term and, without a lead, why not. A lead whose lease lapsed (in
+        its grace, see ``lease_grace``) reports no lead: it decides nothing new until a
+        majority acknowledges it again."""
+        if self._role is Role.LEAD and now >= self._lease_deadline():
+            return LeadStatus(None, self._term, None, self._role, "lease lapsed: no quorum acks")
         reason = ""
         if self._lead is None:
             reason = self._no_lead_reason(now)
@@ -340,7 +348,7 @@ class Election:
         if self._left:
             return _INF
         if self._role is Role.LEAD:
-            return min(self._next_hb, self._lease_deadline())
+            return min(self._next_hb, self._lease_deadline() + self._cfg.lease_grace)
         if self._role is Role.CANDIDATE:
             return self._round_deadline
         due = self._campaign_deadline()
@@ -429,14 +437,14 @@ class Election:
             return []
         out: list[Effect] = []
         if self._role is Role.LEAD:
-            if now >= self._lease_deadline():
+            if now >= self._lease_deadline() + self._cfg.lease_grace:
                 self._step_down("lost_quorum", "", now, out, announce=False)
             elif now >= self._next_hb:
                 self._heartbeat(now, out)
                 self._check_takeover(now, out)
         elif self._role is Role.CANDIDATE:
             if now >= self._round_deadline:
-                if self._can_campaign(now):
+                if self._can_campaign(now) and not self._defers(now):
                     self._set_role(Event.RETRY)
                     self._start_round(now, out)
                 else:
@@ -677,11 +685,23 @@ class Election:
         return self._priority > 0 and now >= self._held.get(self._id, -_INF)
 
     def _campaign(self, now: float, out: list[Effect]) -> None:
-        if not self._can_campaign(now):
+        if not self._can_campaign(now) or self._defers(now):
             self._arm(now, self._cfg.election_timeout)
             return
         self._set_role(Event.CAMPAIGN)
         self._start_round(now, out)
+
+    def _defers(self, now: float) -> bool:
+        """Only nodes that can win stand: a reachable eligible node ranked above us would
+        get every vote (voters refuse us with ``lower_rank``), so we leave the round to it
+        — up to ``max_defer`` times in a row, in case it cannot win (it may be cut off
+        from the others while we still hear it)."""
+        nominated = self._is_nominee(self._id, self._term + 1, now)
+        if nominated or self._own_rank(now) == 0 or self._deferred >= self._cfg.max_defer:
+            self._deferred = 0
+            return False
+        self._deferred += 1
+        return True
 
     def _start_round(self, now: float, out: list[Effect]) -> None:
         """A new round: pre-vote at term + 1. Without enough reachable voters, wait."""
@@ -854,6 +874,7 @@ class Election:
                 lost = self._lead
                 self._lead = None
                 self._lead_since = None
+                self._unwatch(lost)
                 out.append(ElectionEvent(LEAD_LOST, old_term, lost, "higher_term"))
 
     def _lose_lead(self, reason: str, out: list[Effect]) -> None:
@@ -862,7 +883,16 @@ class Election:
             return
         self._lead = None
         self._lead_since = None
+        self._unwatch(lost)
         out.append(ElectionEvent(LEAD_LOST, self._term, lost, reason))
+
+    def _unwatch(self, node_id: str) -> None:
+        """Stop timing our campaign from ``node_id``'s last word: it no longer leads, and
+        what it says now (its own vote requests, its membership heartbeats) must not keep
+        pushing our timer back, or a node that could win would never stand."""
+        if self._timer_watch == node_id:
+            self._timer_base = max(self._timer_base, self._heard.get(node_id, -_INF))
+            self._timer_watch = None
 
     def _arm(self, now: float, delay: float, *, watch: str | None = None) -> None:
         """(Re)start the campaign timer: ``delay`` (+ rank, + jitter) after ``now`` or after
