@@ -66,6 +66,8 @@ class MsgType(enum.IntEnum):
     SKILL_FETCH = 30
     SKILL_CHUNK = 31
     SKILL_REVOKE = 32
+    TASK_DIGEST = 33
+    TASK_QUERY = 34
 
 
 # ---- payloads ---------------------------------------------------------------------
@@ -318,6 +320,8 @@ class TaskOpKind(enum.StrEnum):
 
     CANCEL = "cancel"
     RETRY = "retry"
+    #: Retry a non-idempotent task that may have run already (it failed ``agent_lost``).
+    RETRY_FORCE = "retry_force"
     HANDOFF = "handoff"
     APPROVE = "approve"
     DENY = "deny"
@@ -354,6 +358,41 @@ class TaskSync:
 
     copies: tuple[TaskCopy, ...]
     more: bool
+
+
+#: Buckets of a TASK_DIGEST: task copies grouped by the first byte of the task id.
+DIGEST_BUCKETS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDigest:
+    """A summary of the copies the sender holds that a lead stamped (term > 0), so two
+    nodes find the tasks on which they differ without listing them all.
+
+    ``buckets``: the copies grouped by the first byte of the task id, each bucket the XOR
+    of a 63-bit hash of every copy's (task id, term, seq) (see
+    :func:`meshd.tasks.machine.copy_hash`); ``root``: BLAKE2b-128 of the buckets. Empty
+    ``buckets``: only the root (the lead's periodic announcement; a follower whose root
+    differs answers with its buckets). With ``buckets``: the receiver answers with a
+    TASK_SYNC of every copy it holds in the buckets that differ (the lead also sends its
+    own buckets back, so that it gets the copies it lacks)."""
+
+    term: int
+    root: bytes
+    buckets: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQuery:
+    """Lead -> agent: what became of attempt ``attempt`` of a non-idempotent task assigned
+    to it in an earlier term? The agent answers (only once it follows the lead of
+    ``term``, so an older assignment can no longer start on it) with a TASK_REPORT:
+    ``started`` if it runs it, its outcome if it finished it, or ``rejected`` with code
+    ``not_started`` (it never will)."""
+
+    task_id: str
+    attempt: int
+    term: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -442,6 +481,8 @@ Payload = (
     | TaskSyncReq
     | TaskSync
     | AgentInfo
+    | TaskDigest
+    | TaskQuery
     | SkillAnnounce
     | SkillFetch
     | SkillChunk
@@ -454,7 +495,7 @@ SkillPayloads = (SkillAnnounce, SkillFetch, SkillChunk, SkillRevoke)
 #: The payloads of task delegation (handled by the task machine, :mod:`meshd.tasks.machine`).
 TaskPayloads = (
     TaskSubmit, TaskAssign, TaskReport, TaskCancel, TaskUpdate, TaskAck, TaskOp, TaskSyncReq,
-    TaskSync, AgentInfo,
+    TaskSync, AgentInfo, TaskDigest, TaskQuery,
 )  # fmt: skip
 
 PAYLOAD_TYPES: dict[type[object], MsgType] = {
@@ -485,6 +526,8 @@ PAYLOAD_TYPES: dict[type[object], MsgType] = {
     TaskOp: MsgType.TASK_OP,
     TaskSyncReq: MsgType.TASK_SYNC_REQ,
     TaskSync: MsgType.TASK_SYNC,
+    TaskDigest: MsgType.TASK_DIGEST,
+    TaskQuery: MsgType.TASK_QUERY,
     AgentInfo: MsgType.AGENT_INFO,
     SkillAnnounce: MsgType.SKILL_ANNOUNCE,
     SkillFetch: MsgType.SKILL_FETCH,

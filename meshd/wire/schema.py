@@ -38,6 +38,7 @@ from meshd.wire.fields import (
     Value,
 )
 from meshd.wire.messages import (
+    DIGEST_BUCKETS,
     MSG_ID_BYTES,
     NODE_ID_CHARS,
     PAYLOAD_TYPES,
@@ -358,6 +359,12 @@ TASKS: Final = _bodies(
             ("unfinished", BOOL),
         ],
         MsgType.TASK_SYNC: [("copies", COPIES), ("more", BOOL)],
+        MsgType.TASK_DIGEST: [
+            ("term", U63),
+            ("root", DIGEST),
+            ("buckets", List(U63, DIGEST_BUCKETS)),
+        ],
+        MsgType.TASK_QUERY: [("task_id", TASK_ID), ("attempt", U63), ("term", U63)],
         MsgType.AGENT_INFO: [
             ("skills", List(_item_str(MAX_SKILL_CHARS), MAX_SKILLS)),
             ("caps", "capabilities", List(_item_str(MAX_ROLE_CHARS), MAX_CAPABILITIES)),

@@ -59,8 +59,10 @@ from meshd.wire import (  # noqa: E402
     TaskAssign,
     TaskCancel,
     TaskCopy,
+    TaskDigest,
     TaskOp,
     TaskOpKind,
+    TaskQuery,
     TaskReport,
     TaskSubmit,
     TaskSync,
@@ -663,6 +665,31 @@ VALID: list[tuple[str, str, Envelope]] = [
             sender=NODE_C,
             term=9,
         ),
+    ),
+    (
+        "task_digest",
+        "TASK_DIGEST published by lead A (term 9): its root only",
+        env(MsgType.TASK_DIGEST, TaskDigest(9, bytes(range(16))), n=47, term=9),
+    ),
+    (
+        "task_digest_buckets",
+        "TASK_DIGEST from C to A: its 256 buckets (bucket 0x1f holds one copy)",
+        env(
+            MsgType.TASK_DIGEST,
+            TaskDigest(
+                9,
+                bytes(range(16, 32)),
+                tuple(0x0123456789ABCDEF if b == 0x1F else 0 for b in range(256)),
+            ),
+            n=48,
+            sender=NODE_C,
+            term=9,
+        ),
+    ),
+    (
+        "task_query",
+        "TASK_QUERY: new lead A (term 9) asks C about attempt 2 of the sum task",
+        env(MsgType.TASK_QUERY, TaskQuery(TASK_SUM, 2, 9), n=49, term=9),
     ),
 ]
 

@@ -48,8 +48,10 @@ from meshd.wire import (
     TaskAssign,
     TaskCancel,
     TaskCopy,
+    TaskDigest,
     TaskOp,
     TaskOpKind,
+    TaskQuery,
     TaskReport,
     TaskSubmit,
     TaskSync,
@@ -216,6 +218,10 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
             p["since_term"], p["since_seq"], tuple(p["ids"]), p["unfinished"]
         ),
         MsgType.TASK_SYNC: lambda: TaskSync(copies_from_json(p["copies"]), p["more"]),
+        MsgType.TASK_DIGEST: lambda: TaskDigest(
+            p["term"], bytes.fromhex(p["root"]), tuple(p["buckets"])
+        ),
+        MsgType.TASK_QUERY: lambda: TaskQuery(p["task_id"], p["attempt"], p["term"]),
         MsgType.AGENT_INFO: lambda: AgentInfo(
             tuple(p["skills"]), tuple(p["capabilities"]), p["max_concurrent"]
         ),
