@@ -34,7 +34,8 @@ Choices beyond plain SWIM, all in the timings' spirit of "one bad link never kil
   (one small message; it tells the requester which paths failed). A helper's ``ok=True``
   clears the suspicion and restarts the suspicion timer, but does not set ``last_heard``
   (that stays "heard by us directly", which the dead guard relies on).
-* A DEAD verdict disconnects. Every ``reconnect_interval`` (jittered) we open a short
+* A DEAD verdict disconnects. Soon after (``reconnect_first``, doubling up to every
+  ``reconnect_interval``, jittered) we open a short
   contact window (Connect + HELLO for ``reconnect_window``) to members *we* declared dead
   or learned dead while they were live to us: after a partition both sides hold the other
   dead, and this is how they find each other again. A peer that is alive answers with
@@ -162,8 +163,13 @@ class _Peer:
     connected: bool = False
     #: CANDIDATE: when it expires. DEAD/LEFT with a link open: when that link is closed.
     contact_deadline: float = _INF
-    #: DEAD: next reconnect attempt.
+    #: DEAD: next reconnect attempt, and how many were made since the verdict.
     next_reconnect: float = _INF
+    reconnects: int = 0
+    #: CANDIDATE read back from the store: a member before the restart. It is not dropped
+    #: after candidate_timeout (only after forget_after), it is contacted again like a
+    #: DEAD member, and it counts toward the election's quorum (see restored()).
+    restored: bool = False
     #: SUSPECT: the probe in progress.
     probe_seq: int = 0
     probe_indirect: bool = False
@@ -200,6 +206,7 @@ def _validate(config: MembershipConfig) -> None:
         "sync_interval",
         "candidate_timeout",
         "reconnect_interval",
+        "reconnect_first",
         "reconnect_window",
     )
     for name in positive:
@@ -281,6 +288,14 @@ class Membership:
             return None
         return self._view(p)
 
+    def restored(self) -> list[MemberInfo]:
+        """Members read back from the store at start that have not answered yet: not
+        listed, but voters for the election's quorum (see :meth:`restore`)."""
+        return sorted(
+            (p.info for p in self._peers.values() if p.state is _CANDIDATE and p.restored),
+            key=lambda i: i.node_id,
+        )
+
     def candidates(self) -> list[MemberInfo]:
         """Peers we connect to but do not list yet (never heard from, not vouched for)."""
         return sorted(
@@ -355,8 +370,12 @@ class Membership:
         """Last known members, read back from disk at start (fast rejoin after a restart).
 
         ALIVE/SUSPECT records become candidates (connected to, listed once they answer);
-        DEAD/LEFT records are listed as such without connecting. A record about
-        ourselves with an incarnation >= ours raises our incarnation above it.
+        unlike a discovered candidate they are kept (and contacted again, like a DEAD
+        member) until forget_after, and they count toward the quorum (:meth:`restored`):
+        a node that restarts cut off from the others must not elect itself lead of a mesh
+        of one in a term the others may already use. DEAD/LEFT records are listed as such
+        without connecting. A record about ourselves with an incarnation >= ours raises
+        our incarnation above it.
         """
         if self._left:
             return []
@@ -372,6 +391,13 @@ class Membership:
             p = self._peers.get(info.node_id)
             if rec.state in (MemberState.ALIVE, MemberState.SUSPECT):
                 self._discover(info, now, out, p)
+                q = self._peers.get(info.node_id)
+                if q is not None and q.state is _CANDIDATE:
+                    q.restored = True
+                    q.contact_deadline = now + self._cfg.forget_after
+                    q.reconnects = 0
+                    q.next_reconnect = now + self._reconnect_delay(q)
+                    self._touch(q)
             elif p is None and self._verify_fn(info):
                 event = (
                     Event.RESTORED_DEAD if rec.state is MemberState.DEAD else Event.RESTORED_LEFT
@@ -518,6 +544,12 @@ class Membership:
     def _jitter(self, base: float) -> float:
         return base * (0.5 + self._rng.random())
 
+    def _reconnect_delay(self, p: _Peer) -> float:
+        """``reconnect_first`` doubled per attempt made, capped at ``reconnect_interval``."""
+        cfg = self._cfg
+        first = min(cfg.reconnect_first, cfg.reconnect_interval)
+        return self._jitter(min(cfg.reconnect_interval, first * 2 ** min(p.reconnects, 16)))
+
     def _due(self, p: _Peer) -> float:
         s = p.state
         if s is _ALIVE:
@@ -526,6 +558,8 @@ class Membership:
             due = p.probe_deadline
         elif s is _CANDIDATE:
             due = p.contact_deadline
+            if p.restored:
+                due = min(due, p.next_reconnect)
         else:
             due = p.state_since + self._cfg.forget_after
             if p.connected:
@@ -623,8 +657,9 @@ class Membership:
         # Messages already in flight when it went down are not worth a notice.
         p.last_notice = now
         p.next_reconnect = _INF
+        p.reconnects = 0
         if retry and p.state is _DEAD:
-            p.next_reconnect = now + self._jitter(self._cfg.reconnect_interval)
+            p.next_reconnect = now + self._reconnect_delay(p)
 
     def _came_back(self, p: _Peer, now: float) -> None:
         """Common tail of every move from DEAD/LEFT/CANDIDATE to ALIVE."""
@@ -997,6 +1032,13 @@ class Membership:
                 # so no MemberChanged.
                 transition(s, Event.EXPIRED)
                 self._remove(p, out)
+            elif p.restored and now >= p.next_reconnect:
+                p.reconnects += 1
+                p.next_reconnect = now + self._reconnect_delay(p)
+                if p.connected:
+                    out.append(Send(p.node_id, Hello(self._info)))
+                else:
+                    self._ensure_link(p, now, out)
         else:  # DEAD / LEFT
             if now >= p.state_since + cfg.forget_after:
                 rec = p.record()
@@ -1009,7 +1051,10 @@ class Membership:
             if s is _DEAD and now >= p.next_reconnect:
                 # Partition healing: try it again. If it is alive and still holds our old
                 # incarnation, our HELLO makes it notify us and the refutations flow.
-                p.next_reconnect = now + self._jitter(cfg.reconnect_interval)
+                p.reconnects += 1
+                p.next_reconnect = now + self._reconnect_delay(p)
+                if p.connected:  # a contact window still open: say HELLO again
+                    out.append(Send(p.node_id, Hello(self._info)))
                 self._ensure_link(p, now, out)
 
     def _suspect(self, p: _Peer, now: float, out: list[Effect]) -> None:

@@ -816,8 +816,12 @@ def dead_c(cfg: MembershipConfig = CFG) -> Rig:
     return r
 
 
+#: No reconnect attempt within these tests' windows: what they check is the notice.
+SLOW_RETRY = dataclasses.replace(CFG, reconnect_first=CFG.reconnect_interval)
+
+
 def test_old_incarnation_message_from_a_dead_peer_gets_a_notice_not_a_revival() -> None:
-    r = dead_c()
+    r = dead_c(SLOW_RETRY)
     t_dead = r.now
     # Stragglers right after the verdict: no notice yet.
     r.at(t_dead + 0.1)
@@ -873,7 +877,7 @@ def test_sync_req_from_a_dead_peer_is_answered_with_its_dead_record() -> None:
 
 
 def test_contact_link_to_a_dead_peer_is_closed_again() -> None:
-    r = dead_c(dataclasses.replace(CFG, reconnect_interval=100.0))
+    r = dead_c(dataclasses.replace(CFG, reconnect_interval=100.0, reconnect_first=100.0))
     r.at(r.now + CFG.sync_interval)
     r.recv(C, Heartbeat(0, b"", 3))
     t = r.now
@@ -881,8 +885,26 @@ def test_contact_link_to_a_dead_peer_is_closed_again() -> None:
     assert disconnects(r.keep_alive([B], until=t + CFG.reconnect_window)) == [C.node_id]
 
 
-def test_dead_peer_is_retried_periodically_with_jitter() -> None:
+def test_dead_peer_is_retried_soon_then_less_and_less_often() -> None:
+    # Attempt k comes reconnect_first * 2^k (capped at reconnect_interval) after the one
+    # before, +-50 %: soon after a partition heals, and rarely for a host that is gone.
     r = dead_c()
+    t_dead = r.now
+    r.keep_alive([B], until=t_dead + 40.0)
+    hello = Send(C.node_id, Hello(ME))
+    attempts = [t for t, e in r.log if e == hello and t > t_dead]
+    gaps = [b - a for a, b in zip([t_dead, *attempts], attempts, strict=False)]
+    first = CFG.reconnect_first
+    assert 0.5 * first - 0.02 <= gaps[0] <= 1.5 * first + 0.02
+    for k, gap in enumerate(gaps):
+        base = min(CFG.reconnect_interval, first * 2**k)
+        assert 0.5 * base - 0.02 <= gap <= 1.5 * base + 0.02, (k, gap)
+    assert gaps[-1] >= 0.5 * CFG.reconnect_interval - 0.02  # capped, not exploding
+    assert len(attempts) <= 12
+
+
+def test_dead_peer_is_retried_periodically_with_jitter() -> None:
+    r = dead_c(SLOW_RETRY)
     t_dead = r.now
     out = r.keep_alive([B], until=t_dead + 0.5 * CFG.reconnect_interval - 0.01)
     assert connects(out) == []
@@ -996,14 +1018,21 @@ def test_restore_alive_as_candidates_and_dead_as_listed() -> None:
     assert [i.node_id for i in r.m.candidates()] == sorted([B.node_id, C.node_id])
     assert {v.info.node_id: v.state for v in r.m.members()} == {D.node_id: DEAD, E.node_id: LEFT}
     assert {c.reason for c in changes(out)} == {"restored"}
-    # Restored peers that answer are members; the others expire.
+    assert [i.node_id for i in r.m.restored()] == sorted([B.node_id, C.node_id])
+    # Restored peers that answer are members. The others stay candidates (they were
+    # members before the restart: they count toward the quorum, see restored()) and are
+    # greeted again now and then, until forget_after.
     r.at(1.0)
-    out = r.keep_alive([bump(B, 2)], until=CFG.candidate_timeout)
-    assert C.node_id in disconnects(out)
-    assert r.state(B) is ALIVE and r.state(C) is None and r.m.candidates() == []
+    out = r.keep_alive([bump(B, 2)], until=CFG.candidate_timeout + 1.0)
+    assert r.state(B) is ALIVE and [i.node_id for i in r.m.restored()] == [C.node_id]
+    assert r.state(C) is None and [i.node_id for i in r.m.candidates()] == [C.node_id]
+    assert Send(C.node_id, Hello(r.m.self_info)) in out
+    assert C.node_id not in disconnects(out)
     # Restored dead or left peers are not chased (they will find us if they come back).
     r.keep_alive([bump(B, 2)], until=3 * CFG.reconnect_interval)
     assert [e for e in r.since(0.1) if isinstance(e, Connect)] == []
+    r.keep_alive([bump(B, 2)], until=CFG.forget_after + 1.0, every=60.0)
+    assert r.m.restored() == [] and r.m.candidates() == []
 
 
 def test_restore_does_not_override_what_we_know() -> None:
