@@ -57,6 +57,11 @@ class MembershipConfig:
     #: never hear each other again. A host that is really gone costs one TCP connect
     #: attempt per interval per observer.
     reconnect_interval: float = 5.0
+    #: s. The first of those attempts comes this soon after the verdict (+-50 %), each next
+    #: one twice as late, up to ``reconnect_interval``: a partition that heals within
+    #: seconds is noticed within about a second of the heal, while a host that is gone for
+    #: good soon costs only one attempt per ``reconnect_interval``.
+    reconnect_first: float = 0.5
     #: s. How long such a contact link (a reconnect attempt, or a link opened to tell a peer
     #: we hold dead that it must refute) stays open when the peer does not come back. A live
     #: LAN host answers in milliseconds; 2 s also covers transport.connect_timeout (1 s).
@@ -224,6 +229,10 @@ class TaskConfig:
     #: s. How often the lead publishes its newest task sequence number when idle, so a
     #: node that missed an update notices within this time and asks for it.
     beacon_interval: float = 1.0
+    #: s. How often the lead publishes the root of its task digest (16 bytes): a node
+    #: whose copies differ (it missed some, or holds some the lead lacks) finds out within
+    #: this time and exchanges the buckets that differ (see meshd.tasks.converge).
+    digest_interval: float = 2.0
     #: s. An agent reports STARTED this long after it began a task, unless the task
     #: finished first (its COMPLETED implies the start). 50 ms is invisible to a user
     #: watching progress, and saves a message and a stored change per short task.

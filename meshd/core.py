@@ -124,6 +124,8 @@ class Core:
             term,
             voted_for,
         )
+        #: The ``now`` of the step in progress (the task machine asks for the lease).
+        self._now = now
         self.tasks: TaskMachine | None = None
         if agent is not None:
             self.tasks = TaskMachine(
@@ -135,6 +137,8 @@ class Core:
                 capabilities=agent.capabilities,
                 verifier=agent.verifier,
                 needs_approval=agent.needs_approval,
+                quorum=self.election.quorum,
+                lease=self._has_lease,
             )
 
     # ---- queries -----------------------------------------------------------------------
@@ -176,6 +180,9 @@ class Core:
         view = self.membership.get(node_id)
         return view.info.name if view is not None else node_id[:12]
 
+    def _has_lease(self) -> bool:
+        return self.election.has_lease(self._now)
+
     def wall(self, now: float) -> float:
         """The task machine's time at monotonic ``now`` (see the module docstring)."""
         return now + self.wall_offset
@@ -187,8 +194,12 @@ class Core:
         return due
 
     def voters(self) -> list[Voter]:
-        """The election's view of the members (this node included)."""
+        """The election's view of the members (this node included; restored members that
+        have not answered yet count as DEAD)."""
         out = [Voter(v.info.node_id, v.info.priority, v.state) for v in self.membership.members()]
+        # Members before a restart that have not answered yet count, as DEAD ones do: a
+        # node restarted while cut off must not lead a mesh of one.
+        out += [Voter(i.node_id, i.priority, MemberState.DEAD) for i in self.membership.restored()]
         out.append(Voter(self.self_id, self.election.priority, MemberState.ALIVE))
         return out
 
@@ -209,6 +220,7 @@ class Core:
         self, sender: str, payload: Payload, now: float, msg_id: bytes = b""
     ) -> list[CoreEffect]:
         """A message from ``sender`` (authenticated by the transport)."""
+        self._now = now
         if sender == self.self_id:
             return []
         self.election.heard(sender, now)
@@ -223,6 +235,7 @@ class Core:
 
     def tick(self, now: float) -> list[CoreEffect]:
         """Let time pass (call at :meth:`next_deadline`, or earlier: early calls are cheap)."""
+        self._now = now
         out: list[CoreEffect] = list(self.membership.tick(now))
         self._sync(out, now)
         out.extend(self.election.tick(now))
@@ -233,6 +246,7 @@ class Core:
 
     def discovered(self, info: MemberInfo, now: float, source: str) -> list[CoreEffect]:
         """mDNS or a static seed proposes ``info`` (a candidate until it speaks)."""
+        self._now = now
         out: list[CoreEffect] = list(self.membership.discovered(info, now, source))
         self._sync(out, now)
         self._follow(out, now)
@@ -240,14 +254,16 @@ class Core:
 
     def restore(self, records: Iterable[MemberRecord], now: float) -> list[CoreEffect]:
         """The member records read back from the store at start."""
+        self._now = now
         out: list[CoreEffect] = list(self.membership.restore(records, now))
-        self._sync(out, now)
+        self._sync(out, now, force=True)  # restored members are voters even unlisted
         self._follow(out, now)
         return out
 
     def leave(self, now: float) -> list[CoreEffect]:
         """Graceful exit: a lead steps down first (so the others elect at once), then the
         LEAVEs go out."""
+        self._now = now
         out: list[CoreEffect] = list(self.election.leave(now))
         out.extend(self.membership.leave(now))
         return out
@@ -259,11 +275,13 @@ class Core:
         VOTE_REQs; announcing a new priority mesh-wide needs a new incarnation of the
         member info, which is membership's to publish.
         """
+        self._now = now
         return list(self.election.set_priority(priority, now))
 
     def request_transfer(self, target: str, now: float) -> list[CoreEffect]:
         """Hand the lead to ``target`` ("": step down), here or through the lead
         (raises LocalProtocolError when there is no lead to ask)."""
+        self._now = now
         out: list[CoreEffect] = list(self.election.request_transfer(target, now))
         self._follow(out, now)
         return out
@@ -283,6 +301,7 @@ class Core:
         now: float,
     ) -> list[CoreEffect]:
         """Task state read back from the store at start (see :meth:`TaskMachine.load`)."""
+        self._now = now
         tm = self._tm()
         out: list[CoreEffect] = list(tm.load(copies, submits, reports, self.wall(now)))
         out.extend(tm.members_changed(self.agents(), self.wall(now)))
@@ -291,12 +310,14 @@ class Core:
 
     def submit(self, task: Task, now: float) -> list[CoreEffect]:
         """A new task from a local client (raises TaskError when it is refused)."""
+        self._now = now
         return list(self._tm().submit(task, self.wall(now)))
 
     def operator(
         self, op: TaskOpKind, task_id: str, actor: str, now: float, target: str = ""
     ) -> list[CoreEffect]:
         """An operator command (raises TaskError when it is refused now)."""
+        self._now = now
         return list(self._tm().operator(op, task_id, actor, self.wall(now), target))
 
     def skill_progress(
@@ -309,6 +330,7 @@ class Core:
         now: float,
     ) -> list[CoreEffect]:
         """The local run of ``task_id`` reports progress (and maybe a checkpoint)."""
+        self._now = now
         tm = self._tm()
         return list(tm.skill_progress(task_id, attempt, pct, message, checkpoint, self.wall(now)))
 
@@ -316,6 +338,7 @@ class Core:
         self, task_id: str, attempt: int, ok: bool, result: Any, code: str, message: str, now: float
     ) -> list[CoreEffect]:
         """The local run of ``task_id`` ended with a result or an error."""
+        self._now = now
         tm = self._tm()
         return list(tm.skill_done(task_id, attempt, ok, result, code, message, self.wall(now)))
 
@@ -323,18 +346,22 @@ class Core:
         self, task_id: str, attempt: int, target: str, checkpoint: bytes | None, now: float
     ) -> list[CoreEffect]:
         """The local run asked to hand its task to ``target`` ("" = the best other agent)."""
+        self._now = now
         return list(self._tm().skill_handoff(task_id, attempt, target, checkpoint, self.wall(now)))
 
     def skill_lost(self, task_id: str, attempt: int, why: str, now: float) -> list[CoreEffect]:
         """The local run is given up without an outcome (shutdown)."""
+        self._now = now
         return list(self._tm().skill_lost(task_id, attempt, why, self.wall(now)))
 
     def skills_changed(self, now: float) -> list[CoreEffect]:
         """The skills this node can run changed (a pack installed, removed, revoked)."""
+        self._now = now
         return list(self._tm().skills_changed(self.wall(now)))
 
     def drain(self, now: float) -> list[CoreEffect]:
         """Shutting down: take no more tasks."""
+        self._now = now
         return list(self._tm().drain(self.wall(now)))
 
     # ---- internals ---------------------------------------------------------------------
@@ -343,9 +370,9 @@ class Core:
         """Two membership heartbeat periods at the current mesh size."""
         return 2 * self.membership.heartbeat_period()
 
-    def _sync(self, out: list[CoreEffect], now: float) -> None:
+    def _sync(self, out: list[CoreEffect], now: float, *, force: bool = False) -> None:
         """Membership's view changed: tell the election and the task machine."""
-        if any(isinstance(e, MemberChanged) for e in out):
+        if force or any(isinstance(e, MemberChanged) for e in out):
             self.election.set_reach_window(self.reach_window())
             out.extend(self.election.update_members(self.voters(), now))
             if self.tasks is not None:

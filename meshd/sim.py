@@ -41,13 +41,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from meshd.clock import FakeClock
-from meshd.config import ElectionConfig, MembershipConfig
+from meshd.config import ElectionConfig, MembershipConfig, TaskConfig
 from meshd.core import AgentSetup, Core
 from meshd.effects import (
     CancelSkill,
     Connect,
     Disconnect,
     Effect,
+    ElectionEvent,
     Persist,
     Publish,
     RunSkill,
@@ -56,8 +57,10 @@ from meshd.effects import (
     StoreCopies,
 )
 from meshd.membership import Membership
+from meshd.tasks.machine import TaskMachine
+from meshd.tasks.model import new_task
 from meshd.wire.messages import TaskOpKind, TaskReport
-from meshd.wire.records import MemberInfo, MemberRecord, Task, TaskCopy
+from meshd.wire.records import MemberInfo, MemberRecord, Task, TaskCopy, is_terminal
 
 __all__ = [
     "Discoverer",
@@ -68,6 +71,7 @@ __all__ = [
     "Leaver",
     "Restartable",
     "SimHost",
+    "SimMesh",
     "SimNode",
     "SimSkills",
     "fake_info",
@@ -163,6 +167,9 @@ class Host:
     #: How to start a new process for this identity on :meth:`FakeNetwork.restart`:
     #: ``factory(info, now, rng)`` (None: the node cannot be restarted that way).
     factory: Factory | None = None
+    #: Stopped (SIGSTOP): deliveries wait in :attr:`held`, no timer fires, until resumed.
+    paused: bool = False
+    held: list[tuple[str, object, bytes]] = field(default_factory=list)
 
 
 _DELIVER = 0
@@ -527,6 +534,24 @@ class FakeNetwork:
         """The node stops dead: no LEAVE, nothing sent or received any more."""
         self.hosts[node_id].up = False
 
+    def pause(self, node_id: str) -> None:
+        """The process is stopped (SIGSTOP): it neither runs its timers nor reads what
+        arrives, which waits (in its socket buffers) until :meth:`resume`."""
+        self.hosts[node_id].paused = True
+
+    def resume(self, node_id: str) -> None:
+        """The process runs again (SIGCONT): it reads what arrived meanwhile, in order,
+        then its timers fire (late)."""
+        host = self.hosts[node_id]
+        host.paused = False
+        held, host.held = host.held, []
+        for sender, payload, msg_id in held:
+            if host.up:
+                self.stats["delivered"] += 1
+                self._apply(host, host.node.receive(sender, payload, self.now, msg_id))
+        host.tick_at = math.inf
+        self._reschedule(host)
+
     def leave(self, node_id: str) -> None:
         """Graceful exit (a node with ``leave(now)``): its LEAVEs go out, then it stops."""
         host = self.hosts[node_id]
@@ -676,7 +701,7 @@ class FakeNetwork:
     def _do_tick(self, t: float, data: tuple[str, int]) -> None:
         node_id, gen = data
         host = self.hosts[node_id]
-        if not host.up or host.gen != gen or host.tick_at != t:
+        if not host.up or host.gen != gen or host.tick_at != t or host.paused:
             return
         host.tick_at = math.inf
         self._apply(host, host.node.tick(t))
@@ -700,6 +725,9 @@ class FakeNetwork:
                 continue
             if self.loss and self.rng.random() < self.loss:
                 stats["dropped_loss"] += 1
+                continue
+            if host.paused:
+                host.held.append((sender, payload, msg_id))
                 continue
             stats["delivered"] += 1
             self._apply(host, host.node.receive(sender, payload, t, msg_id))
@@ -751,7 +779,7 @@ class FakeNetwork:
             self._push(at, _DELIVER, (sender, group, payload, msg_id))
 
     def _reschedule(self, host: Host) -> None:
-        if not host.up:
+        if not host.up or host.paused:
             return
         due = max(host.node.next_deadline(), self.now)
         if due < host.tick_at:
@@ -760,3 +788,138 @@ class FakeNetwork:
 
     def _push(self, at: float, kind: int, data: object) -> None:
         heapq.heappush(self._queue, (at, next(self._seq), kind, data))
+
+
+class SimMesh:
+    """A mesh of :class:`SimHost` nodes on one :class:`FakeNetwork`, sharing one
+    :class:`SimSkills` (whose books count every skill run): the harness of the delegation
+    and fault simulations. Node ``i`` is named ``n<i>`` and has ``priorities[i]``; every
+    node is an agent (``lead_runs`` False: the first node runs nothing, so a lead's crash
+    never loses a run of its own).
+
+    It watches every node's effects: :attr:`winners` maps each term to the node(s) that won
+    it (an invariant check: never two), and the queries below answer what a scenario
+    needs (the lead all running nodes agree on, a task's state on a node, whether every
+    node holds the same final copy of a set of tasks).
+    """
+
+    def __init__(
+        self,
+        priorities: Sequence[int],
+        *,
+        seed: int = 0,
+        lead_runs: bool = False,
+        config: TaskConfig | None = None,
+        approval: frozenset[str] = frozenset(),
+        loss: float = 0.0,
+        jitter: float = 0.0,
+        stagger: float = 0.02,
+    ) -> None:
+        self.net = FakeNetwork(seed=seed, loss=loss, jitter=jitter)
+        self.skills = SimSkills()
+        self.config = config or TaskConfig(default_timeout=30.0)
+        self.ids: list[str] = []
+        self.rng = random.Random(seed)
+        self.winners: dict[int, set[str]] = {}
+        self.net.taps.append(self._tap)
+        skills = self.skills
+        for i, prio in enumerate(priorities):
+            info = dataclasses.replace(fake_info(f"n{i}"), priority=prio)
+            agent = AgentSetup(
+                config=self.config,
+                skills=lambda: skills.names,
+                role_defaults=lambda role: ((), 2),
+                max_concurrent=2 if (lead_runs or i > 0) else 0,
+                needs_approval=lambda name: name in approval,
+            )
+            self.net.add_host(info, agent=agent, skills=self.skills)
+            self.net.announce(info.node_id)
+            self.ids.append(info.node_id)
+            if stagger:
+                self.net.advance(stagger)
+
+    def _tap(self, now: float, node: str, eff: object) -> None:
+        if isinstance(eff, ElectionEvent) and eff.kind == "LEAD_ELECTED" and eff.reason == "won":
+            self.winners.setdefault(eff.term, set()).add(node)
+
+    # ---- nodes ------------------------------------------------------------------------
+
+    def node(self, node_id: str) -> SimHost:
+        n = self.net.node(node_id)
+        if not isinstance(n, SimHost):
+            raise TypeError(f"node {node_id} is not a SimHost")
+        return n
+
+    def tasks(self, node_id: str) -> TaskMachine:
+        machine = self.node(node_id).core.tasks
+        if machine is None:
+            raise TypeError(f"node {node_id} runs no task machine")
+        return machine
+
+    def up(self) -> list[str]:
+        return self.net.ids(up_only=True)
+
+    def restart(self, node_id: str) -> None:
+        """A new process from the node's disk; it knows the members it knew (as the daemon
+        from LMDB) and announces itself."""
+        self.net.restart(node_id)
+        self.net.announce(node_id)
+
+    # ---- requests -----------------------------------------------------------------------
+
+    def submit(self, origin: str, skill: str, params: dict[str, Any], **kw: Any) -> str:
+        """A new task from a client of ``origin``; returns its id."""
+        node = self.node(origin)
+        now = self.net.now
+        task = new_task(skill, params, origin, node.core.wall(now), config=self.config, **kw)
+        self.net.apply(origin, node.submit(task, now))
+        return task.task_id
+
+    # ---- queries --------------------------------------------------------------------------
+
+    def lead(self, among: Iterable[str] | None = None) -> str | None:
+        """The lead every given running node follows (default: all running), or None."""
+        nodes = list(self.up() if among is None else among)
+        leads = {self.node(n).core.election.lead for n in nodes}
+        terms = {self.node(n).core.election.term for n in nodes}
+        if len(leads) != 1 or len(terms) != 1:
+            return None
+        lead = leads.pop()
+        return lead if lead in nodes else None
+
+    def settled_lead(self, among: Iterable[str] | None = None) -> str | None:
+        """:meth:`lead`, once that lead holds its lease and has resumed every task."""
+        nodes = list(self.up() if among is None else among)
+        lead = self.lead(nodes)
+        if lead is None or not self.node(lead).core.election.has_lease(self.net.now):
+            return None
+        return lead if self.tasks(lead).role.value == "lead" else None
+
+    def task(self, node_id: str, task_id: str) -> Task | None:
+        return self.tasks(node_id).get(task_id)
+
+    def terminal_everywhere(self, task_ids: Iterable[str], nodes: Iterable[str]) -> bool:
+        """Every task is terminal on every given node."""
+        ids = list(task_ids)
+        for n in nodes:
+            machine = self.tasks(n)
+            for t in ids:
+                task = machine.get(t)
+                if task is None or not is_terminal(task):
+                    return False
+        return True
+
+    def disagreements(self, task_ids: Iterable[str], nodes: Iterable[str]) -> dict[str, Any]:
+        """Tasks whose copies differ between the given nodes: id -> {node: (version,
+        state)} (empty when every node holds the same copy of every task)."""
+        out: dict[str, Any] = {}
+        nodes = list(nodes)
+        for t in task_ids:
+            seen = {}
+            for n in nodes:
+                machine = self.tasks(n)
+                task = machine.get(t)
+                seen[n] = (machine.version(t), task.state.value if task else None)
+            if len(set(seen.values())) > 1:
+                out[t] = seen
+        return out

@@ -44,6 +44,7 @@ from meshd.effects import (
     StoreCopies,
 )
 from meshd.tasks.assign import AgentView
+from meshd.tasks.converge import Digest, copies_in
 from meshd.tasks.model import TaskError
 from meshd.tasks.scheduler import (
     AssignTask,
@@ -60,8 +61,10 @@ from meshd.wire.messages import (
     TaskAck,
     TaskAssign,
     TaskCancel,
+    TaskDigest,
     TaskOp,
     TaskOpKind,
+    TaskQuery,
     TaskReport,
     TaskSubmit,
     TaskSync,
@@ -77,6 +80,13 @@ CHUNK: Final = 200
 RESEND: Final = 1.0
 #: Ids per gathering TASK_SYNC_REQ (34 bytes each).
 IDS_CHUNK: Final = 5000
+#: s. The lead resends a non-idempotent assignment's copy to the voters that have not
+#: confirmed holding it yet this often (a lost frame; a follower that was busy).
+CONFIRM_RESEND: Final = 0.25
+#: s. A lead without a valid lease re-checks its parked assignments this often.
+PARK_RETRY: Final = 0.02
+#: s. A follower asks the lead for a digest exchange at most this often.
+DIGEST_ASK_INTERVAL: Final = 1.0
 
 _RELIABLE: Final = frozenset(
     {ReportKind.COMPLETED, ReportKind.FAILED, ReportKind.REJECTED, ReportKind.LOST}
@@ -112,9 +122,31 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Gather:
+    """A new lead collecting the members' copies before it resumes (from a quorum)."""
+
     waiting: set[str]
     deadline: float
     sources: int = 0
+    responded: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Confirm:
+    """A non-idempotent assignment waiting until a quorum holds its copy durably."""
+
+    copy: TaskCopy
+    to: str
+    acks: set[str]
+    next_try: float
+
+
+@dataclass(slots=True)
+class _Doubt:
+    """A non-idempotent task a previous lead assigned to a live agent: what became of it?"""
+
+    holder: str
+    attempt: int
+    next_try: float
 
 
 @dataclass(slots=True)
@@ -174,8 +206,15 @@ class TaskMachine:
         capabilities: tuple[str, ...],
         verifier: Callable[[Task], tuple[bool, str]] | None = None,
         needs_approval: Callable[[str], bool] | None = None,
+        quorum: Callable[[], int] | None = None,
+        lease: Callable[[], bool] | None = None,
     ) -> None:
         self.self_id = self_id
+        #: Votes that make a majority of the mesh (the election's), and whether this
+        #: node's lead lease holds now: assignments leave only under a valid lease, and a
+        #: non-idempotent one only once a quorum holds it.
+        self._quorum = quorum or (lambda: 1)
+        self._lease = lease or (lambda: True)
         self.cfg = config
         self._skills = skills
         self._role_defaults = role_defaults
@@ -206,6 +245,17 @@ class TaskMachine:
         self._wm = _Watermark()
         self._updates: list[TaskCopy] = []
         self._next_beacon = 0.0
+        #: The bucket digest of the lead-stamped copies held (see meshd.tasks.converge).
+        self.digest = Digest()
+        self._next_digest = 0.0
+        self._digest_asked = float("-inf")
+        self._confirming: dict[str, _Confirm] = {}
+        self._parked: dict[str, tuple[TaskCopy, str]] = {}
+        self._park_due = float("inf")
+        self._doubt: dict[str, _Doubt] = {}
+        #: Terminal copies that lost to a newer copy with another outcome, to be noted in
+        #: the winner's history by the lead.
+        self._conflicts: dict[str, TaskCopy] = {}
 
     # ---- queries ----------------------------------------------------------------------
 
@@ -254,8 +304,13 @@ class TaskMachine:
         times += [p.next_try for _, p in self._reports.values() if p.acked_by is None]
         if self._gather is not None:
             times.append(self._gather.deadline)
+        times += [c.next_try for c in self._confirming.values()]
+        times += [d.next_try for d in self._doubt.values()]
+        if self._parked:
+            times.append(self._park_due)
         if self.scheduler is not None:
             times.append(self._next_beacon)
+            times.append(self._next_digest)
             due = self.scheduler.next_deadline()
             if due is not None:
                 times.append(due)
@@ -274,7 +329,7 @@ class TaskMachine:
         Runs this node held when it stopped are lost: reported LOST (the lead reassigns an
         idempotent task and fails a non-idempotent one)."""
         for copy in copies:
-            self.copies[copy.task.task_id] = copy
+            self._hold(copy)
         for task_id in submits:
             if task_id in self.copies:
                 self._submits[task_id] = _Pending(now)
@@ -309,7 +364,7 @@ class TaskMachine:
             if dep not in self.copies:
                 raise TaskError(f"unknown dependency {dep}: no such task in this mesh")
         copy = TaskCopy(0, 0, task)
-        self.copies[task.task_id] = copy
+        self._hold(copy)
         out: list[TaskEffect] = [
             StoreCopies((copy,)),
             SaveOutbox(f"submit:{task.task_id}", True),
@@ -373,8 +428,9 @@ class TaskMachine:
             effects = sched.approve(op.task_id, now, actor=who)
         elif op.op is TaskOpKind.DENY:
             effects = sched.deny(op.task_id, now, actor=who, reason=op.target)
-        elif op.op is TaskOpKind.RETRY:
-            effects = sched.operator_retry(op.task_id, now, actor=who)
+        elif op.op in (TaskOpKind.RETRY, TaskOpKind.RETRY_FORCE):
+            force = op.op is TaskOpKind.RETRY_FORCE
+            effects = sched.operator_retry(op.task_id, now, actor=who, force=force)
         else:
             effects = sched.handoff(
                 op.task_id,
@@ -412,16 +468,33 @@ class TaskMachine:
         elif isinstance(payload, AgentInfo):
             self._infos[sender] = payload
             self._agents_changed(now, out)
+        elif isinstance(payload, TaskDigest):
+            self._on_digest(sender, payload, now, out)
+        elif isinstance(payload, TaskQuery):
+            self._on_query(sender, payload, now, out)
         self._flush_updates(out)
         return out
 
     def _on_update(self, sender: str, msg: TaskUpdate, now: float, out: list[TaskEffect]) -> None:
+        if self.role is not Role.FOLLOWER:
+            self._note_conflicts(msg.copies)  # from a lead of an older term
         fresh = [c for c in msg.copies if self._newer(c)]
         for copy in fresh:
             self._take(copy, out)
-        if fresh:
-            out.append(StoreCopies(tuple(fresh), durable=False))
-        if sender == self.lead and self.role is Role.FOLLOWER:
+        if self.role is Role.LEAD:
+            self._adopt(fresh, now, out)
+        from_lead = sender == self.lead and self.role is Role.FOLLOWER
+        held = [c for c in msg.copies if from_lead and self._to_confirm(c)]
+        lazy = [c for c in fresh if c not in held]
+        if lazy:
+            out.append(StoreCopies(tuple(lazy), durable=False))
+        if held:
+            # A non-idempotent assignment of our lead's term: durable here before we say
+            # we hold it (the TASK_ACK leaves after the commit).
+            out.append(StoreCopies(tuple(c for c in held if c in fresh), durable=True))
+            for copy in held:
+                out.append(Send(sender, TaskAck(copy.task.task_id, True, f"held:{copy.seq}")))
+        if from_lead:
             wm = self._wm
             if wm.term != self.term:
                 self._wm = wm = _Watermark(self.term)
@@ -437,6 +510,18 @@ class TaskMachine:
                     wm.asked_at = now if wm.hi > wm.hw else now + 4.0
                     wm.asked_hi = wm.hi
                     out.append(Send(sender, TaskSyncReq(self.term, wm.hw, stale)))
+
+    def _to_confirm(self, copy: TaskCopy) -> bool:
+        """A non-idempotent assignment of the current term that we hold (this copy or a
+        newer one): the lead waits for a quorum to hold it before it lets it run."""
+        task = copy.task
+        fence = task.assignment
+        if task.idempotent or task.state is not TaskState.ASSIGNED or fence is None:
+            return False
+        if fence.term != self.term or copy.term != self.term:
+            return False
+        held = self.copies.get(task.task_id)
+        return held is not None and _key(held) >= _key(copy)
 
     def _stale_ids(self) -> tuple[str, ...]:
         """Unfinished tasks whose newest copy here predates the current lead's term."""
@@ -455,6 +540,12 @@ class TaskMachine:
             wm.hw += 1
             wm.above.discard(wm.hw)
 
+    def _hold(self, copy: TaskCopy) -> None:
+        """Hold ``copy`` as this node's copy of its task (the digest follows)."""
+        task_id = copy.task.task_id
+        self.digest.replace(self.copies.get(task_id), copy)
+        self.copies[task_id] = copy
+
     def _newer(self, copy: TaskCopy) -> bool:
         known = self.copies.get(copy.task.task_id)
         return known is None or _key(copy) > _key(known)
@@ -463,7 +554,7 @@ class TaskMachine:
         """Hold a newer copy: events, and clear the outboxes it settles."""
         task = copy.task
         old = self.copies.get(task.task_id)
-        self.copies[task.task_id] = copy
+        self._hold(copy)
         kind = _event_for(old.task if old else None, task)
         if kind is not None:
             self._event(kind, task, out)
@@ -692,6 +783,8 @@ class TaskMachine:
             entry = self._reports.get(ack.task_id)
             if entry is not None and ack.ok:
                 entry[1].acked_by = sender
+        elif kind == "held":
+            self._on_held(sender, ack, out)
         elif kind == "op":
             if op == TaskOpKind.HANDOFF.value and ack.task_id in self._handoffs:
                 if ack.ok:
@@ -818,10 +911,11 @@ class TaskMachine:
                 self._audit(old.task if old else None, eff.task, out)
             elif isinstance(eff, AssignTask):
                 copy = self.copies[eff.task.task_id]
-                if eff.to == self.self_id:
-                    self._on_assign(self.self_id, copy, now, out)
+                if not copy.task.idempotent and self._quorum() > 1:
+                    confirm = _Confirm(copy, eff.to, {self.self_id}, now + CONFIRM_RESEND)
+                    self._confirming[copy.task.task_id] = confirm
                 else:
-                    out.append(Send(eff.to, TaskAssign(copy)))
+                    self._dispatch(copy, eff.to, now, out)
             elif isinstance(eff, CancelOnAgent):
                 if eff.node == self.self_id:
                     if self._runs.pop(eff.task_id, None) is not None:
@@ -942,6 +1036,8 @@ class TaskMachine:
             out.append(Send(sender, TaskSync(chunk, i + CHUNK < len(picked))))
 
     def _on_sync(self, sender: str, msg: TaskSync, now: float, out: list[TaskEffect]) -> None:
+        if self.role is not Role.FOLLOWER:
+            self._note_conflicts(msg.copies)
         fresh = [c for c in msg.copies if self._newer(c)]
         for copy in fresh:
             self._take(copy, out)
@@ -964,9 +1060,210 @@ class TaskMachine:
         gather = self._gather
         if gather is not None and not msg.more and sender in gather.waiting:
             gather.waiting.discard(sender)
+            gather.responded.add(sender)
             gather.sources += 1
-            if not gather.waiting:
-                self._resume(now, out)
+            self._maybe_resume(now, out)
+        elif self.role is Role.LEAD:
+            self._adopt(fresh, now, out)
+            self._annotate(now, out)
+
+    def _adopt(self, fresh: Sequence[TaskCopy], now: float, out: list[TaskEffect]) -> None:
+        """Copies newer than ours that reach the lead after it resumed (a node that was
+        cut off held them): the scheduler takes them over."""
+        sched = self.scheduler
+        if sched is None or not fresh:
+            return
+        for copy in fresh:
+            if copy.term > 0:
+                self._lead_effects(sched.adopt(copy.task, now), now, out)
+        self._find_doubts(now, out)
+
+    def _note_conflicts(self, copies: Iterable[TaskCopy]) -> None:
+        """Copies a lead receives from others: where one finished task has two different
+        outcomes (a partitioned lead decided one, the majority's the other), the newer
+        copy wins everywhere and the lead notes the other outcome in its history."""
+        for copy in copies:
+            held = self.copies.get(copy.task.task_id)
+            if held is None or _key(held) == _key(copy) or held.term == 0 or copy.term == 0:
+                continue
+            if not (is_terminal(held.task) and is_terminal(copy.task)):
+                continue
+            if held.task.state is copy.task.state:
+                continue
+            loser = copy if _key(copy) < _key(held) else held
+            self._conflicts[copy.task.task_id] = loser
+
+    def _annotate(self, now: float, out: list[TaskEffect]) -> None:
+        sched = self.scheduler
+        if sched is None or not self._conflicts:
+            return
+        conflicts, self._conflicts = self._conflicts, {}
+        for task_id, loser in conflicts.items():
+            task = loser.task
+            other = task.state.value
+            if task.error is not None:
+                other += f" ({task.error.code})"
+            by = f" on {task.assigned_to}" if task.assigned_to else ""
+            note = f"note: {other}{by} in term {loser.term}, superseded"
+            self._lead_effects(sched.annotate(task_id, note, now, self.self_id), now, out)
+
+    # ---- digests ---------------------------------------------------------------------------
+
+    def _send_digest(self, to: str, out: list[TaskEffect]) -> None:
+        """Our buckets: ``to`` answers with its copies in the buckets that differ."""
+        digest = self.digest
+        out.append(Send(to, TaskDigest(self.term, digest.root(), tuple(digest.buckets))))
+
+    def _on_digest(self, sender: str, msg: TaskDigest, now: float, out: list[TaskEffect]) -> None:
+        if not msg.buckets:
+            # The lead's root: a follower that differs asks for an exchange (rate-limited).
+            if (
+                sender == self.lead
+                and self.role is Role.FOLLOWER
+                and msg.root != self.digest.root()
+                and now - self._digest_asked >= DIGEST_ASK_INTERVAL
+            ):
+                self._digest_asked = now
+                self._send_digest(sender, out)
+            return
+        differ = self.digest.differing(msg.buckets)
+        picked = copies_in(self.copies.values(), differ)
+        for i in range(0, len(picked), CHUNK):
+            out.append(
+                Send(sender, TaskSync(tuple(picked[i : i + CHUNK]), i + CHUNK < len(picked)))
+            )
+        if not picked:
+            out.append(Send(sender, TaskSync((), False)))
+        if self.role is Role.LEAD and differ and sender != self.lead:
+            # A follower asked: it may hold copies we lack too (ours went to it above).
+            self._send_digest(sender, out)
+
+    # ---- at most once: confirmed assignments, in-doubt tasks --------------------------------
+
+    def _dispatch(self, copy: TaskCopy, to: str, now: float, out: list[TaskEffect]) -> None:
+        """Send an assignment to its agent (ourselves included) — only under a valid lead
+        lease; without one it is parked until the lease holds again."""
+        if not self._lease():
+            self._parked[copy.task.task_id] = (copy, to)
+            self._park_due = now + PARK_RETRY
+            return
+        if to == self.self_id:
+            self._on_assign(self.self_id, copy, now, out)
+        else:
+            out.append(Send(to, TaskAssign(copy)))
+
+    def _current(self, copy: TaskCopy) -> bool:
+        held = self.copies.get(copy.task.task_id)
+        return held is not None and _key(held) == _key(copy)
+
+    def _on_held(self, sender: str, ack: TaskAck, out: list[TaskEffect]) -> None:
+        confirm = self._confirming.get(ack.task_id)
+        if confirm is None or self.role is not Role.LEAD:
+            return
+        _, _, seq = ack.code.partition(":")
+        voter = self._members.get(sender)
+        if voter is None or not seq.isdigit() or int(seq) != confirm.copy.seq:
+            return
+        confirm.acks.add(sender)
+        self._release(ack.task_id, confirm.next_try, out)
+
+    def _release(self, task_id: str, now: float, out: list[TaskEffect]) -> None:
+        """A quorum holds the assignment durably: any later lead will find it, so the
+        agent may start it now."""
+        confirm = self._confirming.get(task_id)
+        if confirm is None or len(confirm.acks) < self._quorum():
+            return
+        del self._confirming[task_id]
+        if self._current(confirm.copy):
+            self._dispatch(confirm.copy, confirm.to, now, out)
+
+    def _on_query(self, sender: str, q: TaskQuery, now: float, out: list[TaskEffect]) -> None:
+        """A new lead asks what became of an assignment of an earlier term. Answered only
+        once we follow that lead (so that older assignment is fenced off here for good)."""
+        if sender != self.lead or q.term != self.term or self.role is not Role.FOLLOWER:
+            return
+        self._answer_query(q.task_id, q.attempt, now, out)
+
+    def _answer_query(self, task_id: str, attempt: int, now: float, out: list[TaskEffect]) -> None:
+        """What became of ``attempt`` here: running, finished (the outcome, from the
+        outbox or from a copy a lead wrote of it), lost, or never started."""
+        if self._runs.get(task_id) == attempt:
+            self._deliver(TaskReport(task_id, attempt, ReportKind.STARTED), now, out)
+            return
+        entry = self._reports.get(task_id)
+        if entry is not None and entry[0].attempt == attempt:
+            self._resend(entry[0], now, out)
+            return
+        outcome = self._outcome_held(task_id, attempt)
+        if outcome is not None:
+            kind, fields = outcome
+            self._report(task_id, attempt, kind, now, out, **fields)
+            return
+        self._report(
+            task_id,
+            attempt,
+            ReportKind.REJECTED,
+            now,
+            out,
+            code="not_started",
+            message="never started here; an assignment of an older term is refused from now on",
+        )
+
+    def _outcome_held(self, task_id: str, attempt: int) -> tuple[ReportKind, dict[str, Any]] | None:
+        """The outcome of our run of ``attempt`` as the copy we hold records it (the lead
+        that took our report may be gone, and its copy settled our outbox): None when the
+        copy shows no start of that attempt here."""
+        task = self.get(task_id)
+        if task is None or task.attempt != attempt or task.assigned_to != self.self_id:
+            return None
+        state = task.state
+        if state in (TaskState.COMPLETE, TaskState.VERIFIED):
+            return ReportKind.COMPLETED, {"result": task.result}
+        if state is TaskState.FAILED and task.error is not None:
+            error = task.error
+            return ReportKind.FAILED, {"code": error.code, "message": error.message[:1000]}
+        if state is TaskState.RUNNING:
+            # It started here and is not running any more: the run was lost (a restart).
+            return ReportKind.LOST, {"message": "the run was lost (the agent restarted)"}
+        return None
+
+    def _find_doubts(self, now: float, out: list[TaskEffect]) -> None:
+        """A new lead: non-idempotent tasks an earlier term assigned to a live agent. The
+        agent is asked before anything is decided (it may be running it, may have finished
+        it, or never got it)."""
+        for copy in self.copies.values():
+            task = copy.task
+            fence = task.assignment
+            holder = task.assigned_to
+            if task.idempotent or task.state not in ACTIVE_STATES or holder is None:
+                continue
+            if fence is None or fence.term >= self.term:
+                continue
+            member = self._members.get(holder)
+            if holder != self.self_id and (member is None or not member.alive):
+                continue  # a dead holder: agent_lost ("may have run") at resume
+            if task.task_id not in self._doubt:
+                self._doubt[task.task_id] = _Doubt(holder, task.attempt, now)
+        self._ask_doubts(now, out)
+
+    def _ask_doubts(self, now: float, out: list[TaskEffect]) -> None:
+        for task_id, doubt in list(self._doubt.items()):
+            task = self.get(task_id)
+            if (
+                task is None
+                or task.assigned_to != doubt.holder
+                or task.attempt != doubt.attempt
+                or task.state not in ACTIVE_STATES
+            ):
+                del self._doubt[task_id]  # answered, or decided otherwise meanwhile
+                continue
+            if doubt.next_try > now:
+                continue
+            doubt.next_try = now + RESEND
+            if doubt.holder == self.self_id:
+                self._answer_query(task_id, doubt.attempt, now, out)
+            else:
+                out.append(Send(doubt.holder, TaskQuery(task_id, doubt.attempt, self.term)))
 
     # ---- lead changes, members, time ----------------------------------------------------
 
@@ -978,6 +1275,9 @@ class TaskMachine:
             return out
         was_lead = self.role is not Role.FOLLOWER
         self.lead, self.term = lead, term
+        self._confirming.clear()
+        self._parked.clear()
+        self._doubt.clear()
         if was_lead:
             self.scheduler = None
             self._gather = None
@@ -1006,18 +1306,30 @@ class TaskMachine:
             self._resend(report, now, out)
 
     def _start_gather(self, now: float, out: list[TaskEffect]) -> None:
+        """A new lead first brings itself up to date: every live member answers its
+        digest with the copies it holds in the buckets that differ. It resumes once a
+        quorum (itself included) has answered completely: any copy a quorum held — every
+        non-idempotent assignment that was allowed to start — is then known to it."""
         alive = {m.node_id for m in self._members.values() if m.alive} - {self.self_id}
         self.role = Role.GATHERING
         self._gather = _Gather(alive, now + self.cfg.gather_timeout)
         self._seq = 0
-        newest = max((_key(c) for c in self.copies.values()), default=(0, 0))
-        ids = [c.task.task_id for c in self.copies.values() if not is_terminal(c.task)]
         for node in sorted(alive):
-            for i in range(0, max(len(ids), 1), IDS_CHUNK):
-                chunk = tuple(ids[i : i + IDS_CHUNK])
-                out.append(Send(node, TaskSyncReq(newest[0], newest[1], chunk, True)))
-        if not alive:
+            self._send_digest(node, out)
+        self._maybe_resume(now, out)
+
+    def _maybe_resume(self, now: float, out: list[TaskEffect]) -> None:
+        gather = self._gather
+        if gather is None:
+            return
+        quorate = len(gather.responded) + 1 >= self._quorum()
+        if quorate and (not gather.waiting or now >= gather.deadline):
             self._resume(now, out)
+        elif now >= gather.deadline:
+            # No quorum yet: ask the live members that did not answer again.
+            gather.deadline = now + self.cfg.gather_timeout
+            for node in sorted(gather.waiting):
+                self._send_digest(node, out)
 
     def _resume(self, now: float, out: list[TaskEffect]) -> None:
         gather = self._gather
@@ -1052,6 +1364,8 @@ class TaskMachine:
         held, self._held_submits = self._held_submits, []
         for sender, copy in held:
             self._lead_submit(sender, copy, now, out)
+        self._find_doubts(now, out)
+        self._annotate(now, out)
         out.append(
             Emit(
                 "TASKS_RESUMED",
@@ -1064,6 +1378,7 @@ class TaskMachine:
             )
         )
         self._next_beacon = now
+        self._next_digest = now + self.cfg.digest_interval
         self._retarget(now, out)
 
     def skills_changed(self, now: float) -> list[TaskEffect]:
@@ -1090,8 +1405,7 @@ class TaskMachine:
                 if not self._members.get(n, Member(n, "", "", 0, False)).alive
             }
             gather.waiting -= gone
-            if not gather.waiting:
-                self._resume(now, out)
+            self._maybe_resume(now, out)
         sched = self.scheduler
         if sched is not None and self.role is Role.LEAD:
             self._lead_effects(sched.agents_changed(self._views(), now), now, out)
@@ -1152,7 +1466,7 @@ class TaskMachine:
                     self._deliver(TaskReport(task_id, attempt, ReportKind.STARTED), now, out)
         gather = self._gather
         if gather is not None and gather.deadline <= now:
-            self._resume(now, out)
+            self._maybe_resume(now, out)
         sched = self.scheduler
         if sched is not None and self.role is Role.LEAD:
             due = sched.next_deadline()
@@ -1162,8 +1476,34 @@ class TaskMachine:
                 self._next_beacon = now + self.cfg.beacon_interval
                 if not self._updates:
                     out.append(Publish(TaskUpdate(self._seq, ())))
+            if self._next_digest <= now:
+                self._next_digest = now + self.cfg.digest_interval
+                out.append(Publish(TaskDigest(self.term, self.digest.root())))
+            self._lead_tick(now, out)
         self._flush_updates(out)
         return out
+
+    def _lead_tick(self, now: float, out: list[TaskEffect]) -> None:
+        """Assignments waiting for a quorum (resent to those that did not confirm), for
+        the lease (parked), and tasks in doubt (asked again)."""
+        for task_id, confirm in list(self._confirming.items()):
+            if not self._current(confirm.copy):
+                del self._confirming[task_id]  # superseded (cancelled, timed out...)
+                continue
+            if confirm.next_try <= now:
+                confirm.next_try = now + CONFIRM_RESEND
+                update = TaskUpdate(self._seq, (confirm.copy,))
+                for node_id, member in self._members.items():
+                    if member.alive and node_id not in confirm.acks:
+                        out.append(Send(node_id, update))
+        if self._parked and self._park_due <= now:
+            parked, self._parked = self._parked, {}
+            self._park_due = float("inf")
+            for copy, to in parked.values():
+                if self._current(copy):
+                    self._dispatch(copy, to, now, out)
+        if self._doubt:
+            self._ask_doubts(now, out)
 
     # ---- figures ------------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ from meshd.wire.records import (
     Task,
     TaskFailure,
     TaskState,
+    Transition,
     is_terminal,
     succeeded,
 )
@@ -100,6 +101,9 @@ class RequestVerify:
 Effect = AssignTask | CancelOnAgent | TaskChanged | TaskFinished | RequestVerify
 
 _ATTEMPT, _RETRY, _DEADLINE = "attempt", "retry", "deadline"
+#: A note is added only while a task's history is shorter than this (the wire allows
+#: 1000 entries; notes must never push a task over it).
+MAX_NOTES_HISTORY = 900
 
 
 def _never(task: Task) -> bool:
@@ -289,6 +293,29 @@ class Scheduler:
         self._dispatch(now, effects)
         return tuple(effects)
 
+    def adopt(self, task: Task, now: float) -> tuple[Effect, ...]:
+        """A copy of ``task`` newer than ours arrived after we resumed (from a node that
+        was cut off, written by an earlier lead): it replaces ours and is resumed like the
+        tasks of :meth:`restore`."""
+        old = self._tasks.get(task.task_id)
+        if old is None:
+            return self.restore([task], now)
+        effects: list[Effect] = []
+        if is_terminal(task):
+            self._put(task, old, now, [])
+            return ()
+        self._put(task, old, now, [])
+        if task.state is _S.REJECTED:
+            self._change(task, Event.REQUEUE, now, effects, "resumed by the lead")
+        elif task.state is _S.RETRY:
+            self._set_timer(_RETRY, task.task_id, now + self._backoff(0), task.retry_count)
+        elif task.state is _S.COMPLETE:
+            effects.append(RequestVerify(task))
+        elif task.state is _S.PENDING:
+            self._check_dependencies(task.task_id, now, effects)
+        self._dispatch(now, effects)
+        return tuple(effects)
+
     def agents_changed(self, views: Sequence[AgentView], now: float) -> tuple[Effect, ...]:
         """The agents' views changed (joined, left, role or skills changed, load)."""
         self._agents = {v.node_id: v for v in views}
@@ -333,10 +360,24 @@ class Scheduler:
         else:
             failure = TaskFailure(
                 "agent_lost",
-                f"agent {node_id} was lost while the task was {task.state.value}; it is "
-                f"not idempotent, so it is not re-run: `meshctl task retry {task.task_id}`",
+                f"agent {node_id} was lost while the task was {task.state.value}: it may "
+                "have run. It is not idempotent, so it is not re-run without the operator: "
+                f"`meshctl task retry --force {task.task_id}` runs it again",
             )
             self._change(task, Event.FAIL, now, effects, "agent_lost", error=failure)
+
+    def annotate(self, task_id: str, note: str, now: float, actor: str) -> tuple[Effect, ...]:
+        """Add ``note`` to a task's history (same state; once per text): e.g. the other
+        outcome a partitioned lead had recorded for it."""
+        task = self._tasks.get(task_id)
+        if task is None or len(task.history) >= MAX_NOTES_HISTORY:
+            return ()
+        if any(h.reason == note for h in task.history):
+            return ()
+        step = Transition(task.state, now, actor, note)
+        effects: list[Effect] = []
+        self._put(replace(task, history=(*task.history, step), updated_at=now), task, now, effects)
+        return tuple(effects)
 
     def cancel(self, task_id: str, now: float, actor: str = "operator") -> tuple[Effect, ...]:
         """Cancel a task (and stop it on its agent). Raises TaskError if it is finished."""
@@ -353,14 +394,21 @@ class Scheduler:
         return tuple(effects)
 
     def operator_retry(
-        self, task_id: str, now: float, actor: str = "operator"
+        self, task_id: str, now: float, actor: str = "operator", *, force: bool = False
     ) -> tuple[Effect, ...]:
         """Run a FAILED task again on purpose (retry count reset). Raises TaskError for
-        any other state."""
+        any other state, and for a non-idempotent task that may have run already (its
+        agent was lost while it held it) unless ``force``."""
         task = self._require(task_id)
         if task.state is not _S.FAILED:
             raise TaskError(
                 f"only a failed task can be retried; task {task_id} is {task.state.value}"
+            )
+        may_have_run = task.error is not None and task.error.code == "agent_lost"
+        if may_have_run and not task.idempotent and not force:
+            raise TaskError(
+                f"task {task_id} is not idempotent and may have run already (its agent was "
+                "lost while it held it): retry it anyway with --force"
             )
         effects: list[Effect] = []
         task = self._change(

@@ -9,7 +9,17 @@ from meshd.config import TaskConfig
 from meshd.effects import RunSkill, Send, StoreCopies
 from meshd.tasks.machine import Member, TaskMachine
 from meshd.tasks.model import new_task
-from meshd.wire.messages import ReportKind, TaskAck, TaskAssign, TaskReport, TaskSubmit
+from meshd.wire.messages import (
+    ReportKind,
+    TaskAck,
+    TaskAssign,
+    TaskDigest,
+    TaskQuery,
+    TaskReport,
+    TaskSubmit,
+    TaskSync,
+    TaskUpdate,
+)
 from meshd.wire.records import Assignment, TaskCopy, TaskState
 
 A, B, C = (f"{i:032x}" for i in (10, 11, 12))
@@ -112,3 +122,171 @@ def test_a_report_from_an_agent_that_does_not_hold_the_task_changes_nothing() ->
     assert a.version(task.task_id) == before
     assert not any(isinstance(e, StoreCopies) for e in out)
     assert a.get(task.task_id).state is not TaskState.COMPLETE  # type: ignore[union-attr]
+
+
+# ---- at most once: a quorum holds a non-idempotent assignment before it may start ----------
+
+
+def quorate(node: str, quorum: int = 2, lease: list[bool] | None = None) -> TaskMachine:
+    flag = lease if lease is not None else [True]
+    m = TaskMachine(
+        node, CFG, skills=lambda: ("echo", "sleep"), role_defaults=lambda r: ((), 2),
+        max_concurrent=2, capabilities=(), quorum=lambda: quorum, lease=lambda: flag[0],
+    )  # fmt: skip
+    members(m)
+    return m
+
+
+def lead_with_task(idempotent: bool, lease: list[bool] | None = None) -> tuple[TaskMachine, str]:
+    """A (quorum 2 of 3) leading, with one sleep task from B submitted and scheduled."""
+    a = quorate(A, lease=lease)
+    a.lead_changed(A, 1, 10.0)
+    a.tick(12.0)  # nobody answered the digests: no quorum, so it asks again and waits
+    assert a.role.value == "gathering"
+    for peer in (B, C):
+        a.receive(peer, TaskSync((), False), 12.0)
+    assert a.role.value == "lead"
+    task = new_task("sleep", {"seconds": 5.0}, B, 12.0, idempotent=idempotent)
+    a.receive(B, TaskSubmit(TaskCopy(0, 0, task)), 12.0)
+    return a, task.task_id
+
+
+def test_a_non_idempotent_assignment_leaves_only_once_a_quorum_holds_it() -> None:
+    a, tid = lead_with_task(idempotent=False)
+    held = a.get(tid)
+    assert held is not None and held.state is TaskState.ASSIGNED
+    agent = held.assigned_to
+    assert agent is not None
+    out = a.tick(12.05)
+    assert not [s for s in sends(out) if isinstance(s.payload, TaskAssign)]
+    assert a.running_here() == {}
+    seq = a.version(tid)[1]  # type: ignore[index]
+    # A wrong sequence number (an older copy) does not count.
+    out = a.receive(C, TaskAck(tid, True, f"held:{seq - 1}"), 12.06)
+    assert not [s for s in sends(out) if isinstance(s.payload, TaskAssign)]
+    out = a.receive(C, TaskAck(tid, True, f"held:{seq}"), 12.07)
+    released = [s for s in sends(out) if isinstance(s.payload, TaskAssign)]
+    if agent == A:
+        assert a.running_here() == {tid: 1}
+    else:
+        assert [s.to for s in released] == [agent]
+
+
+def test_an_idempotent_assignment_needs_no_quorum_but_a_lease() -> None:
+    lease = [False]
+    a, tid = lead_with_task(idempotent=True, lease=lease)
+    agent = a.get(tid).assigned_to  # type: ignore[union-attr]
+    out = a.tick(12.05)
+    assert not [s for s in sends(out) if isinstance(s.payload, TaskAssign)]
+    assert a.running_here() == {}
+    lease[0] = True  # a majority acknowledged a heartbeat again
+    out = a.tick(12.1)
+    assert [s.to for s in sends(out) if isinstance(s.payload, TaskAssign)] == (
+        [] if agent == A else [agent]
+    )
+    assert (a.running_here() == {tid: 1}) is (agent == A)
+
+
+def test_a_follower_holds_a_non_idempotent_assignment_durably_then_says_so() -> None:
+    b = quorate(B)
+    b.lead_changed(A, 5, 10.0)
+    copy = replace(assigned(A, 5, C), task=replace(assigned(A, 5, C).task, idempotent=False))
+    out = b.receive(A, TaskUpdate(1, (copy,)), 10.0)
+    stores = [e for e in out if isinstance(e, StoreCopies)]
+    assert stores and all(s.durable for s in stores)
+    (ack,) = [s for s in sends(out) if isinstance(s.payload, TaskAck)]
+    assert ack.to == A and ack.payload == TaskAck(copy.task.task_id, True, "held:1")
+    # Not from the lead, or an idempotent task: no such promise.
+    other = b.receive(C, TaskUpdate(1, (replace(copy, seq=2),)), 10.1)
+    assert not [s for s in sends(other) if isinstance(s.payload, TaskAck)]
+
+
+def query(agent: TaskMachine, tid: str, attempt: int, term: int = 6) -> TaskReport:
+    out = agent.receive(A, TaskQuery(tid, attempt, term), 20.0)
+    (report,) = [s.payload for s in sends(out) if isinstance(s.payload, TaskReport)]
+    return report
+
+
+def test_a_query_about_a_run_in_progress_says_started() -> None:
+    b = quorate(B)
+    b.lead_changed(A, 5, 10.0)
+    copy = assigned(A, 5, B)
+    b.receive(A, TaskAssign(copy), 10.0)
+    b.lead_changed(A, 6, 19.0)  # A leads again in a newer term and asks
+    assert query(b, copy.task.task_id, 1).kind is ReportKind.STARTED
+
+
+def test_a_query_about_a_finished_run_answers_the_outcome_from_the_copy() -> None:
+    # The run finished here and the old lead's COMPLETE copy settled our outbox: the
+    # outcome is still known from that copy, never "not started".
+    b = quorate(B)
+    b.lead_changed(A, 5, 10.0)
+    copy = assigned(A, 5, B)
+    b.receive(A, TaskAssign(copy), 10.0)
+    b.skill_done(copy.task.task_id, 1, True, {"n": 7}, "", "", 11.0)
+    done = replace(copy.task, state=TaskState.COMPLETE, result={"n": 7})
+    b.receive(A, TaskUpdate(2, (TaskCopy(5, 2, done),)), 11.1)
+    assert b.pending_reports() == 0
+    b.lead_changed(A, 6, 19.0)
+    report = query(b, copy.task.task_id, 1)
+    assert report.kind is ReportKind.COMPLETED and report.result == {"n": 7}
+
+
+def test_a_query_about_an_assignment_that_never_came_says_not_started() -> None:
+    b = quorate(B)
+    b.lead_changed(A, 6, 19.0)
+    copy = assigned(A, 5, B)
+    report = query(b, copy.task.task_id, 1)
+    assert (report.kind, report.code) == (ReportKind.REJECTED, "not_started")
+    # ... and that older assignment can no longer start here.
+    out = b.receive(A, TaskAssign(copy), 20.1)
+    assert not any(isinstance(e, RunSkill) for e in out)
+
+
+def test_a_query_from_a_node_that_is_not_our_lead_is_not_answered() -> None:
+    b = quorate(B)
+    b.lead_changed(A, 6, 19.0)
+    tid = assigned(A, 5, B).task.task_id
+    for sender, term in ((C, 6), (A, 7)):
+        out = b.receive(sender, TaskQuery(tid, 1, term), 20.0)
+        assert sends(out) == []
+
+
+# ---- convergence: digests ------------------------------------------------------------------
+
+
+def test_two_nodes_that_hold_different_copies_converge_by_digest() -> None:
+    # Each holds copies the other lacks, of every age: after one exchange both hold the
+    # newest copy of every task, and their digests agree.
+    a, b = quorate(A), quorate(B)
+    b.lead_changed(A, 9, 10.0)
+    tasks = [new_task("echo", {"message": str(i)}, C, 1.0) for i in range(40)]
+    for i, t in enumerate(tasks):
+        mine = TaskCopy(1 + i % 3, i + 1, t)
+        newer = TaskCopy(4, i + 1, replace(t, state=TaskState.COMPLETE, result=i))
+        if i % 4 == 0:
+            a._hold(mine)
+        elif i % 4 == 1:
+            b._hold(mine)
+        elif i % 4 == 2:
+            a._hold(mine)
+            b._hold(newer)
+        else:
+            a._hold(newer)
+            b._hold(mine)
+    assert a.digest.root() != b.digest.root()
+    # b asks (as a follower answering its lead's root), a answers with its copies, b
+    # answers a's buckets with its own copies.
+    ask = [s.payload for s in sends(b.receive(A, TaskDigest(9, a.digest.root()), 11.0))]
+    (digest,) = [p for p in ask if isinstance(p, TaskDigest)]
+    for payload in [s.payload for s in sends(a.receive(B, digest, 11.0))]:
+        assert isinstance(payload, TaskSync)
+        b.receive(A, payload, 11.0)
+    for payload in [
+        s.payload
+        for s in sends(b.receive(A, TaskDigest(9, a.digest.root(), tuple(a.digest.buckets)), 11.1))
+    ]:
+        a.receive(B, payload, 11.1)
+    assert a.digest.root() == b.digest.root()
+    for t in tasks:
+        assert a.version(t.task_id) == b.version(t.task_id) is not None

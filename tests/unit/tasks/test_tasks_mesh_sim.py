@@ -155,9 +155,17 @@ def test_non_idempotent_task_fails_agent_lost_then_operator_retry_reruns_it() ->
     assert m.skills.executions[tid] == 1
     # The operator retries it on purpose, from a non-lead node (relayed to the lead).
     survivor = next(n for n in m.ids[1:] if n != worker)
+    assert failed.error.message.startswith(f"agent {worker} was lost")
+    assert "may have run" in failed.error.message and "--force" in failed.error.message
+    # A plain retry is refused: the task may have run already.
     m.net.apply(survivor, m.node(survivor).operator(TaskOpKind.RETRY, tid, m.net.now))
-    assert m.net.run_until(lambda: m.all_terminal([tid], [lead, survivor]), 20) is not None
-    assert m.task(survivor, tid).state is TaskState.COMPLETE
+    m.net.advance(1.0)
+    assert m.task(survivor, tid).state is TaskState.FAILED
+    assert m.skills.executions[tid] == 1
+    # The operator insists.
+    m.net.apply(survivor, m.node(survivor).operator(TaskOpKind.RETRY_FORCE, tid, m.net.now))
+    done = m.net.run_until(lambda: m.state(survivor, tid) is TaskState.COMPLETE, 20)
+    assert done is not None and m.state(lead, tid) is TaskState.COMPLETE
     assert m.skills.executions[tid] == 2
 
 

@@ -269,7 +269,10 @@ def test_operator_retry_reruns_a_failed_task_only() -> None:
     s.submit(t, T0)
     s.agent_lost("a", T0 + 1)
     s.agents_changed([agent("a")], T0 + 2)
-    eff = s.operator_retry(t.task_id, T0 + 3)
+    # Lost while its agent held it: it may have run, so only a forced retry re-runs it.
+    with pytest.raises(TaskError, match="may have run already"):
+        s.operator_retry(t.task_id, T0 + 3)
+    eff = s.operator_retry(t.task_id, T0 + 3, force=True)
     assert assigns(eff) == [(t.task_id, "a")]
     got = s.get(t.task_id)
     assert got is not None and got.error is None and got.attempt == 2

@@ -105,7 +105,7 @@ def run_sim(seed: int) -> tuple[Sim, Scheduler]:
 
     def operator_retry(tid: str) -> None:
         sim.op_retries[tid] += 1
-        handle(s().operator_retry(tid, sim.now))
+        handle(s().operator_retry(tid, sim.now, force=True))
 
     def on_assign(eff: AssignTask) -> None:
         node, task = eff.to, eff.task
