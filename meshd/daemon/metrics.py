@@ -153,6 +153,7 @@ def collect(
     started_wall: float,
     now: float,
     now_wall: float,
+    loop: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """JSON-ready metrics of a started node (schema in the module docstring and README):
     ``{"schema", "at", "node": {...}, "agents": {node_id: {...}}, "mesh": {...}}``.
@@ -217,6 +218,7 @@ def collect(
             "skills": per_skill,
             "tasks_completed": done_here,
             "tasks_failed": failed_here,
+            "loop": dict(loop or {}),
         },
         "agents": agents,
         "mesh": {
@@ -279,6 +281,10 @@ class _Writer:
     def counter(self, name: str, help_text: str, samples: Iterable[_Sample]) -> None:
         assert name.endswith("_total"), name
         self.family(name, "counter", help_text, samples)
+
+
+def _ms(value: Any) -> float | None:
+    return None if value is None else float(value) / 1000.0
 
 
 def _map(value: Any) -> Mapping[str, Any]:
@@ -375,6 +381,23 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
             "Tasks that failed on this node since it started.",
             [(one, node.get("tasks_failed"))],
         )
+        loop = _map(node.get("loop"))
+        if loop:
+            w.gauge(
+                "loop_lag_seconds_max",
+                "Worst lateness of the event loop over the last minute.",
+                [(one, _ms(loop.get("lag_ms_max")))],
+            )
+            w.gauge(
+                "loop_lag_seconds_p99",
+                "99th percentile lateness of the event loop over the last minute.",
+                [(one, _ms(loop.get("lag_ms_p99")))],
+            )
+            w.counter(
+                "loop_stalls_total",
+                "Event loop stalls of 100 ms or more since the node started.",
+                [(one, loop.get("stalls"))],
+            )
 
     rows = sorted(agents.items())
 

@@ -40,6 +40,7 @@ from meshd.daemon.admission import Admission
 from meshd.daemon.commit import Commit
 from meshd.daemon.delegation import Delegation
 from meshd.daemon.events import EventLog
+from meshd.daemon.lag import LagMonitor
 from meshd.daemon.metrics import collect, prometheus_text
 from meshd.daemon.packs import PackManager
 from meshd.daemon.runner import Runner
@@ -221,6 +222,7 @@ class Node:
         # deadline, moved only when a deadline comes earlier (no task per tick).
         self._next_tick = float("inf")
         self._tick_handle: asyncio.TimerHandle | None = None
+        self.lag = LagMonitor(self.clock)
         self._ticking = False
         # TASK_UPDATE copies of this loop turn, merged into one publication.
         self._updates: list[TaskCopy] = []
@@ -403,6 +405,7 @@ class Node:
             _log.warning("mdns_no_interface", hint="use --interface or --peer HOST:PORT")
 
         self._on_tick()
+        self.lag.start()
         self._loops.append(asyncio.create_task(self._persist_loop(), name="persist"))
         for text in cfg.node.peers:
             host, port = parse_hostport(text, cfg.node.listen_port or DEFAULT_PORT)
@@ -514,6 +517,7 @@ class Node:
 
     async def _teardown(self, linger_ms: int = 0) -> None:
         self._stop.set()
+        self.lag.stop()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
@@ -1041,6 +1045,7 @@ class Node:
             started_wall=self.started_wall,
             now=self.now(),
             now_wall=self.clock.wall(),
+            loop=self.lag.figures(),
         )
 
     def metrics_text(self) -> str:

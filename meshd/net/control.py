@@ -34,6 +34,8 @@ class ControlServer:
         os.chmod(self.path, 0o600)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One client connection: requests answered in order until it hangs up (at any
+        moment, even while its answer is being written: that is normal, not an error)."""
         try:
             while True:
                 try:
@@ -47,6 +49,8 @@ class ControlServer:
                     return
                 writer.write(pack(await self._dispatch(body)))
                 await writer.drain()
+        except ConnectionError:
+            return  # the client went away mid-answer
         finally:
             writer.close()
             with contextlib.suppress(Exception):

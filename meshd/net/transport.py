@@ -48,6 +48,9 @@ DOMAIN_INTRO = b"intro"
 MAX_PENDING_ZAP = 512
 #: Most frames read from one socket per wake-up before yielding to the loop (fairness).
 READ_BATCH = 256
+#: ... and most bytes: 256 frames of task copies (up to 1 MiB each) would hold the loop
+#: for seconds, past the lead's lease; 1 MiB of them takes a few milliseconds.
+READ_BYTES = 1024 * 1024
 
 Socket: TypeAlias = "zmq.Socket[bytes]"
 
@@ -77,6 +80,7 @@ class _Reader:
         if self.closed:
             return
         sock = self.sock
+        budget = READ_BYTES
         for _ in range(READ_BATCH):
             try:
                 if not int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
@@ -89,6 +93,9 @@ class _Reader:
             self.on_frames(frames)
             if self.closed:
                 return
+            budget -= sum(len(f) for f in frames)
+            if budget <= 0:
+                break  # big frames (task syncs): the rest on a later turn
         self.kick()  # more waiting: continue on the next loop turn, after others ran
 
     def kick(self) -> None:

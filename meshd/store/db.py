@@ -277,15 +277,18 @@ class Store:
 
     # -- peers -------------------------------------------------------------------
     def save_peers(self, peers: list[StoredPeer]) -> None:
+        """Remember these member records (committed, not fsync'd: they only speed up a
+        rejoin after a restart, and the next fsync of the store covers them; an fsync per
+        membership change stalled the event loop of a busy host)."""
         if not peers:
             return
-        with self._write(self._peers) as txn:
+        with self._write(self._peers, sync=False) as txn:
             for peer in peers:
                 value = {"r": member_record_to_wire(peer.record), "seen": peer.last_seen}
                 txn.put(peer.record.info.node_id.encode(), msgpack.packb(value, use_bin_type=True))
 
     def delete_peer(self, node_id: str) -> None:
-        with self._write(self._peers) as txn:
+        with self._write(self._peers, sync=False) as txn:
             txn.delete(node_id.encode())
 
     def load_peers(self) -> list[StoredPeer]:

@@ -133,6 +133,7 @@ def metrics_of(node: SimpleNamespace) -> dict[str, Any]:
         started_wall=NOW - 120.5,
         now=500.0,
         now_wall=NOW,
+        loop={"lag_ms_max": 250.0, "lag_ms_p99": 12.5, "stalls": 3, "worst_ms": 400.0},
     )
 
 
@@ -249,6 +250,9 @@ def test_prometheus_text_of_collected_metrics_parses() -> None:
         "meshd_mesh_task_success_ratio": "gauge",
         "meshd_queue_depth": "gauge",
         "meshd_tasks": "gauge",
+        "meshd_loop_lag_seconds_max": "gauge",
+        "meshd_loop_lag_seconds_p99": "gauge",
+        "meshd_loop_stalls": "counter",
     }
     for name, kind in expected.items():
         assert name in fams, name
@@ -273,6 +277,9 @@ def test_prometheus_text_of_collected_metrics_parses() -> None:
     assert sample_map(fams["meshd_queue_depth"])[()] == 3
     assert sample_map(fams["meshd_is_lead"])[()] == 1
     assert sample_map(fams["meshd_up"])[()] == 1
+    assert sample_map(fams["meshd_loop_lag_seconds_max"])[()] == 0.25
+    assert sample_map(fams["meshd_loop_lag_seconds_p99"])[()] == 0.0125
+    assert sample_map(fams["meshd_loop_stalls"])[()] == 3
 
 
 def test_prometheus_text_escapes_label_values() -> None:
