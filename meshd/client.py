@@ -260,9 +260,10 @@ class Client:
         result: dict[str, Any] = self.call("task_cancel", id=task_id)
         return result
 
-    def retry(self, task_id: str) -> dict[str, Any]:
-        """Run a FAILED task again on purpose (relayed to the lead)."""
-        result: dict[str, Any] = self.call("task_retry", id=task_id)
+    def retry(self, task_id: str, force: bool = False) -> dict[str, Any]:
+        """Run a FAILED task again on purpose (relayed to the lead). A non-idempotent task
+        lost with its agent may already have run: it is retried only with ``force``."""
+        result: dict[str, Any] = self.call("task_retry", id=task_id, force=force)
         return result
 
     def handoff(self, task_id: str, to: str | None = None) -> dict[str, Any]:

@@ -303,11 +303,19 @@ def task_cancel(
 def task_retry(
     task_id: Annotated[str, typer.Argument(help="Task id (or a unique prefix).")],
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the new run.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Retry a non-idempotent task lost with its agent: it may already have run.",
+        ),
+    ] = False,
 ) -> None:
-    """Run a FAILED task again on purpose (also a non-idempotent one lost with its agent)."""
+    """Run a FAILED task again on purpose. A non-idempotent task that failed agent_lost
+    may already have run on the lost agent; retrying it needs --force."""
 
     def run(client: Client) -> int:
-        t = client.retry(task_id)
+        t = client.retry(task_id, force)
         if not wait:
             print(f"task {t['id']} {t['state']} (retried)")
             return 0

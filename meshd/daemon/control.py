@@ -115,6 +115,12 @@ class TaskReq:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskRetryReq:
+    id: str = ""
+    force: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TaskWatchReq:
     id: str = ""
     after: list[int] | None = None
@@ -339,6 +345,10 @@ def _task_op(op: str) -> Callable[[Services, TaskReq], Awaitable[Any]]:
     return handler
 
 
+async def _task_retry(s: Services, r: TaskRetryReq) -> Any:
+    return await s.delegation.operator("retry_force" if r.force else "retry", r.id)
+
+
 async def _task_handoff(s: Services, r: TaskHandoffReq) -> Any:
     return await s.delegation.operator("handoff", r.id, r.to)
 
@@ -438,7 +448,7 @@ OPS: Final[Mapping[str, Op]] = {
     "task_watch": Op(TaskWatchReq, _task_watch),
     "task_list": Op(TaskListReq, _task_list),
     "task_cancel": Op(TaskReq, _task_op("cancel")),
-    "task_retry": Op(TaskReq, _task_op("retry")),
+    "task_retry": Op(TaskRetryReq, _task_retry),
     "task_approve": Op(TaskReq, _task_op("approve")),
     "task_handoff": Op(TaskHandoffReq, _task_handoff),
     "task_deny": Op(TaskDenyReq, _task_deny),

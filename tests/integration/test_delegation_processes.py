@@ -141,9 +141,15 @@ def test_non_idempotent_task_is_not_rerun_after_agent_loss(mesh: Mesh) -> None:
         with pytest.raises(TaskFailed) as failed:
             handle.result(timeout=30)
         assert failed.value.code == "agent_lost"
-        assert "meshctl task retry" in failed.value.task["error"]["message"]
+        message = failed.value.task["error"]["message"]
+        assert "may have run" in message and "--force" in message, message
+        # A plain retry is refused: the task may have run on the lost agent.
+        refused = ctl(a, "task", "retry", handle.task_id)
+        assert refused.returncode == 1, refused
+        assert "may have run already" in refused.stderr and "--force" in refused.stderr
+        assert client.task(handle.task_id)["state"] == "failed"
         # The operator re-runs it on purpose: it completes on the surviving agent.
-        out = ctl(a, "task", "retry", handle.task_id, "--wait")
+        out = ctl(a, "task", "retry", handle.task_id, "--force", "--wait")
         assert out.returncode == 0, out.stderr
         final = client.task(handle.task_id)
     assert final["state"] == "complete"

@@ -511,6 +511,7 @@ async def test_task_get_watch_list_resolve_the_id(node: Node) -> None:
     [
         ("task_cancel", {"id": "t"}, ("operator", "cancel", "t", "")),
         ("task_retry", {"id": "t"}, ("operator", "retry", "t", "")),
+        ("task_retry", {"id": "t", "force": True}, ("operator", "retry_force", "t", "")),
         ("task_approve", {"id": "t"}, ("operator", "approve", "t", "")),
         ("task_handoff", {"id": "t", "to": "n2"}, ("operator", "handoff", "t", "n2")),
         ("task_deny", {"id": "t", "reason": "no"}, ("operator", "deny", "t", "no")),
