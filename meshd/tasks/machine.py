@@ -83,6 +83,15 @@ IDS_CHUNK: Final = 5000
 #: s. The lead resends a non-idempotent assignment's copy to the voters that have not
 #: confirmed holding it yet this often (a lost frame; a follower that was busy).
 CONFIRM_RESEND: Final = 0.25
+#: s. An assignment no agent report answered this long after it left (then 2x, 4x...,
+#: at most 4 s) was lost with a broken connection, or is late: an idempotent one is sent
+#: again (the agent takes a repeat as a duplicate); for a non-idempotent one the agent is
+#: asked what became of it, and its answer "not started" fences that attempt off there.
+ASSIGN_RESEND: Final = 1.0
+#: Attempts an agent has answered "not started" for and refuses from then on (oldest
+#: forgotten first; a lost assignment frame arrives late by seconds, not by thousands of
+#: tasks).
+MAX_REFUSED: Final = 10_000
 #: s. A lead without a valid lease re-checks its parked assignments this often.
 PARK_RETRY: Final = 0.02
 #: s. A follower asks the lead for a digest exchange at most this often.
@@ -141,8 +150,18 @@ class _Confirm:
 
 
 @dataclass(slots=True)
+class _Unstarted:
+    """An assignment sent to an agent that has not reported on it yet."""
+
+    copy: TaskCopy
+    to: str
+    next_try: float
+    tries: int = 1
+
+
+@dataclass(slots=True)
 class _Doubt:
-    """A non-idempotent task a previous lead assigned to a live agent: what became of it?"""
+    """A task a previous lead assigned to a live agent: what became of it?"""
 
     holder: str
     attempt: int
@@ -253,6 +272,9 @@ class TaskMachine:
         self._parked: dict[str, tuple[TaskCopy, str]] = {}
         self._park_due = float("inf")
         self._doubt: dict[str, _Doubt] = {}
+        self._unstarted: dict[str, _Unstarted] = {}
+        #: task id -> attempt this agent answered "not started" for: refused from now on.
+        self._not_started: dict[str, int] = {}
         #: Terminal copies that lost to a newer copy with another outcome, to be noted in
         #: the winner's history by the lead.
         self._conflicts: dict[str, TaskCopy] = {}
@@ -306,6 +328,7 @@ class TaskMachine:
             times.append(self._gather.deadline)
         times += [c.next_try for c in self._confirming.values()]
         times += [d.next_try for d in self._doubt.values()]
+        times += [u.next_try for u in self._unstarted.values()]
         if self._parked:
             times.append(self._park_due)
         if self.scheduler is not None:
@@ -454,7 +477,7 @@ class TaskMachine:
         elif isinstance(payload, TaskReport):
             self._on_report(sender, payload, now, out)
         elif isinstance(payload, TaskAck):
-            self._on_ack(sender, payload, out)
+            self._on_ack(sender, payload, now, out)
         elif isinstance(payload, TaskSubmit):
             self._lead_submit(sender, payload.copy, now, out)
         elif isinstance(payload, TaskCancel):
@@ -589,6 +612,8 @@ class TaskMachine:
             refuse = "assignment does not name this node and its sender as lead"
         elif fence.term < self.max_term:
             refuse = f"stale lead term {fence.term} (newest seen {self.max_term})"
+        elif self._not_started.get(task.task_id) == task.attempt:
+            refuse = f"attempt {task.attempt} was answered 'not started' here: refused"
         if refuse:
             if fence is not None and fence.lead == sender:
                 out.append(
@@ -768,7 +793,7 @@ class TaskMachine:
 
     # ---- acks -------------------------------------------------------------------------
 
-    def _on_ack(self, sender: str, ack: TaskAck, out: list[TaskEffect]) -> None:
+    def _on_ack(self, sender: str, ack: TaskAck, now: float, out: list[TaskEffect]) -> None:
         kind, _, op = ack.code.partition(":")
         if kind == "submit" and ack.task_id in self._submits:
             if ack.ok:
@@ -784,13 +809,13 @@ class TaskMachine:
             if entry is not None and ack.ok:
                 entry[1].acked_by = sender
         elif kind == "held":
-            self._on_held(sender, ack, out)
+            self._on_held(sender, ack, now, out)
         elif kind == "op":
             if op == TaskOpKind.HANDOFF.value and ack.task_id in self._handoffs:
                 if ack.ok:
                     del self._handoffs[ack.task_id]
                 else:
-                    self._handoff_refused(ack.task_id, ack.message, 0.0, out)
+                    self._handoff_refused(ack.task_id, ack.message, now, out)
                 return
             out.append(OpDone(ack.task_id, op, ack.ok, ack.message))
 
@@ -1151,12 +1176,13 @@ class TaskMachine:
             self._on_assign(self.self_id, copy, now, out)
         else:
             out.append(Send(to, TaskAssign(copy)))
+            self._unstarted[copy.task.task_id] = _Unstarted(copy, to, now + ASSIGN_RESEND)
 
     def _current(self, copy: TaskCopy) -> bool:
         held = self.copies.get(copy.task.task_id)
         return held is not None and _key(held) == _key(copy)
 
-    def _on_held(self, sender: str, ack: TaskAck, out: list[TaskEffect]) -> None:
+    def _on_held(self, sender: str, ack: TaskAck, now: float, out: list[TaskEffect]) -> None:
         confirm = self._confirming.get(ack.task_id)
         if confirm is None or self.role is not Role.LEAD:
             return
@@ -1165,7 +1191,7 @@ class TaskMachine:
         if voter is None or not seq.isdigit() or int(seq) != confirm.copy.seq:
             return
         confirm.acks.add(sender)
-        self._release(ack.task_id, confirm.next_try, out)
+        self._release(ack.task_id, now, out)
 
     def _release(self, task_id: str, now: float, out: list[TaskEffect]) -> None:
         """A quorum holds the assignment durably: any later lead will find it, so the
@@ -1199,6 +1225,11 @@ class TaskMachine:
             kind, fields = outcome
             self._report(task_id, attempt, kind, now, out, **fields)
             return
+        # From now on this attempt is refused here, should its assignment arrive late.
+        self._not_started.pop(task_id, None)
+        self._not_started[task_id] = attempt
+        if len(self._not_started) > MAX_REFUSED:
+            del self._not_started[next(iter(self._not_started))]
         self._report(
             task_id,
             attempt,
@@ -1206,7 +1237,7 @@ class TaskMachine:
             now,
             out,
             code="not_started",
-            message="never started here; an assignment of an older term is refused from now on",
+            message="never started here; this attempt is refused here from now on",
         )
 
     def _outcome_held(self, task_id: str, attempt: int) -> tuple[ReportKind, dict[str, Any]] | None:
@@ -1228,14 +1259,15 @@ class TaskMachine:
         return None
 
     def _find_doubts(self, now: float, out: list[TaskEffect]) -> None:
-        """A new lead: non-idempotent tasks an earlier term assigned to a live agent. The
-        agent is asked before anything is decided (it may be running it, may have finished
-        it, or never got it)."""
+        """A new lead: tasks an earlier term assigned to a live agent. The agent is asked
+        before anything is decided (it may be running it, may have finished it, or never
+        got it: the assignment was lost with the old lead's link, and only the answer
+        "not started" lets the task move on without waiting for its attempt timer)."""
         for copy in self.copies.values():
             task = copy.task
             fence = task.assignment
             holder = task.assigned_to
-            if task.idempotent or task.state not in ACTIVE_STATES or holder is None:
+            if task.state not in ACTIVE_STATES or holder is None:
                 continue
             if fence is None or fence.term >= self.term:
                 continue
@@ -1278,6 +1310,7 @@ class TaskMachine:
         self._confirming.clear()
         self._parked.clear()
         self._doubt.clear()
+        self._unstarted.clear()
         if was_lead:
             self.scheduler = None
             self._gather = None
@@ -1504,6 +1537,18 @@ class TaskMachine:
                     self._dispatch(copy, to, now, out)
         if self._doubt:
             self._ask_doubts(now, out)
+        for task_id, unstarted in list(self._unstarted.items()):
+            copy = unstarted.copy
+            if not self._current(copy) or copy.task.state is not TaskState.ASSIGNED:
+                del self._unstarted[task_id]  # the agent reported (or the task moved on)
+            elif unstarted.next_try <= now:
+                unstarted.next_try = now + min(4.0, ASSIGN_RESEND * 2**unstarted.tries)
+                unstarted.tries += 1
+                task = copy.task
+                if task.idempotent:
+                    out.append(Send(unstarted.to, TaskAssign(copy)))
+                else:
+                    out.append(Send(unstarted.to, TaskQuery(task.task_id, task.attempt, self.term)))
 
     # ---- figures ------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from meshd.config import TaskConfig
 from meshd.sim import SimMesh
 
 PRIORITIES = (100, 90, 80, 70, 60)
@@ -30,6 +31,10 @@ FAULTS = ("crash_lead", "crash_worker", "cut_lead", "partition", "loss", "stop_l
 #: Tasks per run, submitted 20 ms apart (50/s).
 TASKS = 120
 RATE = 0.02
+#: The product's defaults: a task's attempt timer (300 s) is far longer than the time
+#: every task must be settled in (60 s), so a lost assignment is not hidden by a timeout.
+CONFIG = TaskConfig()
+SETTLE = 60.0
 
 
 @dataclass
@@ -48,7 +53,7 @@ class Run:
 
 def chaos(seed: int, fault: str) -> Run:
     rng = random.Random(seed)
-    m = SimMesh(PRIORITIES, seed=seed, lead_runs=True)
+    m = SimMesh(PRIORITIES, seed=seed, lead_runs=True, config=CONFIG)
     assert m.net.run_until(lambda: m.settled_lead() is not None, 10.0) is not None
     lead = m.settled_lead()
     assert lead is not None
@@ -120,7 +125,7 @@ def check(run: Run) -> None:
         f"{why}: a lead only {m.net.now - healed_at:.2f} s after the heal"
     )
     everyone = m.ids
-    done = m.net.run_until(lambda: m.terminal_everywhere(run.tasks, everyone), 120.0, poll=0.1)
+    done = m.net.run_until(lambda: m.terminal_everywhere(run.tasks, everyone), SETTLE, poll=0.1)
     if done is None:
         lagging = [
             (
@@ -166,7 +171,7 @@ def two_faults(seed: int) -> Run:
     """Two overlapping faults from the list (the lead-targeted ones hit whoever leads when
     they strike), 3 % loss and 10 ms jitter throughout, 200 tasks."""
     rng = random.Random(seed)
-    m = SimMesh(PRIORITIES, seed=seed, lead_runs=True, loss=0.03, jitter=0.01)
+    m = SimMesh(PRIORITIES, seed=seed, lead_runs=True, loss=0.03, jitter=0.01, config=CONFIG)
     assert m.net.run_until(lambda: m.settled_lead() is not None, 20.0) is not None
     kinds = rng.sample(["crash_lead", "crash_worker", "cut_lead", "partition", "stop_lead"], 2)
     plan = []

@@ -137,9 +137,13 @@ def quorate(node: str, quorum: int = 2, lease: list[bool] | None = None) -> Task
     return m
 
 
-def lead_with_task(idempotent: bool, lease: list[bool] | None = None) -> tuple[TaskMachine, str]:
+def lead_with_task(
+    idempotent: bool, lease: list[bool] | None = None, lead_runs: bool = True
+) -> tuple[TaskMachine, str]:
     """A (quorum 2 of 3) leading, with one sleep task from B submitted and scheduled."""
     a = quorate(A, lease=lease)
+    if not lead_runs:
+        a.max_concurrent = 0
     a.lead_changed(A, 1, 10.0)
     a.tick(12.0)  # nobody answered the digests: no quorum, so it asks again and waits
     assert a.role.value == "gathering"
@@ -250,6 +254,61 @@ def test_a_query_from_a_node_that_is_not_our_lead_is_not_answered() -> None:
     for sender, term in ((C, 6), (A, 7)):
         out = b.receive(sender, TaskQuery(tid, 1, term), 20.0)
         assert sends(out) == []
+
+
+def test_an_assignment_of_this_term_that_never_came_is_refused_once_answered() -> None:
+    # Same term: only the answer fences the attempt off (a late frame must not start it).
+    b = quorate(B)
+    b.lead_changed(A, 6, 19.0)
+    copy = assigned(A, 6, B)
+    report = query(b, copy.task.task_id, 1)
+    assert (report.kind, report.code) == (ReportKind.REJECTED, "not_started")
+    out = b.receive(A, TaskAssign(copy), 20.1)
+    assert not any(isinstance(e, RunSkill) for e in out)
+    (refusal,) = [s.payload for s in sends(out) if isinstance(s.payload, TaskReport)]
+    assert refusal.code == "fenced" and "not started" in refusal.message
+    # A new attempt of the same task is not refused.
+    again = replace(copy, seq=2, task=replace(copy.task, attempt=2))
+    out = b.receive(A, TaskAssign(again), 20.2)
+    assert any(isinstance(e, RunSkill) for e in out)
+
+
+def unreported_assignment(idempotent: bool) -> tuple[TaskMachine, str, str]:
+    """A leading (running no tasks itself) with a task assigned to B or C, released to
+    its agent."""
+    a, tid = lead_with_task(idempotent=idempotent, lead_runs=False)
+    agent = a.get(tid).assigned_to  # type: ignore[union-attr]
+    assert agent is not None and agent != A
+    if not idempotent:
+        seq = a.version(tid)[1]  # type: ignore[index]
+        out = a.receive(C if agent == B else B, TaskAck(tid, True, f"held:{seq}"), 12.01)
+        assert [s.to for s in sends(out) if isinstance(s.payload, TaskAssign)] == [agent]
+    return a, tid, agent
+
+
+def test_an_idempotent_assignment_no_report_answered_is_sent_again() -> None:
+    a, tid, agent = unreported_assignment(idempotent=True)
+    out = a.tick(12.5)
+    assert not [s for s in sends(out) if isinstance(s.payload, TaskAssign)]
+    out = a.tick(13.1)
+    assert [s.to for s in sends(out) if isinstance(s.payload, TaskAssign)] == [agent]
+    # Backoff: not again at once; then the agent reports and the resends stop.
+    assert not [s for s in sends(a.tick(13.2)) if isinstance(s.payload, TaskAssign)]
+    a.receive(agent, TaskReport(tid, 1, ReportKind.STARTED), 13.3)
+    for t in (15.0, 20.0, 30.0):
+        assert not [s for s in sends(a.tick(t)) if isinstance(s.payload, TaskAssign)]
+
+
+def test_a_non_idempotent_assignment_no_report_answered_is_asked_about() -> None:
+    a, tid, agent = unreported_assignment(idempotent=False)
+    out = a.tick(13.2)
+    assert not [s for s in sends(out) if isinstance(s.payload, TaskAssign)]
+    (ask,) = [s for s in sends(out) if isinstance(s.payload, TaskQuery)]
+    assert ask.to == agent and ask.payload == TaskQuery(tid, 1, 1)
+    # "Not started": the lead moves the task on (another agent, or back to the queue).
+    a.receive(agent, TaskReport(tid, 1, ReportKind.REJECTED, code="not_started"), 13.3)
+    task = a.get(tid)
+    assert task is not None and task.assigned_to != agent
 
 
 # ---- convergence: digests ------------------------------------------------------------------
