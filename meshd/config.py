@@ -57,14 +57,19 @@ class MembershipConfig:
     #: never hear each other again. A host that is really gone costs one TCP connect
     #: attempt per interval per observer.
     reconnect_interval: float = 5.0
-    #: s. The first of those attempts comes this soon after the verdict (+-50 %), each next
-    #: one twice as late, up to ``reconnect_interval``: a partition that heals within
-    #: seconds is noticed within about a second of the heal, while a host that is gone for
-    #: good soon costs only one attempt per ``reconnect_interval``.
+    #: s. The first of those attempts comes this soon after the verdict (+-50 %), the next
+    #: ones at most twice that apart for ``reconnect_fast_for``, then twice as late each
+    #: time up to ``reconnect_interval``: a partition that heals within a minute is noticed
+    #: within about a second of the heal (a lead agreed by all within 2 s), while a host
+    #: that is gone for good soon costs only one attempt per ``reconnect_interval``.
     reconnect_first: float = 0.5
+    #: s. See ``reconnect_first``: about one connect attempt a second per dead member and
+    #: observer for this long after the verdict.
+    reconnect_fast_for: float = 60.0
     #: s. How long such a contact link (a reconnect attempt, or a link opened to tell a peer
     #: we hold dead that it must refute) stays open when the peer does not come back. A live
-    #: LAN host answers in milliseconds; 2 s also covers transport.connect_timeout (1 s).
+    #: LAN host answers in milliseconds; 2 s also covers several transport.connect_timeout
+    #: (0.25 s) attempts.
     reconnect_window: float = 2.0
 
 
@@ -130,11 +135,15 @@ class TransportConfig:
     zmq_heartbeat_ivl: int = 500
     #: ms. ZMTP heartbeat timeout: a link with no traffic for this long is reset.
     zmq_heartbeat_timeout: int = 1500
-    #: ms. TCP connect timeout, so a dead address does not hold a connect attempt for minutes.
-    connect_timeout: int = 1000
+    #: ms. TCP connect timeout, so a dead address does not hold a connect attempt for
+    #: minutes. A LAN host's kernel answers a SYN in well under a millisecond, busy or not;
+    #: a short timeout means a new SYN soon after a partition heals (Linux itself would
+    #: retransmit a lost SYN only after 1 s, then 3 s), so the heal is noticed in tenths
+    #: of a second.
+    connect_timeout: int = 250
     #: ms. First reconnect delay, and the cap of its exponential backoff.
     reconnect_ivl: int = 50
-    reconnect_ivl_max: int = 2000
+    reconnect_ivl_max: int = 500
     #: ms. Linger on close: pending messages to a dead peer must not hold shutdown.
     linger: int = 0
     #: s. How long the ZAP handler holds a CURVE handshake from a not-yet-known key,

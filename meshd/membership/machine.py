@@ -34,8 +34,9 @@ Choices beyond plain SWIM, all in the timings' spirit of "one bad link never kil
   (one small message; it tells the requester which paths failed). A helper's ``ok=True``
   clears the suspicion and restarts the suspicion timer, but does not set ``last_heard``
   (that stays "heard by us directly", which the dead guard relies on).
-* A DEAD verdict disconnects. Soon after (``reconnect_first``, doubling up to every
-  ``reconnect_interval``, jittered) we open a short
+* A DEAD verdict disconnects. Soon after (``reconnect_first``, then at most twice that
+  apart for ``reconnect_fast_for``, then doubling up to every ``reconnect_interval``,
+  jittered) we open a short
   contact window (Connect + HELLO for ``reconnect_window``) to members *we* declared dead
   or learned dead while they were live to us: after a partition both sides hold the other
   dead, and this is how they find each other again. A peer that is alive answers with
@@ -207,6 +208,7 @@ def _validate(config: MembershipConfig) -> None:
         "candidate_timeout",
         "reconnect_interval",
         "reconnect_first",
+        "reconnect_fast_for",
         "reconnect_window",
     )
     for name in positive:
@@ -396,7 +398,7 @@ class Membership:
                     q.restored = True
                     q.contact_deadline = now + self._cfg.forget_after
                     q.reconnects = 0
-                    q.next_reconnect = now + self._reconnect_delay(q)
+                    q.next_reconnect = now + self._reconnect_delay(q, now)
                     self._touch(q)
             elif p is None and self._verify_fn(info):
                 event = (
@@ -544,11 +546,16 @@ class Membership:
     def _jitter(self, base: float) -> float:
         return base * (0.5 + self._rng.random())
 
-    def _reconnect_delay(self, p: _Peer) -> float:
-        """``reconnect_first`` doubled per attempt made, capped at ``reconnect_interval``."""
+    def _reconnect_delay(self, p: _Peer, now: float) -> float:
+        """``reconnect_first`` doubled per attempt made, capped at twice
+        ``reconnect_first`` for ``reconnect_fast_for`` after the verdict (a partition that
+        heals is noticed within about a second), then at ``reconnect_interval``."""
         cfg = self._cfg
         first = min(cfg.reconnect_first, cfg.reconnect_interval)
-        return self._jitter(min(cfg.reconnect_interval, first * 2 ** min(p.reconnects, 16)))
+        cap = cfg.reconnect_interval
+        if now - p.state_since < cfg.reconnect_fast_for:
+            cap = min(cap, 2 * first)
+        return self._jitter(min(cap, first * 2 ** min(p.reconnects, 16)))
 
     def _due(self, p: _Peer) -> float:
         s = p.state
@@ -659,7 +666,7 @@ class Membership:
         p.next_reconnect = _INF
         p.reconnects = 0
         if retry and p.state is _DEAD:
-            p.next_reconnect = now + self._reconnect_delay(p)
+            p.next_reconnect = now + self._reconnect_delay(p, now)
 
     def _came_back(self, p: _Peer, now: float) -> None:
         """Common tail of every move from DEAD/LEFT/CANDIDATE to ALIVE."""
@@ -1034,7 +1041,7 @@ class Membership:
                 self._remove(p, out)
             elif p.restored and now >= p.next_reconnect:
                 p.reconnects += 1
-                p.next_reconnect = now + self._reconnect_delay(p)
+                p.next_reconnect = now + self._reconnect_delay(p, now)
                 if p.connected:
                     out.append(Send(p.node_id, Hello(self._info)))
                 else:
@@ -1052,7 +1059,7 @@ class Membership:
                 # Partition healing: try it again. If it is alive and still holds our old
                 # incarnation, our HELLO makes it notify us and the refutations flow.
                 p.reconnects += 1
-                p.next_reconnect = now + self._reconnect_delay(p)
+                p.next_reconnect = now + self._reconnect_delay(p, now)
                 if p.connected:  # a contact window still open: say HELLO again
                     out.append(Send(p.node_id, Hello(self._info)))
                 self._ensure_link(p, now, out)

@@ -886,21 +886,27 @@ def test_contact_link_to_a_dead_peer_is_closed_again() -> None:
 
 
 def test_dead_peer_is_retried_soon_then_less_and_less_often() -> None:
-    # Attempt k comes reconnect_first * 2^k (capped at reconnect_interval) after the one
-    # before, +-50 %: soon after a partition heals, and rarely for a host that is gone.
-    r = dead_c()
+    # Attempt k comes reconnect_first * 2^k after the one before (+-50 %), capped at twice
+    # reconnect_first for reconnect_fast_for after the verdict, then at reconnect_interval:
+    # soon after a partition heals, and rarely for a host that is gone.
+    cfg = dataclasses.replace(CFG, reconnect_fast_for=10.0)
+    r = dead_c(cfg)
     t_dead = r.now
-    r.keep_alive([B], until=t_dead + 40.0)
+    r.keep_alive([B], until=t_dead + 60.0)
     hello = Send(C.node_id, Hello(ME))
     attempts = [t for t, e in r.log if e == hello and t > t_dead]
     gaps = [b - a for a, b in zip([t_dead, *attempts], attempts, strict=False)]
-    first = CFG.reconnect_first
+    first = cfg.reconnect_first
     assert 0.5 * first - 0.02 <= gaps[0] <= 1.5 * first + 0.02
-    for k, gap in enumerate(gaps):
-        base = min(CFG.reconnect_interval, first * 2**k)
-        assert 0.5 * base - 0.02 <= gap <= 1.5 * base + 0.02, (k, gap)
-    assert gaps[-1] >= 0.5 * CFG.reconnect_interval - 0.02  # capped, not exploding
-    assert len(attempts) <= 12
+    for k, (at, gap) in enumerate(zip(attempts, gaps, strict=True)):
+        fast = at - gap - t_dead < cfg.reconnect_fast_for
+        cap = 2 * first if fast else cfg.reconnect_interval
+        base = min(cap, first * 2**k)
+        assert 0.5 * base - 0.02 <= gap <= 1.5 * base + 0.02, (k, at - t_dead, gap)
+    early = [g for a, g in zip(attempts, gaps, strict=True) if a - t_dead < cfg.reconnect_fast_for]
+    assert max(early) <= 1.5 * 2 * first + 0.02  # about one a second in the fast phase
+    assert gaps[-1] >= 0.5 * cfg.reconnect_interval - 0.02  # then capped, not exploding
+    assert len(attempts) <= 30
 
 
 def test_dead_peer_is_retried_periodically_with_jitter() -> None:
