@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from harness import DEADLINE, Daemon, Mesh, all_see_all, wait_for
-from netlab import Host, Lab, Node, nft_usable
+from meshlab import POLL, Watch, agreed, cut_from
+from netlab import Host, Lab, nft_usable
 
 pytestmark = pytest.mark.lab
 
@@ -36,8 +36,6 @@ PARTITION_DEADLINE = max(DEADLINE, 30.0)
 HEAL_DEADLINE = max(DEADLINE, 30.0)
 #: s. After both sides settled, the cut is held this long: nothing may change in it.
 HOLD = 3.0
-#: s. Observation period.
-POLL = 0.1
 
 
 @pytest.fixture
@@ -48,97 +46,6 @@ def lab(host: Host) -> Iterator[Lab]:
         yield the_lab
     finally:
         the_lab.close()
-
-
-def cut_from(lab: Lab, node: Node, others: list[Node]) -> None:
-    """Drop everything ``node`` exchanges with ``others`` (both directions, in ``node``'s
-    namespace); its traffic with every other address is untouched. Links stay up.
-    ``lab.heal(node)`` removes it (same table as :meth:`Lab.cut`)."""
-    addrs = ", ".join(a for o in others for a in o.addrs.values())
-    ruleset = (
-        "table inet lab {\n"
-        "  chain in {\n    type filter hook input priority -10; policy accept;\n"
-        f"    ip saddr {{ {addrs} }} drop\n  }}\n"
-        "  chain out {\n    type filter hook output priority -10; policy accept;\n"
-        f"    ip daddr {{ {addrs} }} drop\n  }}\n"
-        "}\n"
-    )
-    lab.host.run("ip", "netns", "exec", node.ns, "nft", "-f", "-", input_text=ruleset)
-
-
-class SplitBrain(AssertionError):
-    pass
-
-
-class Watch:
-    """Samples every daemon's status and new events; remembers every (term, lead) seen
-    and fails at once when a term has two different leads."""
-
-    def __init__(self, daemons: list[Daemon], names: dict[str, str]) -> None:
-        self.daemons = daemons
-        self.names = names
-        self.leads: dict[int, set[str]] = defaultdict(set)
-        self.where: dict[tuple[int, str], str] = {}
-        self.cursor: dict[str, float] = {}
-        self.samples = 0
-        self.last: dict[str, dict[str, Any]] = {}
-
-    def _saw(self, term: int, lead: str, how: str) -> None:
-        self.leads[term].add(lead)
-        self.where.setdefault((term, lead), how)
-        if len(self.leads[term]) > 1:
-            detail = {self.names.get(x, x): self.where[(term, x)] for x in self.leads[term]}
-            raise SplitBrain(f"term {term} has two leads: {detail}")
-
-    def sample(self) -> dict[str, dict[str, Any]]:
-        for d in self.daemons:
-            if d.proc is not None and d.proc.poll() is not None:
-                raise AssertionError(f"{d.name} exited with {d.proc.returncode}:\n{d.log()}")
-        out = {}
-        for d in self.daemons:
-            with d.client() as c:
-                st = c.status()
-                events = c.events(self.cursor.get(d.name, 0.0))
-            out[d.name] = st
-            if st["lead"] is not None:
-                self._saw(int(st["lead"]["term"]), st["lead"]["id"], f"{d.name} status")
-            for e in events:
-                self.cursor[d.name] = max(self.cursor.get(d.name, 0.0), e["at"])
-                if e["type"] == "LEAD_ELECTED":
-                    self._saw(int(e["term"]), e["lead"], f"{d.name} event at {e['at']:.3f}")
-        self.samples += 1
-        self.last = out
-        return out
-
-    def until(
-        self, pred: Callable[[dict[str, dict[str, Any]]], Any], timeout: float, what: str
-    ) -> Any:
-        """Sample every POLL s until ``pred(samples)`` is truthy (bounded in time and count)."""
-        end = time.monotonic() + timeout
-        for _ in range(int(timeout / POLL) + 1):
-            value = pred(self.sample())
-            if value:
-                return value
-            if time.monotonic() >= end:
-                break
-            time.sleep(POLL)
-        states = {n: (s["lead"], s["lead_reason"], s["term"]) for n, s in self.last.items()}
-        logs = "\n".join(f"===== {d.name}\n{d.log()}" for d in self.daemons)
-        raise AssertionError(
-            f"timed out after {timeout:.0f} s waiting for {what}: {states}\n{logs}"
-        )
-
-
-def agreed(samples: dict[str, dict[str, Any]], names: list[str]) -> tuple[str, int] | None:
-    """The (lead id, term) all of ``names`` report, or None."""
-    seen = set()
-    for n in names:
-        lead = samples[n]["lead"]
-        seen.add(None if lead is None else (lead["id"], int(lead["term"])))
-    if len(seen) == 1:
-        (only,) = seen
-        return only
-    return None
 
 
 def test_partition_3_2_with_the_lead_in_the_minority(lab: Lab, mesh: Mesh) -> None:
