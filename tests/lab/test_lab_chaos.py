@@ -150,6 +150,8 @@ class RunFigures:
     agree_s: float | None = None
     elect_s: float | None = None
     settle_s: float = 0.0
+    lag_ms_max: float = 0.0
+    stalls: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -371,6 +373,16 @@ class Burst(threading.Thread):
                     c.close()
 
 
+def loop_figures(chaos: Chaos) -> dict[str, dict[str, float]]:
+    """Each running daemon's loop-lag figures (the worst over the last minute, stalls)."""
+    out = {}
+    for d in chaos.daemons:
+        if d.name in chaos.down or d.proc is None or d.proc.poll() is not None:
+            continue
+        out[d.name] = d.status()["metrics"]["node"]["loop"]
+    return out
+
+
 def final_states(chaos: Chaos) -> dict[str, dict[str, tuple[str, str]]]:
     out = {}
     for d in chaos.daemons:
@@ -439,6 +451,7 @@ def test_chaos(chaos: Chaos, fault: str, repeat: int) -> None:
     lead = chaos.names[lead_id]
     chaos.runs += 1
     figures = RunFigures(fault, repeat)
+    stalls_before = {n: f["stalls"] for n, f in loop_figures(chaos).items()}
     sampler = Sampler(watch)
     burst = Burst(chaos, f"{fault}{repeat}")
     sampler.start()
@@ -508,6 +521,15 @@ def test_chaos(chaos: Chaos, fault: str, repeat: int) -> None:
         figures.terms = len(watch.leads)
         figures.two_leads = sum(1 for v in watch.leads.values() if len(v) > 1)
 
+    loops = loop_figures(chaos)
+    if fault == "stop_lead":
+        loops.pop(victim, None)  # its "lag" is the stop itself
+    figures.lag_ms_max = max(f["lag_ms_max"] for f in loops.values())
+    figures.stalls = sum(
+        f["stalls"] - stalls_before.get(n, 0) if f["stalls"] >= stalls_before.get(n, 0)
+        else f["stalls"]  # restarted: counted from its start
+        for n, f in loops.items()
+    )  # fmt: skip
     states = final_states(chaos)[chaos.daemons[0].name]
     starts = chaos.started()
     twice = [a.key for a in burst.acked if not a.idempotent and starts[a.key] > 1]
@@ -529,7 +551,8 @@ def test_chaos(chaos: Chaos, fault: str, repeat: int) -> None:
         f"with two leads {figures.two_leads}; the rest agreed on a lead "
         f"{figures.elect_s if figures.elect_s is None else round(figures.elect_s, 2)} s "
         f"after the fault; heal -> one lead agreed by all five in "
-        f"{figures.agree_s:.2f} s; all tasks terminal alike {figures.settle_s:.1f} s later"
+        f"{figures.agree_s:.2f} s; all tasks terminal alike {figures.settle_s:.1f} s later; "
+        f"worst loop lag {figures.lag_ms_max:.0f} ms, {figures.stalls} stalls >= 100 ms"
     )
     if REPORT:
         with open(REPORT, "a") as f:
