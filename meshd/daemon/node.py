@@ -85,6 +85,7 @@ from meshd.wire.messages import (
     ReportKind,
     SkillPayloads,
     TaskAck,
+    TaskDigest,
     TaskReport,
     TaskUpdate,
 )
@@ -621,6 +622,12 @@ class Node:
             if self._update_handle is None:
                 self._update_handle = asyncio.get_running_loop().call_soon(self._publish_updates)
             return
+        if isinstance(payload, TaskDigest) and (self._updates or self._update_hi):
+            # A TASK_DIGEST covers the updates the core made before it: they must not
+            # trail it (other publications need no such order, and merging matters).
+            if self._update_handle is not None:
+                self._update_handle.cancel()
+            self._publish_updates()
         data = self._envelope(payload)
         self.transport.publish(codec.topic_for(PAYLOAD_TYPES[type(payload)]), data)
 

@@ -28,6 +28,7 @@ message of that batch leaves the node (:mod:`meshd.daemon.commit` commits once p
 from __future__ import annotations
 
 import enum
+import heapq
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
@@ -266,6 +267,8 @@ class TaskMachine:
         self._next_beacon = 0.0
         #: The bucket digest of the lead-stamped copies held (see meshd.tasks.converge).
         self.digest = Digest()
+        #: The newest (term, seq) of any copy held (see _on_digest).
+        self._top: tuple[int, int] = (0, 0)
         self._next_digest = 0.0
         self._digest_asked = float("-inf")
         self._confirming: dict[str, _Confirm] = {}
@@ -273,6 +276,8 @@ class TaskMachine:
         self._park_due = float("inf")
         self._doubt: dict[str, _Doubt] = {}
         self._unstarted: dict[str, _Unstarted] = {}
+        #: (next try, task id) of every entry above, soonest first (stale pairs skipped).
+        self._unstarted_due: list[tuple[float, str]] = []
         #: task id -> attempt this agent answered "not started" for: refused from now on.
         self._not_started: dict[str, int] = {}
         #: Terminal copies that lost to a newer copy with another outcome, to be noted in
@@ -328,7 +333,8 @@ class TaskMachine:
             times.append(self._gather.deadline)
         times += [c.next_try for c in self._confirming.values()]
         times += [d.next_try for d in self._doubt.values()]
-        times += [u.next_try for u in self._unstarted.values()]
+        if self._unstarted_due:
+            times.append(self._unstarted_due[0][0])
         if self._parked:
             times.append(self._park_due)
         if self.scheduler is not None:
@@ -568,6 +574,9 @@ class TaskMachine:
         task_id = copy.task.task_id
         self.digest.replace(self.copies.get(task_id), copy)
         self.copies[task_id] = copy
+        key = _key(copy)
+        if key > self._top:
+            self._top = key
 
     def _newer(self, copy: TaskCopy) -> bool:
         known = self.copies.get(copy.task.task_id)
@@ -1142,9 +1151,19 @@ class TaskMachine:
     def _on_digest(self, sender: str, msg: TaskDigest, now: float, out: list[TaskEffect]) -> None:
         if not msg.buckets:
             # The lead's root: a follower that differs asks for an exchange (rate-limited).
+            # Compared only when we hold exactly the lead's copies of its term up to the
+            # root's seq: not while updates are in flight, nor with a newer copy that
+            # reached us directly (an assignment).
+            wm = self._wm
+            comparable = (
+                msg.term == self.term == wm.term
+                and wm.hw >= msg.seq
+                and self._top <= (msg.term, msg.seq)
+            )
             if (
                 sender == self.lead
                 and self.role is Role.FOLLOWER
+                and comparable
                 and msg.root != self.digest.root()
                 and now - self._digest_asked >= DIGEST_ASK_INTERVAL
             ):
@@ -1177,6 +1196,7 @@ class TaskMachine:
         else:
             out.append(Send(to, TaskAssign(copy)))
             self._unstarted[copy.task.task_id] = _Unstarted(copy, to, now + ASSIGN_RESEND)
+            heapq.heappush(self._unstarted_due, (now + ASSIGN_RESEND, copy.task.task_id))
 
     def _current(self, copy: TaskCopy) -> bool:
         held = self.copies.get(copy.task.task_id)
@@ -1311,6 +1331,7 @@ class TaskMachine:
         self._parked.clear()
         self._doubt.clear()
         self._unstarted.clear()
+        self._unstarted_due.clear()
         if was_lead:
             self.scheduler = None
             self._gather = None
@@ -1511,7 +1532,10 @@ class TaskMachine:
                     out.append(Publish(TaskUpdate(self._seq, ())))
             if self._next_digest <= now:
                 self._next_digest = now + self.cfg.digest_interval
-                out.append(Publish(TaskDigest(self.term, self.digest.root())))
+                # After the updates it covers (the root includes them): a follower gets
+                # them first, on the same PUB socket.
+                self._flush_updates(out)
+                out.append(Publish(TaskDigest(self.term, self.digest.root(), (), self._seq)))
             self._lead_tick(now, out)
         self._flush_updates(out)
         return out
@@ -1537,18 +1561,29 @@ class TaskMachine:
                     self._dispatch(copy, to, now, out)
         if self._doubt:
             self._ask_doubts(now, out)
-        for task_id, unstarted in list(self._unstarted.items()):
+        self._resend_unstarted(now, out)
+
+    def _resend_unstarted(self, now: float, out: list[TaskEffect]) -> None:
+        """Assignments due for another try (a heap: a burst of assignments costs nothing
+        per tick)."""
+        due = self._unstarted_due
+        while due and due[0][0] <= now:
+            at, task_id = heapq.heappop(due)
+            unstarted = self._unstarted.get(task_id)
+            if unstarted is None or unstarted.next_try != at:
+                continue  # gone, or rescheduled
             copy = unstarted.copy
-            if not self._current(copy) or copy.task.state is not TaskState.ASSIGNED:
+            if not self._current(copy):
                 del self._unstarted[task_id]  # the agent reported (or the task moved on)
-            elif unstarted.next_try <= now:
-                unstarted.next_try = now + min(4.0, ASSIGN_RESEND * 2**unstarted.tries)
-                unstarted.tries += 1
-                task = copy.task
-                if task.idempotent:
-                    out.append(Send(unstarted.to, TaskAssign(copy)))
-                else:
-                    out.append(Send(unstarted.to, TaskQuery(task.task_id, task.attempt, self.term)))
+                continue
+            unstarted.next_try = now + min(4.0, ASSIGN_RESEND * 2**unstarted.tries)
+            unstarted.tries += 1
+            heapq.heappush(due, (unstarted.next_try, task_id))
+            task = copy.task
+            if task.idempotent:
+                out.append(Send(unstarted.to, TaskAssign(copy)))
+            else:
+                out.append(Send(unstarted.to, TaskQuery(task.task_id, task.attempt, self.term)))
 
     # ---- figures ------------------------------------------------------------------------
 

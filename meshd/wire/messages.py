@@ -375,11 +375,17 @@ class TaskDigest:
     ``buckets``: only the root (the lead's periodic announcement; a follower whose root
     differs answers with its buckets). With ``buckets``: the receiver answers with a
     TASK_SYNC of every copy it holds in the buckets that differ (the lead also sends its
-    own buckets back, so that it gets the copies it lacks)."""
+    own buckets back, so that it gets the copies it lacks).
+
+    ``seq``: the lead's newest sequence number of ``term`` when it took the root (its
+    periodic announcement; 0 otherwise). A follower compares roots only when it holds
+    exactly the lead's copies up to ``seq`` and none newer, so updates still in flight
+    during a burst are not mistaken for a divergence."""
 
     term: int
     root: bytes
     buckets: tuple[int, ...] = ()
+    seq: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -363,6 +363,7 @@ TASKS: Final = _bodies(
             ("term", U63),
             ("root", DIGEST),
             ("buckets", List(U63, DIGEST_BUCKETS)),
+            ("seq", U63),
         ],
         MsgType.TASK_QUERY: [("task_id", TASK_ID), ("attempt", U63), ("term", U63)],
         MsgType.AGENT_INFO: [

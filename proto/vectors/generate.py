@@ -668,8 +668,8 @@ VALID: list[tuple[str, str, Envelope]] = [
     ),
     (
         "task_digest",
-        "TASK_DIGEST published by lead A (term 9): its root only",
-        env(MsgType.TASK_DIGEST, TaskDigest(9, bytes(range(16))), n=47, term=9),
+        "TASK_DIGEST published by lead A (term 9): its root only, taken at seq 212",
+        env(MsgType.TASK_DIGEST, TaskDigest(9, bytes(range(16)), (), 212), n=47, term=9),
     ),
     (
         "task_digest_buckets",

@@ -85,3 +85,20 @@ def test_timings_are_consistent() -> None:
     assert m.suspect_after + m.probe_timeout + m.indirect_timeout <= 1.5
     # One late heartbeat never triggers a suspicion.
     assert m.suspect_after >= 2 * m.heartbeat_interval
+
+
+def test_the_readme_config_example_loads_with_its_documented_values(tmp_path: Path) -> None:
+    # The README's [Configuration] example is a real file: every key in it exists, and
+    # the value shown is the default (or what the comment says it is).
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("## Configuration")
+    block = readme[
+        readme.index("```toml", start) + len("```toml") : readme.index("```\n", start + 1)
+    ]
+    path = tmp_path / "example.toml"
+    path.write_text(block)
+    cfg = config.load_file(path)
+    defaults = config.lan()
+    for section in ("membership", "election", "tasks"):
+        assert getattr(cfg, section) == getattr(defaults, section), section
+    assert cfg.discovery.interfaces == ("eth0",)

@@ -349,3 +349,22 @@ def test_two_nodes_that_hold_different_copies_converge_by_digest() -> None:
     assert a.digest.root() == b.digest.root()
     for t in tasks:
         assert a.version(t.task_id) == b.version(t.task_id) is not None
+
+
+def test_a_follower_compares_roots_only_at_the_seq_the_lead_took_its_root() -> None:
+    # During a burst, copies are in flight: a root taken at seq 5 differs from what a
+    # follower holds at seq 3 (or at 7) without any divergence: no exchange is asked.
+    b = quorate(B)
+    b.lead_changed(A, 9, 10.0)
+    copies = [TaskCopy(9, i, new_task("echo", {"message": str(i)}, C, 1.0)) for i in range(1, 8)]
+    b.receive(A, TaskUpdate(3, tuple(copies[:3])), 10.1)
+    other_root = bytes(16)
+    assert sends(b.receive(A, TaskDigest(9, other_root, (), 5), 11.0)) == []  # behind
+    b.receive(A, TaskUpdate(7, tuple(copies[3:])), 11.1)
+    assert sends(b.receive(A, TaskDigest(9, other_root, (), 5), 12.5)) == []  # ahead
+    # At exactly the root's seq, a different root is a divergence: b sends its buckets.
+    out = b.receive(A, TaskDigest(9, other_root, (), 7), 14.0)
+    (ask,) = [s.payload for s in sends(out) if isinstance(s.payload, TaskDigest)]
+    assert len(ask.buckets) == 256
+    # The same root: nothing to do.
+    assert sends(b.receive(A, TaskDigest(9, b.digest.root(), (), 7), 16.0)) == []

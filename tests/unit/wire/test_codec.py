@@ -186,7 +186,7 @@ BODY_KEYS: dict[MsgType, list[str]] = {
     MsgType.TASK_OP: ["op", "task_id", "actor", "target", "ckpt"],
     MsgType.TASK_SYNC_REQ: ["since_term", "since_seq", "ids", "unfinished"],
     MsgType.TASK_SYNC: ["copies", "more"],
-    MsgType.TASK_DIGEST: ["term", "root", "buckets"],
+    MsgType.TASK_DIGEST: ["term", "root", "buckets", "seq"],
     MsgType.TASK_QUERY: ["task_id", "attempt", "term"],
     MsgType.AGENT_INFO: ["skills", "caps", "max_concurrent"],
     MsgType.SKILL_ANNOUNCE: ["packs", "full", "removed"],

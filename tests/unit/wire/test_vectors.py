@@ -219,7 +219,7 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
         ),
         MsgType.TASK_SYNC: lambda: TaskSync(copies_from_json(p["copies"]), p["more"]),
         MsgType.TASK_DIGEST: lambda: TaskDigest(
-            p["term"], bytes.fromhex(p["root"]), tuple(p["buckets"])
+            p["term"], bytes.fromhex(p["root"]), tuple(p["buckets"]), p["seq"]
         ),
         MsgType.TASK_QUERY: lambda: TaskQuery(p["task_id"], p["attempt"], p["term"]),
         MsgType.AGENT_INFO: lambda: AgentInfo(
