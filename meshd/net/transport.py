@@ -49,8 +49,10 @@ MAX_PENDING_ZAP = 512
 #: Most frames read from one socket per wake-up before yielding to the loop (fairness).
 READ_BATCH = 256
 #: ... and most bytes: 256 frames of task copies (up to 1 MiB each) would hold the loop
-#: for seconds, past the lead's lease; 1 MiB of them takes a few milliseconds.
-READ_BYTES = 1024 * 1024
+#: for seconds, past the lead's lease. A catch-up after a partition is a stream of
+#: TASK_SYNC chunks of 200 copies (~300 KiB, ~50 ms to take in): one per turn, so timers
+#: and heartbeats run between them.
+READ_BYTES = 256 * 1024
 
 Socket: TypeAlias = "zmq.Socket[bytes]"
 

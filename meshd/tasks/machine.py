@@ -45,7 +45,7 @@ from meshd.effects import (
     StoreCopies,
 )
 from meshd.tasks.assign import AgentView
-from meshd.tasks.converge import Digest, copies_in
+from meshd.tasks.converge import Digest, bucket_of, copies_in
 from meshd.tasks.model import TaskError
 from meshd.tasks.scheduler import (
     AssignTask,
@@ -63,6 +63,8 @@ from meshd.wire.messages import (
     TaskAssign,
     TaskCancel,
     TaskDigest,
+    TaskKey,
+    TaskKeys,
     TaskOp,
     TaskOpKind,
     TaskQuery,
@@ -95,6 +97,12 @@ ASSIGN_RESEND: Final = 1.0
 MAX_REFUSED: Final = 10_000
 #: s. A lead without a valid lease re-checks its parked assignments this often.
 PARK_RETRY: Final = 0.02
+#: Keys per TASK_KEYS frame (~45 bytes each: ~90 KiB).
+KEYS_CHUNK: Final = 2000
+#: Peers whose TASK_KEYS chunks are being collected at once (a bound on that state).
+MAX_KEY_PEERS: Final = 64
+#: (term, seq) above every real one: a TASK_SYNC_REQ "since" this asks only for ``ids``.
+_NOTHING_SINCE: Final = (2**63 - 1, 2**63 - 1)
 #: s. A follower asks the lead for a digest exchange at most this often.
 DIGEST_ASK_INTERVAL: Final = 1.0
 
@@ -138,6 +146,8 @@ class _Gather:
     deadline: float
     sources: int = 0
     responded: set[str] = field(default_factory=set)
+    #: Members whose keys came: fetches of theirs still unanswered.
+    fetching: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -275,6 +285,8 @@ class TaskMachine:
         self._parked: dict[str, tuple[TaskCopy, str]] = {}
         self._park_due = float("inf")
         self._doubt: dict[str, _Doubt] = {}
+        #: Peers' TASK_KEYS being collected: peer -> (buckets, task id -> (term, seq)).
+        self._keys_in: dict[str, tuple[tuple[int, ...], dict[str, tuple[int, int]]]] = {}
         self._unstarted: dict[str, _Unstarted] = {}
         #: (next try, task id) of every entry above, soonest first (stale pairs skipped).
         self._unstarted_due: list[tuple[float, str]] = []
@@ -501,6 +513,8 @@ class TaskMachine:
             self._on_digest(sender, payload, now, out)
         elif isinstance(payload, TaskQuery):
             self._on_query(sender, payload, now, out)
+        elif isinstance(payload, TaskKeys):
+            self._on_keys(sender, payload, now, out)
         self._flush_updates(out)
         return out
 
@@ -1054,14 +1068,19 @@ class TaskMachine:
 
     def _on_sync_req(self, sender: str, req: TaskSyncReq, out: list[TaskEffect]) -> None:
         since = (req.since_term, req.since_seq)
-        wanted = set(req.ids)
-        picked = [
-            c
-            for c in self.copies.values()
-            if _key(c) > since
-            or c.task.task_id in wanted
-            or (req.unfinished and not is_terminal(c.task))
-        ]
+        if since >= _NOTHING_SINCE and not req.unfinished:
+            # A fetch by ids (digest exchange): no scan of every copy.
+            found = (self.copies.get(task_id) for task_id in dict.fromkeys(req.ids))
+            picked = [c for c in found if c is not None]
+        else:
+            wanted = set(req.ids)
+            picked = [
+                c
+                for c in self.copies.values()
+                if _key(c) > since
+                or c.task.task_id in wanted
+                or (req.unfinished and not is_terminal(c.task))
+            ]
         picked.sort(key=_key)
         if not picked:
             out.append(Send(sender, TaskSync((), False)))
@@ -1092,11 +1111,10 @@ class TaskMachine:
             # Durable while gathering: the new lead resumes from these copies.
             out.append(StoreCopies(tuple(fresh), durable=self.role is Role.GATHERING))
         gather = self._gather
-        if gather is not None and not msg.more and sender in gather.waiting:
-            gather.waiting.discard(sender)
-            gather.responded.add(sender)
-            gather.sources += 1
-            self._maybe_resume(now, out)
+        if gather is not None and not msg.more and sender in gather.fetching:
+            gather.fetching[sender] -= 1
+            if gather.fetching[sender] <= 0:
+                self._gathered(sender, now, out)
         elif self.role is Role.LEAD:
             self._adopt(fresh, now, out)
             self._annotate(now, out)
@@ -1144,7 +1162,8 @@ class TaskMachine:
     # ---- digests ---------------------------------------------------------------------------
 
     def _send_digest(self, to: str, out: list[TaskEffect]) -> None:
-        """Our buckets: ``to`` answers with its copies in the buckets that differ."""
+        """Our buckets: ``to`` answers with the keys of its copies in the buckets that
+        differ (TASK_KEYS)."""
         digest = self.digest
         out.append(Send(to, TaskDigest(self.term, digest.root(), tuple(digest.buckets))))
 
@@ -1170,17 +1189,69 @@ class TaskMachine:
                 self._digest_asked = now
                 self._send_digest(sender, out)
             return
-        differ = self.digest.differing(msg.buckets)
-        picked = copies_in(self.copies.values(), differ)
-        for i in range(0, len(picked), CHUNK):
-            out.append(
-                Send(sender, TaskSync(tuple(picked[i : i + CHUNK]), i + CHUNK < len(picked)))
-            )
-        if not picked:
-            out.append(Send(sender, TaskSync((), False)))
-        if self.role is Role.LEAD and differ and sender != self.lead:
-            # A follower asked: it may hold copies we lack too (ours went to it above).
-            self._send_digest(sender, out)
+        differ = sorted(self.digest.differing(msg.buckets))
+        keys = [
+            TaskKey(c.task.task_id, c.term, c.seq)
+            for c in copies_in(self.copies.values(), set(differ))
+        ]
+        buckets = tuple(differ)
+        for i in range(0, max(1, len(keys)), KEYS_CHUNK):
+            chunk = tuple(keys[i : i + KEYS_CHUNK])
+            out.append(Send(sender, TaskKeys(buckets, chunk, i + KEYS_CHUNK < len(keys))))
+
+    def _on_keys(self, sender: str, msg: TaskKeys, now: float, out: list[TaskEffect]) -> None:
+        """The keys of ``sender``'s copies in the buckets where our digests differ: fetch
+        what is newer there, send what is newer (or only) here. Both sides then hold the
+        newer copy of every task either held in those buckets."""
+        entry = self._keys_in.get(sender)
+        if entry is None or entry[0] != msg.buckets:
+            if len(self._keys_in) >= MAX_KEY_PEERS and sender not in self._keys_in:
+                del self._keys_in[next(iter(self._keys_in))]
+            entry = (msg.buckets, {})
+            self._keys_in[sender] = entry
+        buckets, theirs = entry
+        wanted = set(buckets)
+        limit = 2 * len(self.copies) + KEYS_CHUNK  # more keys than that: not an honest peer
+        for key in msg.keys:
+            if len(theirs) < limit and bucket_of(key.task_id) in wanted:
+                theirs[key.task_id] = (key.term, key.seq)
+        if msg.more:
+            return
+        del self._keys_in[sender]
+        fetch = [
+            task_id
+            for task_id, key in theirs.items()
+            if (mine := self.copies.get(task_id)) is None or _key(mine) < key
+        ]
+        give = [
+            c
+            for c in copies_in(self.copies.values(), wanted)
+            if theirs.get(c.task.task_id, (-1, -1)) < _key(c)
+        ]
+        for i in range(0, len(give), CHUNK):
+            out.append(Send(sender, TaskSync(tuple(give[i : i + CHUNK]), i + CHUNK < len(give))))
+        requests = 0
+        for i in range(0, len(fetch), IDS_CHUNK):
+            out.append(Send(sender, TaskSyncReq(*_NOTHING_SINCE, tuple(fetch[i : i + IDS_CHUNK]))))
+            requests += 1
+        gather = self._gather
+        if gather is not None and sender in gather.waiting:
+            if requests:
+                gather.fetching[sender] = requests
+            else:
+                self._gathered(sender, now, out)
+
+    def _gathered(self, sender: str, now: float, out: list[TaskEffect]) -> None:
+        """``sender`` answered a gathering lead completely."""
+        gather = self._gather
+        if gather is None:
+            return
+        gather.fetching.pop(sender, None)
+        if sender in gather.waiting:
+            gather.waiting.discard(sender)
+            gather.responded.add(sender)
+            gather.sources += 1
+        self._maybe_resume(now, out)
 
     # ---- at most once: confirmed assignments, in-doubt tasks --------------------------------
 
@@ -1361,7 +1432,8 @@ class TaskMachine:
 
     def _start_gather(self, now: float, out: list[TaskEffect]) -> None:
         """A new lead first brings itself up to date: every live member answers its
-        digest with the copies it holds in the buckets that differ. It resumes once a
+        digest with the keys of its copies in the buckets that differ, and the lead fetches
+        those newer than its own. It resumes once a
         quorum (itself included) has answered completely: any copy a quorum held — every
         non-idempotent assignment that was allowed to start — is then known to it."""
         alive = {m.node_id for m in self._members.values() if m.alive} - {self.self_id}
@@ -1383,6 +1455,7 @@ class TaskMachine:
             # No quorum yet: ask the live members that did not answer again.
             gather.deadline = now + self.cfg.gather_timeout
             for node in sorted(gather.waiting):
+                gather.fetching.pop(node, None)
                 self._send_digest(node, out)
 
     def _resume(self, now: float, out: list[TaskEffect]) -> None:

@@ -68,6 +68,7 @@ class MsgType(enum.IntEnum):
     SKILL_REVOKE = 32
     TASK_DIGEST = 33
     TASK_QUERY = 34
+    TASK_KEYS = 35
 
 
 # ---- payloads ---------------------------------------------------------------------
@@ -389,6 +390,28 @@ class TaskDigest:
 
 
 @dataclass(frozen=True, slots=True)
+class TaskKey:
+    """Which copy of a task a node holds: the task id and the lead stamp (term, seq)."""
+
+    task_id: str
+    term: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKeys:
+    """Answer to a TASK_DIGEST with buckets: the keys of every copy the sender holds in
+    ``buckets`` (those whose values differ), in chunks (``more`` True until the last).
+    The receiver then fetches the copies that are newer on the sender's side (TASK_SYNC_REQ
+    by ids) and sends the sender the copies that are newer (or only) on its own side: the
+    exchange costs the keys of those buckets plus the copies that really differ."""
+
+    buckets: tuple[int, ...]
+    keys: tuple[TaskKey, ...]
+    more: bool
+
+
+@dataclass(frozen=True, slots=True)
 class TaskQuery:
     """Lead -> agent: what became of attempt ``attempt`` of a non-idempotent task assigned
     to it in an earlier term? The agent answers (only once it follows the lead of
@@ -489,6 +512,7 @@ Payload = (
     | AgentInfo
     | TaskDigest
     | TaskQuery
+    | TaskKeys
     | SkillAnnounce
     | SkillFetch
     | SkillChunk
@@ -501,7 +525,7 @@ SkillPayloads = (SkillAnnounce, SkillFetch, SkillChunk, SkillRevoke)
 #: The payloads of task delegation (handled by the task machine, :mod:`meshd.tasks.machine`).
 TaskPayloads = (
     TaskSubmit, TaskAssign, TaskReport, TaskCancel, TaskUpdate, TaskAck, TaskOp, TaskSyncReq,
-    TaskSync, AgentInfo, TaskDigest, TaskQuery,
+    TaskSync, AgentInfo, TaskDigest, TaskQuery, TaskKeys,
 )  # fmt: skip
 
 PAYLOAD_TYPES: dict[type[object], MsgType] = {
@@ -534,6 +558,7 @@ PAYLOAD_TYPES: dict[type[object], MsgType] = {
     TaskSync: MsgType.TASK_SYNC,
     TaskDigest: MsgType.TASK_DIGEST,
     TaskQuery: MsgType.TASK_QUERY,
+    TaskKeys: MsgType.TASK_KEYS,
     AgentInfo: MsgType.AGENT_INFO,
     SkillAnnounce: MsgType.SKILL_ANNOUNCE,
     SkillFetch: MsgType.SKILL_FETCH,

@@ -44,6 +44,7 @@ from meshd.wire.messages import (
     PAYLOAD_TYPES,
     MsgType,
     ReportKind,
+    TaskKey,
     TaskOpKind,
 )
 from meshd.wire.records import (
@@ -103,6 +104,8 @@ MAX_TASK_HISTORY: Final = 1000
 MAX_TASK_COPIES: Final = 1000
 #: Task ids in one TASK_SYNC_REQ.
 MAX_SYNC_IDS: Final = 10000
+#: Keys per TASK_KEYS frame (~45 bytes each).
+MAX_TASK_KEYS: Final = 5000
 #: Skills and capabilities in one AGENT_INFO.
 MAX_SKILLS: Final = 1000
 MAX_CAPABILITIES: Final = 256
@@ -322,6 +325,9 @@ ELECTION: Final = _bodies(
 )
 
 COPIES: Final = List(TASK_COPY, MAX_TASK_COPIES)
+TASK_KEY: Final = Record(
+    TaskKey, ("id", "task_id", TASK_ID), ("term", U63), ("seq", U63), label="task key", array=True
+)
 
 TASKS: Final = _bodies(
     {
@@ -366,6 +372,11 @@ TASKS: Final = _bodies(
             ("seq", U63),
         ],
         MsgType.TASK_QUERY: [("task_id", TASK_ID), ("attempt", U63), ("term", U63)],
+        MsgType.TASK_KEYS: [
+            ("buckets", List(Int(DIGEST_BUCKETS - 1), DIGEST_BUCKETS)),
+            ("keys", List(TASK_KEY, MAX_TASK_KEYS)),
+            ("more", BOOL),
+        ],
         MsgType.AGENT_INFO: [
             ("skills", List(_item_str(MAX_SKILL_CHARS), MAX_SKILLS)),
             ("caps", "capabilities", List(_item_str(MAX_ROLE_CHARS), MAX_CAPABILITIES)),

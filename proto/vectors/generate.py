@@ -60,6 +60,8 @@ from meshd.wire import (  # noqa: E402
     TaskCancel,
     TaskCopy,
     TaskDigest,
+    TaskKey,
+    TaskKeys,
     TaskOp,
     TaskOpKind,
     TaskQuery,
@@ -690,6 +692,16 @@ VALID: list[tuple[str, str, Envelope]] = [
         "task_query",
         "TASK_QUERY: new lead A (term 9) asks C about attempt 2 of the sum task",
         env(MsgType.TASK_QUERY, TaskQuery(TASK_SUM, 2, 9), n=49, term=9),
+    ),
+    (
+        "task_keys",
+        "TASK_KEYS: A answers C's buckets: bucket 0x1f differs, A holds the sum task there",
+        env(
+            MsgType.TASK_KEYS,
+            TaskKeys((0x1F,), (TaskKey(TASK_SUM, 9, 212),), False),
+            n=50,
+            term=9,
+        ),
     ),
 ]
 

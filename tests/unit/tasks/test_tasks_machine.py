@@ -14,6 +14,7 @@ from meshd.wire.messages import (
     TaskAck,
     TaskAssign,
     TaskDigest,
+    TaskKeys,
     TaskQuery,
     TaskReport,
     TaskSubmit,
@@ -148,7 +149,7 @@ def lead_with_task(
     a.tick(12.0)  # nobody answered the digests: no quorum, so it asks again and waits
     assert a.role.value == "gathering"
     for peer in (B, C):
-        a.receive(peer, TaskSync((), False), 12.0)
+        a.receive(peer, TaskKeys((), (), False), 12.0)  # our digests agree
     assert a.role.value == "lead"
     task = new_task("sleep", {"seconds": 5.0}, B, 12.0, idempotent=idempotent)
     a.receive(B, TaskSubmit(TaskCopy(0, 0, task)), 12.0)
@@ -333,19 +334,35 @@ def test_two_nodes_that_hold_different_copies_converge_by_digest() -> None:
         else:
             a._hold(newer)
             b._hold(mine)
+    shared = [new_task("echo", {"message": f"s{i}"}, C, 1.0) for i in range(300)]
+    for i, t in enumerate(shared):  # the same copy on both sides: never sent
+        a._hold(TaskCopy(3, 100 + i, t))
+        b._hold(TaskCopy(3, 100 + i, t))
     assert a.digest.root() != b.digest.root()
-    # b asks (as a follower answering its lead's root), a answers with its copies, b
-    # answers a's buckets with its own copies.
-    ask = [s.payload for s in sends(b.receive(A, TaskDigest(9, a.digest.root()), 11.0))]
-    (digest,) = [p for p in ask if isinstance(p, TaskDigest)]
-    for payload in [s.payload for s in sends(a.receive(B, digest, 11.0))]:
-        assert isinstance(payload, TaskSync)
-        b.receive(A, payload, 11.0)
-    for payload in [
-        s.payload
-        for s in sends(b.receive(A, TaskDigest(9, a.digest.root(), tuple(a.digest.buckets)), 11.1))
-    ]:
-        a.receive(B, payload, 11.1)
+    # b asks (as a follower answering its lead's root); a answers with its keys; b
+    # fetches what is newer at a and sends a what is newer at b. Pump until quiet.
+    queue: list[tuple[str, object]] = [
+        (A, s.payload) for s in sends(b.receive(A, TaskDigest(9, a.digest.root()), 11.0))
+    ]
+    assert queue and isinstance(queue[0][1], TaskDigest)
+    kinds = []
+    moved = 0
+    for _ in range(100):
+        if not queue:
+            break
+        to, payload = queue.pop(0)
+        kinds.append(type(payload).__name__)
+        if isinstance(payload, TaskSync):
+            moved += len(payload.copies)
+        if to == A:
+            queue += [(B, x.payload) for x in sends(a.receive(B, payload, 11.1))]
+        else:
+            queue += [(A, x.payload) for x in sends(b.receive(A, payload, 11.1))]
+    assert queue == []
+    assert kinds[:2] == ["TaskDigest", "TaskKeys"]
+    # Only what differs travelled: each of the 40 tasks where one side had the newer
+    # copy (or the only one) went over once; none of the 300 shared ones.
+    assert moved == 40, kinds
     assert a.digest.root() == b.digest.root()
     for t in tasks:
         assert a.version(t.task_id) == b.version(t.task_id) is not None

@@ -49,6 +49,8 @@ from meshd.wire import (
     TaskCancel,
     TaskCopy,
     TaskDigest,
+    TaskKey,
+    TaskKeys,
     TaskOp,
     TaskOpKind,
     TaskQuery,
@@ -222,6 +224,9 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
             p["term"], bytes.fromhex(p["root"]), tuple(p["buckets"]), p["seq"]
         ),
         MsgType.TASK_QUERY: lambda: TaskQuery(p["task_id"], p["attempt"], p["term"]),
+        MsgType.TASK_KEYS: lambda: TaskKeys(
+            tuple(p["buckets"]), tuple(TaskKey(**k) for k in p["keys"]), p["more"]
+        ),
         MsgType.AGENT_INFO: lambda: AgentInfo(
             tuple(p["skills"]), tuple(p["capabilities"]), p["max_concurrent"]
         ),
