@@ -13,11 +13,13 @@ older than the newest one held), so nodes compare digests instead:
   and the new one in), and two nodes holding the same copies have the same buckets;
 * the root is BLAKE2b-128 of the 256 values.
 
-Two nodes whose roots differ exchange buckets; each sends the other every copy it holds
-in the buckets that differ, and each keeps the newer copy of every task. Afterwards both
-hold, for every task either held, the newest copy either held: the repair is complete,
-whatever was missed and whatever its age, and costs one round trip plus the copies of the
-buckets that differ. (Equal buckets with different contents would need a 63-bit hash
+Two nodes whose roots differ exchange buckets; the one asked answers with the keys
+(task id, term, seq) of its copies in the buckets that differ (TASK_KEYS); the asker
+fetches the copies that are newer on the other side and sends the ones that are newer
+(or only) on its own, and each keeps the newer copy of every task. Afterwards both hold,
+for every task either held, the newest copy either held: the repair is complete,
+whatever was missed and whatever its age, and costs the keys of the differing buckets
+plus the copies that really differ. (Equal buckets with different contents would need a 63-bit hash
 collision of XOR sums; the periodic root comparison would then not notice that one bucket.)
 """
 

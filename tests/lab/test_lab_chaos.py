@@ -152,6 +152,7 @@ class RunFigures:
     settle_s: float = 0.0
     lag_ms_max: float = 0.0
     stalls: int = 0
+    codes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 
@@ -537,6 +538,9 @@ def test_chaos(chaos: Chaos, fault: str, repeat: int) -> None:
     figures.idempotent_reruns = sum(1 for a in burst.acked if a.idempotent and starts[a.key] > 1)
     figures.agent_lost = sum(1 for a in burst.acked if states[a.task_id][1] == "agent_lost")
     figures.failed = sum(1 for a in burst.acked if states[a.task_id][0] == "failed")
+    figures.codes = dict(
+        Counter(states[a.task_id][1] for a in burst.acked if states[a.task_id][0] == "failed")
+    )
     # Every non-idempotent key of the burst, acked or not, counts: none may start twice.
     prefix = f"{fault}{repeat}-"
     twice_any = [k for k, n in starts.items() if k.startswith(prefix) and n > 1]
@@ -547,7 +551,7 @@ def test_chaos(chaos: Chaos, fault: str, repeat: int) -> None:
         f"\n[chaos] {fault} #{repeat} (hit {victim}): {figures.acked} acked, "
         f"{figures.refused} refused while down; non-idempotent started twice "
         f"{figures.twice}; idempotent re-runs {figures.idempotent_reruns}; failed "
-        f"{figures.failed} ({figures.agent_lost} agent_lost); terms seen {figures.terms}, "
+        f"{figures.failed} ({figures.codes}); terms seen {figures.terms}, "
         f"with two leads {figures.two_leads}; the rest agreed on a lead "
         f"{figures.elect_s if figures.elect_s is None else round(figures.elect_s, 2)} s "
         f"after the fault; heal -> one lead agreed by all five in "
