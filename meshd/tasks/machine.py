@@ -75,6 +75,7 @@ from meshd.wire.messages import (
     TaskUpdate,
 )
 from meshd.wire.records import ACTIVE_STATES, Task, TaskCopy, TaskFailure, TaskState, is_terminal
+from meshd.wire.schema import MAX_COUNTER
 
 #: Copies per TASK_UPDATE / TASK_SYNC frame: ~1-2 KiB each keeps a frame far below 1 MiB.
 CHUNK: Final = 200
@@ -102,7 +103,7 @@ KEYS_CHUNK: Final = 2000
 #: Peers whose TASK_KEYS chunks are being collected at once (a bound on that state).
 MAX_KEY_PEERS: Final = 64
 #: (term, seq) above every real one: a TASK_SYNC_REQ "since" this asks only for ``ids``.
-_NOTHING_SINCE: Final = (2**63 - 1, 2**63 - 1)
+_NOTHING_SINCE: Final = (MAX_COUNTER, MAX_COUNTER)
 #: s. A follower asks the lead for a digest exchange at most this often.
 DIGEST_ASK_INTERVAL: Final = 1.0
 

@@ -53,6 +53,7 @@ from meshd.wire.messages import MAX_FRAME_BYTES, PAYLOAD_TYPES, Envelope, MsgTyp
 from meshd.wire.records import PROTOCOL_VERSION, MemberInfo, MemberRecord, Task, TaskCopy
 from meshd.wire.schema import (
     BODIES,
+    COUNTER,
     KEY_BYTES,
     MAX_ADDRESS_CHARS,
     MAX_ADDRESSES,
@@ -63,6 +64,7 @@ from meshd.wire.schema import (
     MAX_CHUNK_BYTES,
     MAX_CHUNK_ERROR_CHARS,
     MAX_CODE_CHARS,
+    MAX_COUNTER,
     MAX_DIGEST_BYTES,
     MAX_ERROR_MESSAGE_CHARS,
     MAX_FETCH_BYTES,
@@ -111,6 +113,7 @@ __all__ = [
     "MAX_CHUNK_BYTES",
     "MAX_CHUNK_ERROR_CHARS",
     "MAX_CODE_CHARS",
+    "MAX_COUNTER",
     "MAX_DIGEST_BYTES",
     "MAX_ERROR_MESSAGE_CHARS",
     "MAX_FETCH_BYTES",
@@ -176,6 +179,7 @@ _node_id_match = NODE_ID.pattern.fullmatch
 _read_msg_id: Final = MSG_ID.read
 _read_node_id: Final = NODE_ID.read
 _read_u63: Final = U63.read
+_read_counter: Final = COUNTER.read
 
 WireMap = dict[str, Any]
 
@@ -332,7 +336,7 @@ def _envelope_from_wire(obj: object, payload: Any = None) -> Envelope:
         _read_u63(timestamp_ms, "", "timestamp_ms"),
         _READ_BODY[msg_type](body, "", _BODY) if payload is None else payload,
         correlation_id,
-        _read_u63(term, "", "term"),
+        _read_counter(term, "", "term"),
         version,
     )
 

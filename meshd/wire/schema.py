@@ -66,6 +66,11 @@ from meshd.wire.records import (
 
 #: Largest value of a generic unsigned field (timestamps, terms, seq, incarnations...).
 U63_MAX: Final = 2**63 - 1
+#: Largest counter: terms, sequence numbers, incarnations, attempts. Half the unsigned
+#: range, so that no arithmetic a state machine does on a counter it accepted (+1 on a
+#: refutation, a new term, the next seq) can leave the range the wire can carry: a value
+#: above it is malformed on receipt.
+MAX_COUNTER: Final = 2**62 - 1
 #: Largest priority / tier.
 U31_MAX: Final = 2**31 - 1
 #: Largest TCP port.
@@ -146,6 +151,7 @@ def _item_str(max_chars: int) -> Str:
 
 
 U63: Final = Int(U63_MAX)
+COUNTER: Final = Int(MAX_COUNTER)
 U31: Final = Int(U31_MAX)
 PORT: Final = Int(PORT_MAX)
 BOOL: Final = Bool()
@@ -197,7 +203,7 @@ MEMBER_INFO: Final = Record(
     ("rp", "router_port", PORT),
     ("pp", "pub_port", PORT),
     ("ip", "intro_port", PORT),
-    ("inc", "incarnation", U63),
+    ("inc", "incarnation", COUNTER),
     ("pv", "protocol_version", U63),
     ("start", "started_at", Float()),
     label="member info",
@@ -239,7 +245,7 @@ TASK_FAILURE: Final = Record(
     array=True,
     nil=True,
 )
-ASSIGNMENT: Final = Record(Assignment, ("term", U63), ("lead", NODE_ID), array=True, nil=True)
+ASSIGNMENT: Final = Record(Assignment, ("term", COUNTER), ("lead", NODE_ID), array=True, nil=True)
 
 TASK: Final = Record(
     Task,
@@ -265,13 +271,15 @@ TASK: Final = Record(
     ("error", "error", TASK_FAILURE),
     ("to", "assigned_to", HexId("node id", NODE_ID_CHARS, nil=True)),
     ("fence", "assignment", ASSIGNMENT),
-    ("attempt", "attempt", U63),
+    ("attempt", "attempt", COUNTER),
     ("created", "created_at", TIME),
     ("updated", "updated_at", TIME),
     label="task",
 )
 
-TASK_COPY: Final = Record(TaskCopy, ("term", U63), ("seq", U63), ("task", TASK), label="task copy")
+TASK_COPY: Final = Record(
+    TaskCopy, ("term", COUNTER), ("seq", COUNTER), ("task", TASK), label="task copy"
+)
 
 PACK_INFO: Final = Record(
     PackInfo,
@@ -299,14 +307,18 @@ MEMBERS: Final = List(MEMBER_RECORD, MAX_MEMBERS)
 MEMBERSHIP: Final = _bodies(
     {
         MsgType.HELLO: [("info", MEMBER_INFO)],
-        MsgType.HEARTBEAT: [("inc", "incarnation", U63), ("digest", DIGEST), ("n", "members", U63)],
+        MsgType.HEARTBEAT: [
+            ("inc", "incarnation", COUNTER),
+            ("digest", DIGEST),
+            ("n", "members", U63),
+        ],
         MsgType.PING: [("seq", U63)],
         MsgType.ACK: [("seq", U63), ("target", NODE_ID_OR_EMPTY), ("ok", BOOL)],
         MsgType.PING_REQ: [("seq", U63), ("target", NODE_ID)],
         MsgType.SYNC_REQ: [("digest", DIGEST)],
         MsgType.SYNC: [("members", MEMBERS)],
         MsgType.MEMBER_UPDATE: [("members", MEMBERS)],
-        MsgType.LEAVE: [("inc", "incarnation", U63)],
+        MsgType.LEAVE: [("inc", "incarnation", COUNTER)],
         MsgType.INTRO: [("info", MEMBER_INFO)],
         MsgType.INTRO_ACK: [("info", MEMBER_INFO), ("members", MEMBERS)],
         MsgType.ERROR: [("code", Str(MAX_CODE_CHARS, 1)), ("message", ERROR_MESSAGE)],
@@ -315,18 +327,23 @@ MEMBERSHIP: Final = _bodies(
 
 ELECTION: Final = _bodies(
     {
-        MsgType.VOTE_REQ: [("term", U63), ("pre", BOOL), ("pri", "priority", U31)],
-        MsgType.VOTE: [("term", U63), ("granted", BOOL), ("pre", BOOL), ("reason", REASON)],
-        MsgType.LEAD_HEARTBEAT: [("term", U63), ("lead", NODE_ID), ("seq", U63)],
-        MsgType.LEAD_ACK: [("term", U63), ("seq", U63), ("ok", BOOL)],
-        MsgType.STEP_DOWN: [("term", U63), ("successor", NODE_ID_OR_EMPTY), ("reason", REASON)],
+        MsgType.VOTE_REQ: [("term", COUNTER), ("pre", BOOL), ("pri", "priority", U31)],
+        MsgType.VOTE: [("term", COUNTER), ("granted", BOOL), ("pre", BOOL), ("reason", REASON)],
+        MsgType.LEAD_HEARTBEAT: [("term", COUNTER), ("lead", NODE_ID), ("seq", COUNTER)],
+        MsgType.LEAD_ACK: [("term", COUNTER), ("seq", COUNTER), ("ok", BOOL)],
+        MsgType.STEP_DOWN: [("term", COUNTER), ("successor", NODE_ID_OR_EMPTY), ("reason", REASON)],
         MsgType.TRANSFER_REQ: [("target", NODE_ID_OR_EMPTY)],
     }
 )
 
 COPIES: Final = List(TASK_COPY, MAX_TASK_COPIES)
 TASK_KEY: Final = Record(
-    TaskKey, ("id", "task_id", TASK_ID), ("term", U63), ("seq", U63), label="task key", array=True
+    TaskKey,
+    ("id", "task_id", TASK_ID),
+    ("term", COUNTER),
+    ("seq", COUNTER),
+    label="task key",
+    array=True,
 )
 
 TASKS: Final = _bodies(
@@ -335,7 +352,7 @@ TASKS: Final = _bodies(
         MsgType.TASK_ASSIGN: [("copy", TASK_COPY)],
         MsgType.TASK_REPORT: [
             ("task_id", TASK_ID),
-            ("attempt", U63),
+            ("attempt", COUNTER),
             ("kind", Choice(ReportKind)),
             ("pct", Number(MAX_PROGRESS_PCT)),
             ("message", TASK_TEXT),
@@ -343,8 +360,8 @@ TASKS: Final = _bodies(
             ("result", Value(MAX_VALUE_DEPTH)),
             ("code", CODE),
         ],
-        MsgType.TASK_CANCEL: [("task_id", TASK_ID), ("attempt", U63), ("reason", REASON)],
-        MsgType.TASK_UPDATE: [("seq_hi", U63), ("copies", COPIES)],
+        MsgType.TASK_CANCEL: [("task_id", TASK_ID), ("attempt", COUNTER), ("reason", REASON)],
+        MsgType.TASK_UPDATE: [("seq_hi", COUNTER), ("copies", COPIES)],
         MsgType.TASK_ACK: [
             ("task_id", HexId("task id", TASK_ID_CHARS, empty=True)),
             ("ok", BOOL),
@@ -359,19 +376,19 @@ TASKS: Final = _bodies(
             ("ckpt", "checkpoint", CHECKPOINT),
         ],
         MsgType.TASK_SYNC_REQ: [
-            ("since_term", U63),
-            ("since_seq", U63),
+            ("since_term", COUNTER),
+            ("since_seq", COUNTER),
             ("ids", List(TASK_ID, MAX_SYNC_IDS)),
             ("unfinished", BOOL),
         ],
         MsgType.TASK_SYNC: [("copies", COPIES), ("more", BOOL)],
         MsgType.TASK_DIGEST: [
-            ("term", U63),
+            ("term", COUNTER),
             ("root", DIGEST),
             ("buckets", List(U63, DIGEST_BUCKETS)),
-            ("seq", U63),
+            ("seq", COUNTER),
         ],
-        MsgType.TASK_QUERY: [("task_id", TASK_ID), ("attempt", U63), ("term", U63)],
+        MsgType.TASK_QUERY: [("task_id", TASK_ID), ("attempt", COUNTER), ("term", COUNTER)],
         MsgType.TASK_KEYS: [
             ("buckets", List(Int(DIGEST_BUCKETS - 1), DIGEST_BUCKETS)),
             ("keys", List(TASK_KEY, MAX_TASK_KEYS)),

@@ -19,6 +19,7 @@ from meshd.errors import (
     UnsupportedVersion,
 )
 from meshd.wire import (
+    MAX_COUNTER,
     MAX_FRAME_BYTES,
     MAX_MEMBERS,
     PROTOCOL_VERSION,
@@ -273,6 +274,7 @@ def test_encoding_is_deterministic() -> None:
 
 def test_extreme_values_round_trip() -> None:
     big = 2**63 - 1
+    top = MAX_COUNTER  # terms, seqs, incarnations
     info = dataclasses.replace(
         INFO,
         priority=2**31 - 1,
@@ -283,22 +285,22 @@ def test_extreme_values_round_trip() -> None:
         router_port=65535,
         pub_port=0,
         intro_port=0,
-        incarnation=big,
+        incarnation=top,
         protocol_version=big,
         started_at=0.0,
     )
     envs = [
-        make(MsgType.HEARTBEAT, Heartbeat(big, b"\xff" * 64, big), timestamp_ms=big, term=big),
+        make(MsgType.HEARTBEAT, Heartbeat(top, b"\xff" * 64, big), timestamp_ms=big, term=top),
         make(MsgType.HELLO, Hello(info), timestamp_ms=0),
         make(MsgType.ERROR, Error("x" * 64, "m" * 1024)),
         make(MsgType.ACK, Ack(0, "", True)),
         make(MsgType.SYNC, Sync(tuple(MemberRecord(INFO_B, MemberState.DEAD) for _ in range(50)))),
-        make(MsgType.VOTE_REQ, VoteReq(big, False, 2**31 - 1), term=big),
-        make(MsgType.VOTE, Vote(big, True, False, "r" * 64)),
+        make(MsgType.VOTE_REQ, VoteReq(top, False, 2**31 - 1), term=top),
+        make(MsgType.VOTE, Vote(top, True, False, "r" * 64)),
         make(MsgType.VOTE, Vote(0, False, False, "")),
-        make(MsgType.LEAD_HEARTBEAT, LeadHeartbeat(big, B, big)),
+        make(MsgType.LEAD_HEARTBEAT, LeadHeartbeat(top, B, top)),
         make(MsgType.LEAD_ACK, LeadAck(0, 0, False)),
-        make(MsgType.STEP_DOWN, StepDown(big, "", "")),
+        make(MsgType.STEP_DOWN, StepDown(top, "", "")),
         make(MsgType.STEP_DOWN, StepDown(1, C, "é" * 64)),
         make(MsgType.TRANSFER_REQ, TransferReq("")),
     ]
@@ -441,6 +443,7 @@ ENVELOPE_CASES: list[tuple[int, Any, str]] = [
     (5, False, "correlation_id"),
     (6, -1, "term"),
     (6, 2**63, "term"),
+    (6, MAX_COUNTER + 1, "term"),
     (6, True, "term"),
     (6, None, "term"),
     (7, [], "body"),
@@ -602,6 +605,7 @@ BODY_CASES: list[tuple[MsgType, list[Any], Any, str]] = [
     (H, ["info", "pp"], 65536, "body.info.pp"),
     (H, ["info", "ip"], "7792", "body.info.ip"),
     (H, ["info", "inc"], 2**63, "body.info.inc"),
+    (H, ["info", "inc"], MAX_COUNTER + 1, "body.info.inc"),
     (H, ["info", "pv"], None, "body.info.pv"),
     (H, ["info", "start"], 5, "body.info.start"),
     (H, ["info", "start"], math.nan, "body.info.start"),
@@ -610,6 +614,7 @@ BODY_CASES: list[tuple[MsgType, list[Any], Any, str]] = [
     *[(H, ["info", key], DELETE, f"body.info.{key}") for key in INFO_KEYS],
     (VQ, ["term"], -1, "body.term"),
     (VQ, ["term"], 2**63, "body.term"),
+    (VQ, ["term"], MAX_COUNTER + 1, "body.term"),
     (VQ, ["term"], DELETE, "body.term"),
     (VQ, ["pre"], 1, "body.pre"),
     (VQ, ["pre"], None, "body.pre"),

@@ -227,7 +227,7 @@ def test_a_full_chunk_fits_in_a_frame() -> None:
         SkillChunk(PID, MAX_PACK_BYTES, MAX_PACK_BYTES, b"\x00" * MAX_CHUNK_BYTES, "😀" * 500),
         correlation_id=b"\xff" * 16,
         timestamp_ms=2**63 - 1,
-        term=2**63 - 1,
+        term=2**62 - 1,
     )
     data = encode(env, max_size=MAX_FRAME_BYTES)
     assert decode(data) == env

@@ -246,6 +246,7 @@ def test_encoding_is_deterministic() -> None:
 
 def test_extremes_accepted() -> None:
     big = 2**63 - 1
+    top = 2**62 - 1  # counters: terms, seqs, attempts
     task = dataclasses.replace(
         FULL,
         skill="s" * 64,
@@ -262,20 +263,20 @@ def test_extremes_accepted() -> None:
         checkpoint=b"\xff" * MAX_CHECKPOINT_BYTES,
         error=TaskFailure("c" * 64, "m" * 1000),
         requirement=Requirement("r" * 64, "c" * 64, "n" * 64),
-        assignment=Assignment(big, B),
-        attempt=big,
+        assignment=Assignment(top, B),
+        attempt=top,
     )
-    copy = TaskCopy(big, big, task)
+    copy = TaskCopy(top, top, task)
     assert decode(encode(make(TaskAssign(copy)))).payload == TaskAssign(copy)
     assert decode_task_copy(encode_task_copy(copy)) == copy
     envs = [
-        make(TaskReport(T1, big, ReportKind.PROGRESS, 0.0, "", b"\x00" * MAX_CHECKPOINT_BYTES)),
+        make(TaskReport(T1, top, ReportKind.PROGRESS, 0.0, "", b"\x00" * MAX_CHECKPOINT_BYTES)),
         make(TaskReport(T1, 0, ReportKind.COMPLETED, 100.0, "m" * 500, None, None, "c" * 64)),
-        make(TaskCancel(T1, big, "r" * 64)),
-        make(TaskUpdate(big, tuple(COPY_MIN for _ in range(MAX_TASK_COPIES)))),
+        make(TaskCancel(T1, top, "r" * 64)),
+        make(TaskUpdate(top, tuple(COPY_MIN for _ in range(MAX_TASK_COPIES)))),
         make(TaskAck(T1, False, "c" * 64, "m" * 1024)),
         make(TaskOp(TaskOpKind.HANDOFF, T1, "a" * 64, "t" * 64, b"\x00" * MAX_CHECKPOINT_BYTES)),
-        make(TaskSyncReq(big, big, tuple(f"{i:032x}" for i in range(MAX_SYNC_IDS)), False)),
+        make(TaskSyncReq(top, top, tuple(f"{i:032x}" for i in range(MAX_SYNC_IDS)), False)),
         make(TaskSync(tuple(COPY_MIN for _ in range(MAX_TASK_COPIES)), True)),
         make(
             AgentInfo(
@@ -832,6 +833,8 @@ PROPS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthC
 
 IDS = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
 U63 = st.integers(0, 2**63 - 1)
+#: Terms, seqs, attempts (MAX_COUNTER).
+CTR = st.integers(0, 2**62 - 1)
 TIMES = st.one_of(
     st.floats(min_value=0.0, allow_nan=False, allow_infinity=False), st.integers(0, 2**53)
 )
@@ -900,8 +903,8 @@ def tasks(draw: st.DrawFn) -> Task:
         result=draw(VALUES),
         error=draw(st.one_of(st.none(), st.builds(TaskFailure, SHORT, st.text(max_size=1000)))),
         assigned_to=draw(maybe_id),
-        assignment=draw(st.one_of(st.none(), st.builds(Assignment, U63, IDS))),
-        attempt=draw(U63),
+        assignment=draw(st.one_of(st.none(), st.builds(Assignment, CTR, IDS))),
+        attempt=draw(CTR),
         created_at=draw(TIMES),
         updated_at=draw(TIMES),
     )
@@ -912,14 +915,14 @@ def floats_of(task: Task) -> Task:
     return task_from_wire(task_to_wire(task))
 
 
-COPIES = st.builds(TaskCopy, U63, U63, tasks())
+COPIES = st.builds(TaskCopy, CTR, CTR, tasks())
 TASK_PAYLOADS: st.SearchStrategy[Payload] = st.one_of(
     st.builds(TaskSubmit, COPIES),
     st.builds(TaskAssign, COPIES),
     st.builds(
         TaskReport,
         IDS,
-        U63,
+        CTR,
         st.sampled_from(list(ReportKind)),
         st.floats(min_value=0.0, max_value=100.0),
         st.text(max_size=500),
@@ -927,8 +930,8 @@ TASK_PAYLOADS: st.SearchStrategy[Payload] = st.one_of(
         VALUES,
         SHORT,
     ),
-    st.builds(TaskCancel, IDS, U63, SHORT),
-    st.builds(TaskUpdate, U63, st.lists(COPIES, max_size=2).map(tuple)),
+    st.builds(TaskCancel, IDS, CTR, SHORT),
+    st.builds(TaskUpdate, CTR, st.lists(COPIES, max_size=2).map(tuple)),
     st.builds(TaskAck, st.one_of(st.just(""), IDS), st.booleans(), SHORT, st.text(max_size=1024)),
     st.builds(
         TaskOp,
@@ -938,7 +941,7 @@ TASK_PAYLOADS: st.SearchStrategy[Payload] = st.one_of(
         SHORT,
         st.one_of(st.none(), st.binary(max_size=64)),
     ),
-    st.builds(TaskSyncReq, U63, U63, st.lists(IDS, max_size=3).map(tuple), st.booleans()),
+    st.builds(TaskSyncReq, CTR, CTR, st.lists(IDS, max_size=3).map(tuple), st.booleans()),
     st.builds(TaskSync, st.lists(COPIES, max_size=2).map(tuple), st.booleans()),
     st.builds(
         AgentInfo,
@@ -950,7 +953,7 @@ TASK_PAYLOADS: st.SearchStrategy[Payload] = st.one_of(
 
 
 @PROPS
-@given(tasks(), U63, U63)
+@given(tasks(), CTR, CTR)
 def test_generated_tasks_round_trip(task: Task, term: int, seq: int) -> None:
     expected = TaskCopy(term, seq, floats_of(task))
     data = encode_task_copy(TaskCopy(term, seq, task))

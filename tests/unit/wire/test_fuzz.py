@@ -46,6 +46,8 @@ from meshd.wire import (
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 U63 = st.integers(0, 2**63 - 1)
+#: Terms, seqs, incarnations (MAX_COUNTER).
+CTR = st.integers(0, 2**62 - 1)
 U31 = st.integers(0, 2**31 - 1)
 PORTS = st.integers(0, 65535)
 NODE_IDS = st.text(alphabet="0123456789abcdef", min_size=32, max_size=32)
@@ -67,7 +69,7 @@ INFOS = st.builds(
     router_port=PORTS,
     pub_port=PORTS,
     intro_port=PORTS,
-    incarnation=U63,
+    incarnation=CTR,
     protocol_version=U63,
     tier=U31,
     started_at=st.floats(min_value=0.0, allow_nan=False, allow_infinity=False),
@@ -101,22 +103,22 @@ RECORDS = st.lists(
 
 PAYLOADS: st.SearchStrategy[Payload] = st.one_of(
     st.builds(Hello, info=INFOS),
-    st.builds(Heartbeat, incarnation=U63, digest=DIGESTS, members=U63),
+    st.builds(Heartbeat, incarnation=CTR, digest=DIGESTS, members=U63),
     st.builds(Ping, seq=U63),
     st.builds(Ack, seq=U63, target=st.one_of(st.just(""), NODE_IDS), ok=st.booleans()),
     st.builds(PingReq, seq=U63, target=NODE_IDS),
     st.builds(SyncReq, digest=DIGESTS),
     st.builds(Sync, members=RECORDS),
     st.builds(MemberUpdate, members=RECORDS),
-    st.builds(Leave, incarnation=U63),
+    st.builds(Leave, incarnation=CTR),
     st.builds(Intro, info=INFOS),
     st.builds(IntroAck, info=INFOS, members=RECORDS),
     st.builds(Error, code=st.text(min_size=1, max_size=64), message=st.text(max_size=1024)),
-    st.builds(VoteReq, term=U63, pre=st.booleans(), priority=U31),
-    st.builds(Vote, term=U63, granted=st.booleans(), pre=st.booleans(), reason=SHORT_TEXT),
-    st.builds(LeadHeartbeat, term=U63, lead=NODE_IDS, seq=U63),
-    st.builds(LeadAck, term=U63, seq=U63, ok=st.booleans()),
-    st.builds(StepDown, term=U63, successor=st.one_of(st.just(""), NODE_IDS), reason=SHORT_TEXT),
+    st.builds(VoteReq, term=CTR, pre=st.booleans(), priority=U31),
+    st.builds(Vote, term=CTR, granted=st.booleans(), pre=st.booleans(), reason=SHORT_TEXT),
+    st.builds(LeadHeartbeat, term=CTR, lead=NODE_IDS, seq=CTR),
+    st.builds(LeadAck, term=CTR, seq=CTR, ok=st.booleans()),
+    st.builds(StepDown, term=CTR, successor=st.one_of(st.just(""), NODE_IDS), reason=SHORT_TEXT),
     st.builds(TransferReq, target=st.one_of(st.just(""), NODE_IDS)),
     st.builds(
         SkillAnnounce,
@@ -176,7 +178,7 @@ def envelopes(draw: st.DrawFn) -> Envelope:
         timestamp_ms=draw(U63),
         payload=payload,
         correlation_id=draw(st.one_of(st.none(), MSG_IDS)),
-        term=draw(U63),
+        term=draw(CTR),
     )
 
 
