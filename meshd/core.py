@@ -37,10 +37,13 @@ from typing import Any, Final, TypeAlias
 from meshd.config import ElectionConfig, MembershipConfig, TaskConfig
 from meshd.effects import Effect, MemberChanged
 from meshd.election import Election, LeadStatus, Voter
+from meshd.election.cert import Signer, verify_signature
 from meshd.membership import Membership, MemberView
 from meshd.tasks.machine import Member, TaskMachine
 from meshd.wire.messages import (
     LeadAck,
+    LeadCert,
+    LeadCertReq,
     LeadHeartbeat,
     Payload,
     StepDown,
@@ -56,7 +59,9 @@ from meshd.wire.records import MemberInfo, MemberRecord, MemberState, Task, Task
 __all__ = ["ELECTION_PAYLOADS", "AgentSetup", "Core", "CoreEffect"]
 
 #: Payload types the election machine handles.
-ELECTION_PAYLOADS: Final = (VoteReq, Vote, LeadHeartbeat, LeadAck, StepDown, TransferReq)
+ELECTION_PAYLOADS: Final = (
+    VoteReq, Vote, LeadHeartbeat, LeadAck, StepDown, TransferReq, LeadCert, LeadCertReq,
+)  # fmt: skip
 
 #: Everything a Core step may return: the whole effect vocabulary.
 CoreEffect: TypeAlias = Effect
@@ -111,6 +116,7 @@ class Core:
         *,
         agent: AgentSetup | None = None,
         wall_offset: float = 0.0,
+        sign: Signer | None = None,
     ) -> None:
         self._mcfg = membership_config
         self.wall_offset = wall_offset
@@ -123,6 +129,8 @@ class Core:
             random.Random(rng.getrandbits(64)),
             term,
             voted_for,
+            sign=sign,
+            check_vote=self._check_vote if sign is not None else None,
         )
         #: The ``now`` of the step in progress (the task machine asks for the lease).
         self._now = now
@@ -140,6 +148,17 @@ class Core:
                 quorum=self.election.quorum,
                 lease=self._has_lease,
             )
+
+    def _check_vote(self, node_id: str, data: bytes, sig: bytes) -> bool:
+        """A vote's signature, checked with the voter's key from its member info."""
+        if node_id == self.self_id:
+            key = self.membership.self_info.ed25519_pk
+        else:
+            view = self.membership.get(node_id)
+            if view is None:
+                return False
+            key = view.info.ed25519_pk
+        return verify_signature(key, data, sig)
 
     # ---- queries -----------------------------------------------------------------------
 

@@ -18,8 +18,8 @@ Ordering rules the interpreter keeps:
 Groups: messages (:class:`Send`, :class:`Publish`), links (:class:`Connect`,
 :class:`Disconnect`), durable state (:class:`Persist`, :class:`StoreCopies`,
 :class:`SaveOutbox`), local work (:class:`RunSkill`, :class:`CancelSkill`), what happened
-(:class:`MemberChanged`, :class:`ElectionEvent`, :class:`Emit`) and answers to local
-requests (:class:`OpDone`).
+(:class:`MemberChanged`, :class:`ElectionEvent`, :class:`Emit`, :class:`Refused`) and
+answers to local requests (:class:`OpDone`).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ __all__ = [
     "OpDone",
     "Persist",
     "Publish",
+    "Refused",
     "RunSkill",
     "SaveOutbox",
     "Send",
@@ -207,6 +208,18 @@ class Emit:
     audit: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A message from ``sender`` was refused because the sender is not entitled to what
+    it claims (a lead without a certificate, a copy from a non-lead, a claim about another
+    member): nothing changed. The shell counts it by ``reason`` (``frames_rejected_total``)
+    and logs the first of each reason per sender per minute with the sender's name."""
+
+    reason: str
+    sender: str
+    detail: str = ""
+
+
 # ---- answers to local requests -------------------------------------------------------------
 
 
@@ -233,5 +246,6 @@ Effect: TypeAlias = (
     | MemberChanged
     | ElectionEvent
     | Emit
+    | Refused
     | OpDone
 )

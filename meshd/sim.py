@@ -30,6 +30,7 @@ link check is done at send time. Ticks happen exactly at each node's ``next_dead
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import heapq
 import itertools
@@ -56,6 +57,8 @@ from meshd.effects import (
     Send,
     StoreCopies,
 )
+from meshd.election.cert import Signer
+from meshd.identity import Identity
 from meshd.membership import Membership
 from meshd.tasks.machine import TaskMachine
 from meshd.tasks.model import new_task
@@ -129,17 +132,32 @@ Factory = Callable[[MemberInfo, float, random.Random], "Restartable"]
 DropRule = Callable[[str, str, object], bool]
 
 
+#: Signers of the keys :func:`fake_info` handed out (public key -> sign).
+_SIM_SIGNERS: dict[bytes, Signer] = {}
+
+
+@functools.lru_cache(maxsize=4096)
+def sim_identity(name: str) -> Identity:
+    """The deterministic node key of simulated node ``name`` (seed: BLAKE2b of the name):
+    :func:`fake_info` carries its public key, and :meth:`FakeNetwork.add_host` signs the
+    node's votes with it, so simulated elections check real Ed25519 signatures."""
+    return Identity.from_seed(hashlib.blake2b(b"ed" + name.encode(), digest_size=32).digest())
+
+
 def fake_info(
     name: str, *, incarnation: int = 0, role: str = "worker", port: int = 7790
 ) -> MemberInfo:
-    """A deterministic, well-formed MemberInfo for tests (id = BLAKE2b-128 of the name)."""
+    """A deterministic, well-formed MemberInfo for tests (id = BLAKE2b-128 of the name;
+    Ed25519 key: :func:`sim_identity`)."""
     node_id = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
+    ident = sim_identity(name)
+    _SIM_SIGNERS[ident.ed25519_pk] = ident.sign
     return MemberInfo(
         node_id=node_id,
         name=name,
         role=role,
         priority=0,
-        ed25519_pk=hashlib.blake2b(b"ed" + name.encode(), digest_size=32).digest(),
+        ed25519_pk=ident.ed25519_pk,
         curve_pk=hashlib.blake2b(b"cv" + name.encode(), digest_size=32).digest(),
         proof=hashlib.blake2b(b"pf" + name.encode(), digest_size=32).digest(),
         addresses=("10.0.0.1",),
@@ -448,6 +466,7 @@ class FakeNetwork:
         skills: SimSkills | None = None,
         disk: Disk | None = None,
         verify: Callable[[MemberInfo], bool] | None = None,
+        sign: Signer | None = None,
     ) -> SimHost:
         """Start a whole simulated node (:class:`SimHost`) for ``info`` now: a Core (with
         a task machine when ``agent`` is given), its :class:`Disk` and simulated skills.
@@ -456,10 +475,13 @@ class FakeNetwork:
         ecfg = election or ElectionConfig()
         check = verify or _accept_all
         store = disk if disk is not None else Disk()
+        signer = sign if sign is not None else _SIM_SIGNERS.get(info.ed25519_pk)
 
         def factory(info: MemberInfo, now: float, rng: random.Random) -> SimHost:
             p = store.persist
-            core = Core(info, mcfg, ecfg, now, rng, check, p.term, p.voted_for, agent=agent)
+            core = Core(
+                info, mcfg, ecfg, now, rng, check, p.term, p.voted_for, agent=agent, sign=signer
+            )
             return SimHost(core, store, skills, now)
 
         return self.add_process(info, factory)

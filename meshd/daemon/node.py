@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import math
 import os
 import random
 import signal
@@ -56,6 +57,7 @@ from meshd.effects import (
     OpDone,
     Persist,
     Publish,
+    Refused,
     RunSkill,
     SaveOutbox,
     Send,
@@ -103,6 +105,11 @@ INVENTORY_DELAY: Final = 0.2
 DRAIN_POLL: Final = 0.05
 #: Copies per merged TASK_UPDATE publication (~1-2 KiB each: far below one frame).
 UPDATE_CHUNK: Final = 200
+#: s. A refused message is logged once per reason and sender in this interval (all are
+#: counted: ``frames_rejected_total{reason=...}``).
+REFUSAL_LOG_INTERVAL: Final = 60.0
+#: (reason, sender) pairs remembered for that rate limit.
+MAX_REFUSAL_KEYS: Final = 4096
 
 #: Builds the node's transport: ``(identity, mesh, config, on_frame, on_intro)``.
 TransportFactory = Callable[
@@ -246,8 +253,11 @@ class Node:
             RunSkill: self._do_run_skill,
             CancelSkill: self._do_cancel_skill,
             Emit: self._do_emit,
+            Refused: self._do_refused,
             OpDone: self._do_op_done,
         }
+        #: (reason, sender) -> when a refusal of that kind from that peer was last logged.
+        self._refusal_logged: dict[tuple[str, str], float] = {}
 
     # ---- life cycle --------------------------------------------------------------------
 
@@ -326,6 +336,7 @@ class Node:
             verify=self.mesh.verify,
             term=term,
             voted_for=voted_for,
+            sign=self.identity.sign,
             agent=AgentSetup(
                 config=cfg.tasks,
                 skills=self._runnable,
@@ -758,6 +769,26 @@ class Node:
                 self.failed_here += 1
         if eff.kind == "TASKS_RESUMED":
             _log.info("tasks_resumed", **{k: eff.fields[k] for k in ("unfinished", "sources")})
+
+    def _do_refused(self, eff: Refused) -> None:
+        self.transport.counters.reject(eff.reason)
+        now = self.clock.monotonic()
+        key = (eff.reason, eff.sender)
+        if now - self._refusal_logged.get(key, -math.inf) < REFUSAL_LOG_INTERVAL:
+            return
+        if len(self._refusal_logged) >= MAX_REFUSAL_KEYS:
+            cutoff = now - REFUSAL_LOG_INTERVAL
+            self._refusal_logged = {k: t for k, t in self._refusal_logged.items() if t > cutoff}
+            if len(self._refusal_logged) >= MAX_REFUSAL_KEYS:
+                return
+        self._refusal_logged[key] = now
+        _log.warning(
+            "message_refused",
+            reason=eff.reason,
+            sender=self.core.name_of(eff.sender),
+            sender_id=eff.sender,
+            detail=eff.detail,
+        )
 
     def _do_op_done(self, eff: OpDone) -> None:
         self.delegation.op_done(eff)

@@ -74,11 +74,15 @@ from dataclasses import dataclass
 from typing import Final, TypeAlias
 
 from meshd.config import ElectionConfig
-from meshd.effects import ElectionEvent, Persist, Publish, Send
+from meshd.effects import ElectionEvent, Persist, Publish, Refused, Send
+from meshd.election.cert import MAX_TERM, MAX_TERM_JUMP, Signer, VoteCheck, vote_bytes
 from meshd.election.table import Event, Role, transition
 from meshd.errors import ConfigError, LocalProtocolError
 from meshd.wire.messages import (
+    CertVote,
     LeadAck,
+    LeadCert,
+    LeadCertReq,
     LeadHeartbeat,
     Payload,
     StepDown,
@@ -114,7 +118,10 @@ _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 # ---- effects and views -----------------------------------------------------------------
 
 
-Effect: TypeAlias = Send | Publish | Persist | ElectionEvent
+Effect: TypeAlias = Send | Publish | Persist | ElectionEvent | Refused
+
+#: s. Least time between two LEAD_CERT_REQ to one node, and two LEAD_CERT answers to one.
+_CERT_INTERVAL: Final = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,13 +206,20 @@ class Election:
         rng: random.Random,
         term: int = 0,
         voted_for: str | None = None,
+        *,
+        sign: Signer | None = None,
+        check_vote: VoteCheck | None = None,
     ) -> None:
         validate_config(config)
         if priority < 0:
             raise ConfigError("priority must be >= 0")
-        if term < 0:
-            raise ConfigError("term must be >= 0")
+        if not 0 <= term <= MAX_TERM:
+            raise ConfigError(f"term must be in 0..{MAX_TERM}")
+        if (sign is None) != (check_vote is None):
+            raise ConfigError("sign and check_vote go together")
         self._id = self_id
+        self._sign = sign
+        self._check_vote = check_vote
         self._priority = priority
         self._cfg = config
         self._rng = rng
@@ -247,7 +261,21 @@ class Election:
         self._pre = True
         self._round_term = 0
         self._grants: set[str] = set()
+        #: Signatures of the real votes of this round (voter -> sig), ours included.
+        self._vote_sigs: dict[str, bytes] = {}
         self._round_deadline = _INF
+        # Certificates: ours while we lead; heartbeats of leads not yet proven (sender ->
+        # (term, seq), answered once their certificate checks out); when we last asked a
+        # node for its certificate, or answered one's request.
+        self._cert: LeadCert | None = None
+        #: The proof of our current term we hold (a lead or term certificate, ours or
+        #: received), shown to stale leads we refuse; None after a restart.
+        self._term_proof: LeadCert | None = None
+        #: Signatures of the pre-votes of this round (voter -> sig), ours included.
+        self._pre_sigs: dict[str, bytes] = {}
+        self._unproven: dict[str, tuple[int, int]] = {}
+        self._cert_asked: dict[str, float] = {}
+        self._cert_answered: dict[str, float] = {}
         # Lead.
         self._hb_seq = 0
         self._next_hb = _INF
@@ -325,12 +353,17 @@ class Election:
     def accepts(self, term: int, lead_id: str) -> bool:
         """Fencing: may a lead message stamped (``term``, ``lead_id``) be acted upon?
 
-        True for the current term and lead, or a newer term (the caller then feeds the
-        message, which makes this node adopt the term). Older terms are refused.
+        True only for the current term and its proven lead (this node follows a lead
+        only once it checked its certificate). Older terms, and newer ones not proven
+        yet, are refused.
         """
-        if term > self._term:
-            return True
         return term == self._term and self._lead is not None and lead_id == self._lead
+
+    @property
+    def signed(self) -> bool:
+        """Whether votes are signed and certificates checked (always, in the daemon and
+        the simulator; only rule tests run a machine without keys)."""
+        return self._sign is not None
 
     def status(self, now: float) -> LeadStatus:
         """The lead, the term and, without a lead, why not. A lead whose lease lapsed (in
@@ -399,6 +432,9 @@ class Election:
             self._heard.pop(nid, None)
             self._acked.pop(nid, None)
             self._acked_at.pop(nid, None)
+            self._unproven.pop(nid, None)
+            self._cert_asked.pop(nid, None)
+            self._cert_answered.pop(nid, None)
         out: list[Effect] = []
         lead = self._lead
         if lead is not None and lead != self._id:
@@ -428,7 +464,11 @@ class Election:
         elif isinstance(payload, StepDown):
             self._on_step_down(sender, payload, now, out)
         elif isinstance(payload, TransferReq):
-            self._on_transfer_req(payload, now, out)
+            self._on_transfer_req(sender, payload, now, out)
+        elif isinstance(payload, LeadCert):
+            self._on_cert(sender, payload, now, out)
+        elif isinstance(payload, LeadCertReq):
+            self._on_cert_req(sender, payload, now, out)
         return out
 
     def tick(self, now: float) -> list[Effect]:
@@ -546,37 +586,159 @@ class Election:
 
     def _on_heartbeat(self, sender: str, hb: LeadHeartbeat, now: float, out: list[Effect]) -> None:
         if hb.lead != sender:
+            out.append(Refused("lead_not_sender", sender, "LEAD_HEARTBEAT"))
             return  # a lead speaks only for itself
         if self._last_step_down == (sender, hb.term):
             return  # overtaken by its own STEP_DOWN (PUB and direct links do not keep order)
         if hb.term < self._term:
-            # A stale lead: tell it our term so it steps down.
+            # A stale lead: tell it our term, and show it the proof of our term (it moves
+            # on only with one).
             self._send(sender, LeadAck(self._term, hb.seq, False), out)
+            proof = self._term_proof
+            if proof is not None and now - self._cert_answered.get(sender, -_INF) >= _CERT_INTERVAL:
+                self._cert_answered[sender] = now
+                self._send(sender, proof, out)
             return
-        if hb.term > self._term:
-            self._adopt(hb.term, now, out)
-        elif self._role is Role.LEAD or self._lead not in (None, sender):
-            # A second lead of our term: only possible for a node that led a mesh of its own
-            # view (it started alone). Never obey it, never switch leads within a term; its
-            # lease lapses without our acks and it follows the real one.
+        if hb.term == self._term and self._lead == sender and self._role is Role.FOLLOWER:
+            self._lead_contact = now
+            self._arm(now, self._cfg.election_timeout, watch=sender)
+            self._send(sender, LeadAck(self._term, hb.seq, True), out)
             return
+        if hb.term == self._term and (self._role is Role.LEAD or self._lead is not None):
+            # A second lead of our term: a forged claim (two certificates for one term
+            # need a voter that voted twice). Never obey it, never switch leads in a term.
+            out.append(Refused("second_lead", sender, f"term {hb.term}"))
+            return
+        # A lead we have no proof for (a newer term, or ours before its certificate came):
+        # not followed, not acknowledged, until its certificate checks out.
+        if not self._is_live(sender):
+            return
+        self._unproven[sender] = (hb.term, hb.seq)
+        if self._sign is None:  # rule tests without keys: the heartbeat is its own proof
+            if hb.term > self._term:
+                self._adopt(hb.term, now, out)
+            self._follow(sender, now, out, "heartbeat")
+            return
+        if now - self._cert_asked.get(sender, -_INF) >= _CERT_INTERVAL:
+            self._cert_asked[sender] = now
+            out.append(Refused("lead_unproven", sender, f"term {hb.term}: certificate asked"))
+            self._send(sender, LeadCertReq(hb.term), out)
+
+    def _follow(self, lead: str, now: float, out: list[Effect], how: str) -> None:
+        """Follow ``lead`` as the proven lead of our term; acknowledge the heartbeat it
+        sent before its proof was checked."""
         self._set_role(Event.LEAD_SEEN)  # a candidate gives up: this term has its lead
         self._round_deadline = _INF
-        if self._lead != sender:
-            self._lead = sender
+        if self._lead != lead:
+            self._lead = lead
             self._lead_since = now
             self._ever_lead = True
-            out.append(ElectionEvent(LEAD_ELECTED, self._term, sender, "heartbeat"))
+            out.append(ElectionEvent(LEAD_ELECTED, self._term, lead, how))
         self._lead_contact = now
         self._nominee = None
-        self._arm(now, self._cfg.election_timeout, watch=sender)
-        self._send(sender, LeadAck(self._term, hb.seq, True), out)
+        self._arm(now, self._cfg.election_timeout, watch=lead)
+        pending = self._unproven.pop(lead, None)
+        if pending is not None and pending[0] == self._term:
+            self._send(lead, LeadAck(self._term, pending[1], True), out)
 
-    def _on_lead_ack(self, sender: str, ack: LeadAck, now: float, out: list[Effect]) -> None:
-        if ack.term > self._term:
-            self._adopt(ack.term, now, out)
+    def _on_cert(self, sender: str, cert: LeadCert, now: float, out: list[Effect]) -> None:
+        """A lead or term certificate (it proves itself, whoever relays it)."""
+        if cert.term > MAX_TERM:
+            out.append(Refused("term_range", sender, f"LEAD_CERT term {cert.term}"))
+            return
+        if cert.term < self._term or cert.lead == self._id:
+            return
+        if cert.pre:
+            if cert.term == self._term:
+                return  # nothing new: we are at that term already
+            problem = self._cert_problem(cert)
+            if problem:
+                out.append(Refused("bad_certificate", sender, problem))
+                return
+            self._adopt(cert.term, now, out)
+            self._term_proof = cert
             self._arm(now, self._cfg.election_timeout)
             return
+        if cert.term == self._term and self._lead == cert.lead:
+            return  # a second copy
+        if cert.term == self._term and (self._role is Role.LEAD or self._lead is not None):
+            out.append(Refused("second_lead", sender, f"term {cert.term}"))
+            return
+        problem = self._cert_problem(cert)
+        if problem:
+            out.append(Refused("bad_certificate", sender, problem))
+            return
+        if cert.term > self._term:
+            self._adopt(cert.term, now, out)
+        self._term_proof = cert
+        self._follow(cert.lead, now, out, "certified")
+        self._endorse(cert, out)
+
+    def _endorse(self, cert: LeadCert, out: list[Effect]) -> None:
+        """Add our signed vote to a proven lead's certificate when it lacks it (we did not
+        vote in that election, or our vote came late): the certificate then covers every
+        member that follows the lead, so members that join later (and count more voters)
+        still find a quorum in it. Never a second vote: only when we voted for nobody
+        else in the term (the vote is stored before it leaves)."""
+        if self._sign is None or any(v.voter == self._id for v in cert.votes):
+            return
+        if self._voted_for not in (None, cert.lead):
+            return
+        if self._voted_for is None:
+            self._voted_for = cert.lead
+            self._persist(out)
+        sig = self._sign(vote_bytes(cert.term, cert.lead))
+        self._send(cert.lead, Vote(cert.term, True, False, "", sig), out)
+
+    def _cert_problem(self, cert: LeadCert) -> str:
+        """Why ``cert`` does not prove its lead, or ``""`` when it does: the lead must be
+        an eligible member (priority > 0 in its own member info) and a quorum of voters
+        (as this node counts them) must have signed a real vote for it in that term. The
+        first bad signature condemns the whole certificate (an honest lead checks every
+        vote it gathers), so a forged one costs one signature check."""
+        lead = self._members.get(cert.lead)
+        if lead is None or lead.state is MemberState.LEFT:
+            return "lead is not a member"
+        if lead.priority <= 0:
+            return "lead has priority 0"
+        data = vote_bytes(cert.term, cert.lead, cert.pre)
+        check = self._check_vote
+        voters: set[str] = set()
+        q = self._cert_quorum()
+        for v in cert.votes:
+            if v.voter in voters or not (v.voter == self._id or self._is_voter(v.voter)):
+                continue
+            if check is not None and not check(v.voter, data, v.sig):
+                return f"bad signature of {v.voter}"
+            voters.add(v.voter)
+            if len(voters) >= q:
+                return ""
+        return f"{len(voters)} valid votes of {q} needed"
+
+    def _cert_quorum(self) -> int:
+        """Votes a certificate needs here: a majority of the live voters this node knows
+        (itself included), or the configured fixed quorum. An honest certificate won a
+        majority of all members, dead ones included, so it passes at every node whose
+        view has not grown since; the endorsements of the followers (:meth:`_endorse`)
+        keep it passing as members join."""
+        if self._cfg.quorum > 0:
+            return self._cfg.quorum
+        live = 1 + sum(1 for v in self._members.values() if v.state in _LIVE)
+        return live // 2 + 1
+
+    def _on_cert_req(self, sender: str, req: LeadCertReq, now: float, out: list[Effect]) -> None:
+        cert = self._term_proof
+        if cert is None or cert.pre or req.term != self._term:
+            return
+        if now - self._cert_answered.get(sender, -_INF) < _CERT_INTERVAL:
+            return
+        self._cert_answered[sender] = now
+        self._send(sender, cert, out)
+
+    def _on_lead_ack(self, sender: str, ack: LeadAck, now: float, out: list[Effect]) -> None:
+        # A refusal with a newer term moves nothing here: a term is taken only from a
+        # certificate (a stale lead learns the new lead from its heartbeat and proof, and
+        # loses its lease meanwhile, as a majority no longer acknowledges it).
         if self._role is not Role.LEAD or ack.term != self._term or not ack.ok:
             return
         if not self._is_voter(sender):
@@ -594,7 +756,8 @@ class Election:
             self._send(sender, Vote(self._term, False, req.pre, deny), out)
             return
         if req.pre:
-            self._send(sender, Vote(req.term, True, True), out)
+            sig = b"" if self._sign is None else self._sign(vote_bytes(req.term, sender, True))
+            self._send(sender, Vote(req.term, True, True, "", sig), out)
             return
         if req.term > self._term:
             self._adopt(req.term, now, out)
@@ -602,18 +765,25 @@ class Election:
             self._voted_for = sender
             self._persist(out)  # before the grant leaves
             self._arm(now, self._cfg.election_timeout)
-            self._send(sender, Vote(self._term, True, False), out)
+            sig = self._sign(vote_bytes(self._term, sender)) if self._sign is not None else b""
+            self._send(sender, Vote(self._term, True, False, "", sig), out)
         else:
             self._send(sender, Vote(self._term, False, False, "already_voted"), out)
 
     def _deny_reason(self, sender: str, req: VoteReq, now: float) -> str:
         if req.term < self._term:
             return "stale_term"
+        if req.term > MAX_TERM or req.term > self._term + MAX_TERM_JUMP:
+            return "term_jump"
         if req.term == self._term and self._voted_for not in (None, sender):
             return "already_voted"
         if now < self._guard_until:
             return "starting"
-        if req.priority <= 0:
+        # Eligibility and rank by the priority the candidate's own member info states
+        # (what every voter sees alike), not the number in its request.
+        v = self._members.get(sender)
+        priority = v.priority if v is not None else 0
+        if priority <= 0 or req.priority <= 0:
             return "not_eligible"
         if self._is_nominee(sender, req.term, now):
             return ""
@@ -621,33 +791,53 @@ class Election:
             return "have_lead"
         if self._lead is not None and now - self._lead_contact < self._cfg.election_timeout:
             return "have_lead"
-        if self._count_above(_key(req.priority, sender), now, exclude=sender) > 0:
+        if self._count_above(_key(priority, sender), now, exclude=sender) > 0:
             return "lower_rank"
         return ""
 
     def _on_vote(self, sender: str, vote: Vote, now: float, out: list[Effect]) -> None:
         # A granted pre-vote carries the term we *asked* for; anything else carries the
-        # voter's real term, and a newer one means we are behind.
+        # voter's real term, and a newer one means we are behind — believed only while
+        # we campaign (we asked) and only within MAX_TERM_JUMP of our term.
         if vote.term > self._term and not (vote.pre and vote.granted):
+            if self._role is not Role.CANDIDATE:
+                return
+            if vote.term > MAX_TERM or vote.term > self._term + MAX_TERM_JUMP:
+                out.append(Refused("term_jump", sender, f"VOTE term {vote.term}"))
+                return
             self._adopt(vote.term, now, out)
             self._arm(now, self._cfg.election_timeout)
             return
-        if self._role is not Role.CANDIDATE or not vote.granted:
+        if not vote.granted or not self._is_voter(sender):
+            return
+        real = not vote.pre and vote.term == self._term
+        check = self._check_vote
+        signed = vote_bytes(vote.term, self._id, vote.pre)
+        if (real or vote.pre) and check is not None and not check(sender, signed, vote.sig):
+            out.append(Refused("bad_vote_signature", sender, f"term {vote.term}"))
+            return
+        if self._role is Role.LEAD and real and self._cert is not None:
+            # A late vote: the certificate grows (a node that counts more voters than we
+            # did still finds a quorum in it).
+            if sender not in self._vote_sigs:
+                self._vote_sigs[sender] = vote.sig
+                self._cert = self._term_proof = self._make_cert()
+            return
+        if self._role is not Role.CANDIDATE:
             return
         if vote.pre != self._pre or vote.term != self._round_term:
             return  # an answer to an earlier round
-        if not self._is_voter(sender):
-            return
+        (self._pre_sigs if vote.pre else self._vote_sigs)[sender] = vote.sig
         self._grants.add(sender)
         self._maybe_advance(now, out)
 
     def _on_step_down(self, sender: str, sd: StepDown, now: float, out: list[Effect]) -> None:
         if sd.term < self._term or self._last_step_down == (sender, sd.term):
             return  # stale, or the second copy (PUB and direct)
-        if sd.term > self._term:
-            self._adopt(sd.term, now, out)
-        elif self._role is Role.LEAD or self._lead not in (None, sender):
-            return  # we lead this term, or follow another lead of it: not from our lead
+        if sd.term != self._term or self._role is Role.LEAD or self._lead != sender:
+            # Only the proven lead of our term may hand it over (or give it up).
+            out.append(Refused("step_down_not_lead", sender, f"term {sd.term}"))
+            return
         self._last_step_down = (sender, sd.term)
         if sd.reason == "operator":
             self._held[sender] = now + self._cfg.step_down_hold
@@ -671,8 +861,13 @@ class Election:
         elif self._role is Role.FOLLOWER:
             self._arm(now, 0.0)  # nobody nominated: campaign at once, in rank order
 
-    def _on_transfer_req(self, req: TransferReq, now: float, out: list[Effect]) -> None:
+    def _on_transfer_req(
+        self, sender: str, req: TransferReq, now: float, out: list[Effect]
+    ) -> None:
         if self._role is not Role.LEAD:
+            return
+        if not self._is_live(sender):
+            out.append(Refused("not_a_member", sender, "TRANSFER_REQ"))
             return
         try:
             out.extend(self.transfer(req.target, now) if req.target else self.step_down(now))
@@ -682,7 +877,11 @@ class Election:
     # ---- internals: campaigning --------------------------------------------------------
 
     def _can_campaign(self, now: float) -> bool:
-        return self._priority > 0 and now >= self._held.get(self._id, -_INF)
+        return (
+            self._priority > 0
+            and self._term < MAX_TERM
+            and now >= self._held.get(self._id, -_INF)
+        )
 
     def _campaign(self, now: float, out: list[Effect]) -> None:
         if not self._can_campaign(now) or self._defers(now):
@@ -709,6 +908,9 @@ class Election:
         self._pre = True
         self._round_term = self._term + 1
         self._grants = {self._id}
+        sign = self._sign
+        own = b"" if sign is None else sign(vote_bytes(self._round_term, self._id, True))
+        self._pre_sigs = {self._id: own}
         if self._reachable_voters(now) < self.quorum():
             return  # cannot win: do not bother anyone (status says "no quorum")
         if not self._maybe_advance(now, out):
@@ -729,8 +931,15 @@ class Election:
                 self._lose_lead("higher_term", out)
             self._pre = False
             self._grants = {self._id}
+            own = self._sign(vote_bytes(self._term, self._id)) if self._sign is not None else b""
+            self._vote_sigs = {self._id: own}
+            pre_votes = tuple(CertVote(v, sig) for v, sig in sorted(self._pre_sigs.items()))
+            self._term_proof = LeadCert(self._term, self._id, pre_votes, True)
             self._round_deadline = now + self._cfg.candidate_retry * (0.5 + self._rng.random())
             if self._count_grants() < q:
+                # The proof of the new term first: each voter takes the term from it, then
+                # answers the request on the same link.
+                self._send_all(self._term_proof, out)
                 self._send_all(VoteReq(self._term, False, self._priority), out)
                 return True
         self._become_lead(now, out)
@@ -752,8 +961,17 @@ class Election:
         self._sent_at = {}
         self._acked = {}
         self._acked_at = {}
+        self._unproven.clear()
         out.append(ElectionEvent(LEAD_ELECTED, self._term, self._id, "won"))
+        # The proof first: on each link it arrives before anything else this lead sends.
+        self._cert = self._make_cert()
+        self._term_proof = self._cert
+        self._send_all(self._cert, out)
         self._heartbeat(now, out)
+
+    def _make_cert(self) -> LeadCert:
+        votes = tuple(CertVote(v, sig) for v, sig in sorted(self._vote_sigs.items()))
+        return LeadCert(self._term, self._id, votes)
 
     # ---- internals: leading ------------------------------------------------------------
 
@@ -818,6 +1036,7 @@ class Election:
         self._lead = None
         self._lead_since = None
         self._lease_start = None
+        self._cert = None
         self._next_hb = _INF
         self._sent_at = {}
         self._acked = {}
@@ -857,12 +1076,14 @@ class Election:
         old_term = self._term
         self._term = term
         self._voted_for = None
+        self._term_proof = None
         self._persist(out)
         if self._role is Role.LEAD:
             self._set_role(Event.HIGHER_TERM)
             self._lead = None
             self._lead_since = None
             self._lease_start = None
+            self._cert = None
             self._next_hb = _INF
             out.append(ElectionEvent(STEPPED_DOWN, old_term, self._id, "higher_term"))
             self._arm(now, self._cfg.election_timeout)

@@ -69,6 +69,8 @@ class MsgType(enum.IntEnum):
     TASK_DIGEST = 33
     TASK_QUERY = 34
     TASK_KEYS = 35
+    LEAD_CERT = 36
+    LEAD_CERT_REQ = 37
 
 
 # ---- payloads ---------------------------------------------------------------------
@@ -193,6 +195,9 @@ class Vote:
     granted: bool
     pre: bool
     reason: str = ""
+    #: A granted real vote: the voter's Ed25519 signature of
+    #: :func:`meshd.election.cert.vote_bytes` (term, candidate); empty otherwise.
+    sig: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +230,40 @@ class StepDown:
     term: int
     successor: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CertVote:
+    """One signed real vote in a :class:`LeadCert`: ``voter`` granted the lead the term,
+    ``sig`` is its Ed25519 signature of :func:`meshd.election.cert.vote_bytes`."""
+
+    voter: str
+    sig: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class LeadCert:
+    """Proof that ``lead`` was elected lead of ``term``: the signed real votes it won, a
+    quorum of the voters at least (with ``pre``: the signed pre-votes that let it start
+    the term). Sent directly by a new lead to every live member, to any member that asks
+    (LEAD_CERT_REQ), and to a stale lead that a node refuses. A node follows a lead, and
+    takes a term, only once it has verified a certificate for it; a certificate proves
+    itself whoever relays it."""
+
+    term: int
+    lead: str
+    votes: tuple[CertVote, ...]
+    #: True: a term certificate — pre-votes that let candidate ``lead`` start ``term``
+    #: (proof of the term, not of a lead).
+    pre: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LeadCertReq:
+    """Ask the sender of a LEAD_HEARTBEAT for its certificate of ``term`` (the asker has
+    not verified one yet and does not follow it meanwhile)."""
+
+    term: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -500,6 +539,8 @@ Payload = (
     | LeadAck
     | StepDown
     | TransferReq
+    | LeadCert
+    | LeadCertReq
     | TaskSubmit
     | TaskAssign
     | TaskReport
@@ -547,6 +588,8 @@ PAYLOAD_TYPES: dict[type[object], MsgType] = {
     LeadAck: MsgType.LEAD_ACK,
     StepDown: MsgType.STEP_DOWN,
     TransferReq: MsgType.TRANSFER_REQ,
+    LeadCert: MsgType.LEAD_CERT,
+    LeadCertReq: MsgType.LEAD_CERT_REQ,
     TaskSubmit: MsgType.TASK_SUBMIT,
     TaskAssign: MsgType.TASK_ASSIGN,
     TaskReport: MsgType.TASK_REPORT,

@@ -42,6 +42,7 @@ from meshd.wire.messages import (
     MSG_ID_BYTES,
     NODE_ID_CHARS,
     PAYLOAD_TYPES,
+    CertVote,
     MsgType,
     ReportKind,
     TaskKey,
@@ -325,14 +326,37 @@ MEMBERSHIP: Final = _bodies(
     }
 )
 
+#: Length of an Ed25519 signature.
+SIGNATURE_BYTES: Final = 64
+#: Signed votes in one LEAD_CERT (a quorum of at most MAX_MEMBERS voters; ~100 bytes each).
+MAX_CERT_VOTES: Final = MAX_MEMBERS
+SIG: Final = Bin(SIGNATURE_BYTES)
+CERT_VOTE: Final = Record(
+    CertVote, ("voter", NODE_ID), ("sig", Bin(SIGNATURE_BYTES, SIGNATURE_BYTES)),
+    label="cert vote", array=True,
+)  # fmt: skip
+
 ELECTION: Final = _bodies(
     {
         MsgType.VOTE_REQ: [("term", COUNTER), ("pre", BOOL), ("pri", "priority", U31)],
-        MsgType.VOTE: [("term", COUNTER), ("granted", BOOL), ("pre", BOOL), ("reason", REASON)],
+        MsgType.VOTE: [
+            ("term", COUNTER),
+            ("granted", BOOL),
+            ("pre", BOOL),
+            ("reason", REASON),
+            ("sig", SIG),
+        ],
         MsgType.LEAD_HEARTBEAT: [("term", COUNTER), ("lead", NODE_ID), ("seq", COUNTER)],
         MsgType.LEAD_ACK: [("term", COUNTER), ("seq", COUNTER), ("ok", BOOL)],
         MsgType.STEP_DOWN: [("term", COUNTER), ("successor", NODE_ID_OR_EMPTY), ("reason", REASON)],
         MsgType.TRANSFER_REQ: [("target", NODE_ID_OR_EMPTY)],
+        MsgType.LEAD_CERT: [
+            ("term", COUNTER),
+            ("lead", NODE_ID),
+            ("votes", List(CERT_VOTE, MAX_CERT_VOTES)),
+            ("pre", BOOL),
+        ],
+        MsgType.LEAD_CERT_REQ: [("term", COUNTER)],
     }
 )
 

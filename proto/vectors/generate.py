@@ -30,6 +30,7 @@ import msgpack  # type: ignore[import-untyped, unused-ignore]  # noqa: E402
 from meshd.wire import (  # noqa: E402
     Ack,
     AgentInfo,
+    CertVote,
     Envelope,
     Error,
     Heartbeat,
@@ -37,6 +38,8 @@ from meshd.wire import (  # noqa: E402
     Intro,
     IntroAck,
     LeadAck,
+    LeadCert,
+    LeadCertReq,
     LeadHeartbeat,
     Leave,
     MemberInfo,
@@ -390,7 +393,7 @@ VALID: list[tuple[str, str, Envelope]] = [
     (
         "vote",
         "VOTE: A grants B its real vote for term 8",
-        env(MsgType.VOTE, Vote(8, True, False, ""), n=17, term=8),
+        env(MsgType.VOTE, Vote(8, True, False, "", fixed_bytes("vote-a", 64)), n=17, term=8),
     ),
     (
         "vote_denied",
@@ -702,6 +705,29 @@ VALID: list[tuple[str, str, Envelope]] = [
             n=50,
             term=9,
         ),
+    ),
+    (
+        "lead_cert",
+        "LEAD_CERT: B proves its lead of term 8 with the signed votes of B and A",
+        env(
+            MsgType.LEAD_CERT,
+            LeadCert(
+                8,
+                NODE_B,
+                (
+                    CertVote(NODE_B, fixed_bytes("vote-b", 64)),
+                    CertVote(NODE_A, fixed_bytes("vote-a", 64)),
+                ),
+            ),
+            n=51,
+            sender=NODE_B,
+            term=8,
+        ),
+    ),
+    (
+        "lead_cert_req",
+        "LEAD_CERT_REQ: C asks B for its certificate of term 8",
+        env(MsgType.LEAD_CERT_REQ, LeadCertReq(8), n=52, sender=NODE_C, term=7),
     ),
 ]
 

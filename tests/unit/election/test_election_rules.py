@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 
 from meshd.config import Config, ElectionConfig, load_file
-from meshd.effects import ElectionEvent, Persist, Publish, Send
+from meshd.effects import ElectionEvent, Persist, Publish, Refused, Send
 from meshd.election import LEAD_ELECTED, LEAD_LOST, STEPPED_DOWN, Effect, Election, Role, Voter
 from meshd.errors import ConfigError, LocalProtocolError
 from meshd.wire.messages import (
+    CertVote,
     LeadAck,
+    LeadCert,
     LeadHeartbeat,
     Payload,
     StepDown,
@@ -336,7 +338,7 @@ def test_restarted_node_never_goes_back_in_term() -> None:
     assert sends(out, LeadAck)[0].payload == LeadAck(7, 1, False)
     assert rig.e.accepts(6, HI) is False
     assert rig.e.accepts(7, HI) is False  # no lead known in term 7
-    assert rig.e.accepts(8, HI) is True
+    assert rig.e.accepts(8, HI) is False  # a newer term counts only once proven
 
 
 # ---- campaigning ---------------------------------------------------------------------
@@ -499,14 +501,16 @@ def test_follower_adopts_newer_term_persists_before_acking() -> None:
 
 def test_heartbeat_naming_another_lead_is_ignored() -> None:
     rig = Rig()
-    assert rig.recv(HI, LeadHeartbeat(4, P, 1)) == []
+    assert rig.recv(HI, LeadHeartbeat(4, P, 1)) == [
+        Refused("lead_not_sender", HI, "LEAD_HEARTBEAT")
+    ]
     assert rig.e.term == 0 and rig.e.lead is None
 
 
 def test_no_switching_leads_within_a_term() -> None:
     rig = Rig()
     rig.follow(HI, 2)
-    assert rig.follow(P, 2) == []
+    assert rig.follow(P, 2) == [Refused("second_lead", P, "term 2")]
     assert rig.e.lead == HI and rig.e.accepts(2, HI) and not rig.e.accepts(2, P)
     out = rig.follow(P, 3)
     assert events(out) == [
@@ -620,10 +624,16 @@ def test_lead_without_any_ack_steps_down() -> None:
     assert publishes(out, StepDown) == []
 
 
-def test_lead_steps_down_on_higher_term_ack() -> None:
+def test_a_refusing_ack_moves_no_term() -> None:
+    # Anyone can claim a newer term in a LEAD_ACK: the lead moves only on a proof of it
+    # (a term or lead certificate, which the refusing node sends along when it has one).
     rig = Rig(priority=30)
     rig.elect()
-    out = rig.recv(LO, LeadAck(3, 1, False))
+    assert rig.recv(LO, LeadAck(3, 1, False)) == []
+    assert rig.e.role is Role.LEAD and rig.e.term == 1
+    out = rig.recv(
+        LO, LeadCert(3, HI, (CertVote(HI, b""), CertVote(LO, b""), CertVote(P, b"")), True)
+    )
     assert out[0] == Persist(3, None)
     assert events(out) == [ElectionEvent(STEPPED_DOWN, 1, ME, "higher_term")]
     assert rig.e.role is Role.FOLLOWER and rig.e.term == 3
@@ -635,7 +645,7 @@ def test_lead_denies_votes_and_ignores_same_term_heartbeats() -> None:
     rig.ack_all(1)
     assert vote_of(rig.recv(HI, VoteReq(2, False, 20)), HI).reason == "have_lead"
     assert rig.e.term == 1  # stickiness comes before term adoption
-    assert rig.recv(HI, LeadHeartbeat(1, HI, 1)) == []
+    assert rig.recv(HI, LeadHeartbeat(1, HI, 1)) == [Refused("second_lead", HI, "term 1")]
     assert rig.e.role is Role.LEAD
     out = rig.recv(HI, LeadHeartbeat(2, HI, 1))
     assert events(out)[0] == ElectionEvent(STEPPED_DOWN, 1, ME, "higher_term")

@@ -18,6 +18,7 @@ from meshd.wire import (
     PAYLOAD_TYPES,
     Ack,
     AgentInfo,
+    CertVote,
     Envelope,
     Error,
     Heartbeat,
@@ -25,6 +26,8 @@ from meshd.wire import (
     Intro,
     IntroAck,
     LeadAck,
+    LeadCert,
+    LeadCertReq,
     LeadHeartbeat,
     Leave,
     MemberInfo,
@@ -189,11 +192,20 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
         ),
         MsgType.ERROR: lambda: Error(p["code"], p["message"]),
         MsgType.VOTE_REQ: lambda: VoteReq(p["term"], p["pre"], p["priority"]),
-        MsgType.VOTE: lambda: Vote(p["term"], p["granted"], p["pre"], p["reason"]),
+        MsgType.VOTE: lambda: Vote(
+            p["term"], p["granted"], p["pre"], p["reason"], bytes.fromhex(p["sig"])
+        ),
         MsgType.LEAD_HEARTBEAT: lambda: LeadHeartbeat(p["term"], p["lead"], p["seq"]),
         MsgType.LEAD_ACK: lambda: LeadAck(p["term"], p["seq"], p["ok"]),
         MsgType.STEP_DOWN: lambda: StepDown(p["term"], p["successor"], p["reason"]),
         MsgType.TRANSFER_REQ: lambda: TransferReq(p["target"]),
+        MsgType.LEAD_CERT: lambda: LeadCert(
+            p["term"],
+            p["lead"],
+            tuple(CertVote(v["voter"], bytes.fromhex(v["sig"])) for v in p["votes"]),
+            p["pre"],
+        ),
+        MsgType.LEAD_CERT_REQ: lambda: LeadCertReq(p["term"]),
         MsgType.TASK_SUBMIT: lambda: TaskSubmit(copy_from_json(p["copy"])),
         MsgType.TASK_ASSIGN: lambda: TaskAssign(copy_from_json(p["copy"])),
         MsgType.TASK_REPORT: lambda: TaskReport(
