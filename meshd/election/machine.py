@@ -878,9 +878,7 @@ class Election:
 
     def _can_campaign(self, now: float) -> bool:
         return (
-            self._priority > 0
-            and self._term < MAX_TERM
-            and now >= self._held.get(self._id, -_INF)
+            self._priority > 0 and self._term < MAX_TERM and now >= self._held.get(self._id, -_INF)
         )
 
     def _campaign(self, now: float, out: list[Effect]) -> None:

@@ -59,10 +59,10 @@ import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 from meshd.config import MembershipConfig
-from meshd.effects import Connect, Disconnect, MemberChanged, Publish, Send
+from meshd.effects import Connect, Disconnect, MemberChanged, Publish, Refused, Send
 from meshd.errors import ConfigError
 from meshd.membership.merge import Action, Order, merge_action, order_of
 from meshd.membership.table import Event, PeerState, transition
@@ -81,6 +81,7 @@ from meshd.wire.messages import (
     SyncReq,
 )
 from meshd.wire.records import MemberInfo, MemberRecord, MemberState
+from meshd.wire.schema import MAX_COUNTER
 
 __all__ = [
     "Connect",
@@ -103,13 +104,18 @@ _DEAD = PeerState.DEAD
 _LEFT = PeerState.LEFT
 _LIVE = (_ALIVE, _SUSPECT)
 _DOWN = (_DEAD, _LEFT)
+#: How far above the incarnation we hold a claim may move it unless the member itself says
+#: so: a member raises its own by one per refutation or restart (a start after a lost
+#: incarnation record takes the wall clock in seconds, and says so itself).
+MAX_INCARNATION_JUMP: Final = 1000
+
 _DOWN_EVENT = {MemberState.DEAD: Event.GOSSIP_DEAD, MemberState.LEFT: Event.GOSSIP_LEFT}
 
 
 # ---- effects ---------------------------------------------------------------------------
 
 
-Effect: TypeAlias = Send | Publish | Connect | Disconnect | MemberChanged
+Effect: TypeAlias = Send | Publish | Connect | Disconnect | MemberChanged | Refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -890,10 +896,26 @@ class Membership:
         me = self._info.node_id
         for rec in records:
             node_id = rec.info.node_id
+            if rec.state is MemberState.LEFT and node_id not in (sender.node_id, me):
+                held = self._peers.get(node_id)
+                if held is not None and held.state in _LIVE:
+                    # Only a node itself may say it left (LEAVE, or its own record):
+                    # relayed about a member we hold live, "left" is a verdict like
+                    # "dead" - the dead guard applies and the subject can refute it.
+                    rec = MemberRecord(rec.info, MemberState.DEAD)
             if node_id == me:
                 self._merge_self(rec, sender, now, out)
             elif trusted or node_id == sender.node_id:
                 q = self._peers.get(node_id)
+                if (
+                    q is not None
+                    and node_id != sender.node_id
+                    and rec.info.incarnation > q.info.incarnation + MAX_INCARNATION_JUMP
+                ):
+                    # A third party cannot move a member's incarnation far: only the
+                    # member raises it, by one at a time.
+                    out.append(Refused("incarnation_jump", sender.node_id, f"about {node_id}"))
+                    continue
                 self._merge_one(q, rec, now, out)
                 q = self._peers.get(node_id)
                 if q is not None:
@@ -903,7 +925,13 @@ class Membership:
         inc = rec.info.incarnation
         ours = self._info.incarnation
         if inc > ours or (inc == ours and rec.state is not MemberState.ALIVE):
-            # Refute: a strictly newer incarnation of ourselves, ALIVE.
+            # Refute: a strictly newer incarnation of ourselves, ALIVE. We own our
+            # incarnation: a claim far above it (nobody but us raises it, by one per
+            # refutation or restart) is not believed beyond MAX_INCARNATION_JUMP, so a
+            # forged number cannot push us to the counter's bound.
+            if inc > ours + MAX_INCARNATION_JUMP or inc >= MAX_COUNTER:
+                out.append(Refused("incarnation_jump", sender.node_id, f"about us: {inc}"))
+                inc = ours
             self._set_self(dataclasses.replace(self._info, incarnation=inc + 1))
             mine = MemberRecord(self._info, MemberState.ALIVE)
             out.append(MemberChanged(mine, MemberState.ALIVE, "refuted"))

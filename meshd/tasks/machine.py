@@ -39,6 +39,7 @@ from meshd.effects import (
     Emit,
     OpDone,
     Publish,
+    Refused,
     RunSkill,
     SaveOutbox,
     Send,
@@ -116,7 +117,9 @@ _RELIABLE: Final = frozenset(
 
 
 #: What the task machine returns (see :mod:`meshd.effects`).
-TaskEffect = Send | Publish | StoreCopies | SaveOutbox | RunSkill | CancelSkill | Emit | OpDone
+TaskEffect = (
+    Send | Publish | StoreCopies | SaveOutbox | RunSkill | CancelSkill | Emit | OpDone | Refused
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -519,15 +522,33 @@ class TaskMachine:
         self._flush_updates(out)
         return out
 
+    def _entitled(
+        self, sender: str, copies: Sequence[TaskCopy], out: list[TaskEffect]
+    ) -> list[TaskCopy]:
+        """The copies ``sender`` may tell us about: copies of the current term only from
+        its (proven) lead, never one of a term ahead of ours; older terms' copies from
+        anyone (a new lead gathers them; digests repair them). The rest is refused and
+        counted, whatever its seq."""
+        term, lead = self.term, self.lead
+        ok = [c for c in copies if c.term < term or (c.term == term and sender == lead)]
+        if len(ok) < len(copies):
+            bad = next(c for c in copies if c not in ok)
+            why = "copy_term_ahead" if bad.term > term else "copy_not_from_lead"
+            out.append(Refused(why, sender, f"task {bad.task.task_id} term {bad.term}"))
+        return ok
+
     def _on_update(self, sender: str, msg: TaskUpdate, now: float, out: list[TaskEffect]) -> None:
-        if self.role is not Role.FOLLOWER:
-            self._note_conflicts(msg.copies)  # from a lead of an older term
+        if sender != self.lead or self.role is not Role.FOLLOWER:
+            # Only the lead of our term publishes task copies.
+            out.append(Refused("task_update_not_lead", sender, f"{len(msg.copies)} copies"))
+            return
+        copies = self._entitled(sender, msg.copies, out)
+        if len(copies) < len(msg.copies):
+            msg = TaskUpdate(msg.seq_hi, tuple(copies))
         fresh = [c for c in msg.copies if self._newer(c)]
         for copy in fresh:
             self._take(copy, out)
-        if self.role is Role.LEAD:
-            self._adopt(fresh, now, out)
-        from_lead = sender == self.lead and self.role is Role.FOLLOWER
+        from_lead = True
         held = [c for c in msg.copies if from_lead and self._to_confirm(c)]
         lazy = [c for c in fresh if c not in held]
         if lazy:
@@ -632,7 +653,12 @@ class TaskMachine:
         task = copy.task
         fence = task.assignment
         refuse = ""
-        if fence is None or fence.lead != sender or task.assigned_to != self.self_id:
+        if sender != self.lead or fence is None or fence.term > self.term:
+            # Only the proven lead of our term assigns: anyone else's claim (whatever term
+            # it names) is refused and moves nothing, not even the newest term seen.
+            out.append(Refused("assign_not_lead", sender, f"task {task.task_id}"))
+            return
+        if fence.lead != sender or task.assigned_to != self.self_id:
             refuse = "assignment does not name this node and its sender as lead"
         elif fence.term < self.max_term:
             refuse = f"stale lead term {fence.term} (newest seen {self.max_term})"
@@ -1090,6 +1116,9 @@ class TaskMachine:
             out.append(Send(sender, TaskSync(chunk, i + CHUNK < len(picked))))
 
     def _on_sync(self, sender: str, msg: TaskSync, now: float, out: list[TaskEffect]) -> None:
+        copies = self._entitled(sender, msg.copies, out)
+        if len(copies) < len(msg.copies):
+            msg = TaskSync(tuple(copies), msg.more)
         if self.role is not Role.FOLLOWER:
             self._note_conflicts(msg.copies)
         fresh = [c for c in msg.copies if self._newer(c)]

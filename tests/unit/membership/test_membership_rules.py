@@ -758,10 +758,14 @@ def test_dead_guard_protects_a_peer_we_just_heard() -> None:
     assert r.state(C) is DEAD
 
 
-def test_dead_guard_does_not_cover_leave() -> None:
+def test_only_a_member_itself_says_it_left() -> None:
+    # A third party's "C left" about a C we just heard is a dead verdict: the dead guard
+    # holds it off (C is told, so it refutes). C's own LEAVE counts at once.
     r = Rig()
     r.hello(B, C)
     r.recv(B, MemberUpdate((rec(C, LEFT),)))
+    assert r.state(C) is ALIVE
+    r.recv(C, Leave(C.incarnation))
     assert r.state(C) is LEFT
 
 

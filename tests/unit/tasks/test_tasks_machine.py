@@ -319,6 +319,7 @@ def test_two_nodes_that_hold_different_copies_converge_by_digest() -> None:
     # Each holds copies the other lacks, of every age: after one exchange both hold the
     # newest copy of every task, and their digests agree.
     a, b = quorate(A), quorate(B)
+    a.lead_changed(A, 9, 10.0)
     b.lead_changed(A, 9, 10.0)
     tasks = [new_task("echo", {"message": str(i)}, C, 1.0) for i in range(40)]
     for i, t in enumerate(tasks):
