@@ -277,6 +277,7 @@ class Node:
             self.identity, self.mesh, cfg.transport, self._on_frame, self._on_intro
         )
         self.admission = Admission(node_id, self.mesh, _Gate(self), self.events, clock)
+        self.transport.on_refused = self.admission.handshake_refused
         rp, pp, ip = await self.transport.start(cfg.node.listen_host, cfg.node.listen_port)
 
         from meshd.net.interfaces import choose_interfaces
@@ -1158,6 +1159,7 @@ class Node:
                 "dropped_out": c.dropped_out,
                 "zap_admitted": c.zap_admitted,
                 "zap_refused": c.zap_refused,
+                "handshakes_failed": c.handshakes_failed,
                 "rejected": dict(c.rejected),
                 "mdns_foreign_records": discovery.foreign_records if discovery else 0,
                 "mdns_bad_records": discovery.bad_records if discovery else 0,
