@@ -93,7 +93,8 @@ class Core:
     effects out.
 
     ``term`` / ``voted_for``: the durable election state read back from the store (the
-    last :class:`~meshd.effects.Persist` carried out). ``rng`` seeds the machines.
+    last :class:`~meshd.effects.Persist` carried out); ``term_known`` False: the stored
+    term was lost (see :class:`~meshd.election.machine.Election`). ``rng`` seeds the machines.
     ``wall_offset``: wall-clock seconds minus monotonic seconds at start (see the module
     docstring). Without ``agent`` there is no task machine (membership and election only).
     """
@@ -109,6 +110,7 @@ class Core:
         term: int = 0,
         voted_for: str | None = None,
         *,
+        term_known: bool = True,
         agent: AgentSetup | None = None,
         wall_offset: float = 0.0,
     ) -> None:
@@ -123,6 +125,7 @@ class Core:
             random.Random(rng.getrandbits(64)),
             term,
             voted_for,
+            term_known,
         )
         #: The ``now`` of the step in progress (the task machine asks for the lease).
         self._now = now
