@@ -56,7 +56,7 @@ from meshd.net.base import Counters, FrameHandler, IntroHandler, Refusal, Refusa
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAIN_MESH = b"mesh"
 DOMAIN_INTRO = b"intro"
-#: Most handshakes held at once waiting for admission; beyond it the oldest key is refused.
+#: Most keys whose handshakes are held at once for admission; beyond it the oldest is refused.
 MAX_PENDING_ZAP = 512
 #: Handshake failures the listening sockets' monitors count (a ZAP refusal, the AUTH
 #: event, is counted by the ZAP handler itself).
