@@ -148,6 +148,16 @@ class Client:
         result: list[dict[str, Any]] = self.call("audit", since=since, type=kind)
         return result
 
+    def quarantine(self) -> list[dict[str, Any]]:
+        """Records of the node's store found bad at start and set aside: ``{"table",
+        "key", "reason", "at", "size"}``, oldest first."""
+        result: list[dict[str, Any]] = self.call("quarantine_list")
+        return result
+
+    def quarantine_clear(self) -> int:
+        """Delete the quarantined records (after looking at them); returns how many."""
+        return int(self.call("quarantine_clear")["cleared"])
+
     def events(self, since: float = 0.0, wait: float = 0.0) -> list[dict[str, Any]]:
         """Recent events after ``since`` (wall seconds, the ``at`` of the newest event seen):
         membership (AGENT_JOINED, AGENT_FAILED, AGENT_LEFT, AGENT_SUSPECT...), the

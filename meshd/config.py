@@ -153,6 +153,15 @@ class TransportConfig:
     intro_timeout: float = 2.0
     #: bytes. Largest frame accepted on a mesh link.
     max_frame: int = 1024 * 1024
+    #: ms. Longest a connection may take to finish its handshake (ZMTP greeting, CURVE,
+    #: ZAP admission) on any of the node's sockets, listening or connecting; the
+    #: connection is closed after that. A LAN peer finishes in milliseconds; libzmq's
+    #: default (30 s) let any host that can reach the ports hold a half-done connection,
+    #: and its file descriptor, for half a minute with a partial greeting. A handshake
+    #: held for admission (``admission_wait``) ends here too: the connecting member's
+    #: libzmq reconnects by itself and is held again, and its key is refused once
+    #: ``admission_wait`` has passed since its first attempt.
+    handshake_timeout: int = 2000
 
 
 @dataclass(frozen=True, slots=True)

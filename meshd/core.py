@@ -98,7 +98,8 @@ class Core:
     effects out.
 
     ``term`` / ``voted_for``: the durable election state read back from the store (the
-    last :class:`~meshd.effects.Persist` carried out). ``rng`` seeds the machines.
+    last :class:`~meshd.effects.Persist` carried out); ``term_known`` False: the stored
+    term was lost (see :class:`~meshd.election.machine.Election`). ``rng`` seeds the machines.
     ``wall_offset``: wall-clock seconds minus monotonic seconds at start (see the module
     docstring). Without ``agent`` there is no task machine (membership and election only).
     """
@@ -114,6 +115,7 @@ class Core:
         term: int = 0,
         voted_for: str | None = None,
         *,
+        term_known: bool = True,
         agent: AgentSetup | None = None,
         wall_offset: float = 0.0,
         sign: Signer | None = None,
@@ -129,6 +131,7 @@ class Core:
             random.Random(rng.getrandbits(64)),
             term,
             voted_for,
+            term_known,
             sign=sign,
             check_vote=self._check_vote if sign is not None else None,
         )

@@ -14,6 +14,7 @@ EXIT_FAILURE = 1  # the operation failed at run time
 EXIT_USAGE = 2  # bad arguments or configuration (typer/click use 2 as well)
 EXIT_NOT_RUNNING = 3  # meshctl: no daemon to talk to
 EXIT_LOCKED = 4  # meshd: another daemon owns the state dir
+EXIT_DEGRADED = 5  # meshctl health: in a mesh with a lead, but with warnings (quarantine)
 
 
 def fail(prog: str, message: str, code: int) -> NoReturn:

@@ -172,6 +172,40 @@ def audit(
         print(audit_line(r))
 
 
+state_app = typer.Typer(help="The node's own durable state.", no_args_is_help=True)
+quarantine_app = typer.Typer(
+    help="Records of this node's store found bad at start and set aside (quarantined).",
+    no_args_is_help=True,
+)
+state_app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(state_app, name="state")
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every quarantined record: when, which table and key, why (its raw bytes stay in the
+    store's quarantine table until cleared)."""
+    records = _call(lambda c: c.quarantine())
+    if as_json:
+        print(json.dumps(records, indent=2, sort_keys=True))
+        return
+    if not records:
+        print("no quarantined records")
+    for r in records:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("at", 0.0))))
+        print(f"{when}  {r.get('table')}/{r.get('key')}  {r.get('size')} bytes  {r.get('reason')}")
+
+
+@quarantine_app.command("clear")
+def quarantine_clear() -> None:
+    """Delete the quarantined records (look at them first); `meshctl health` is no longer
+    degraded by them. Audited (STATE_QUARANTINE_CLEARED)."""
+    n = _call(lambda c: c.quarantine_clear())
+    print(f"cleared {n} quarantined record{'s' if n != 1 else ''}")
+
+
 def audit_line(r: dict[str, Any]) -> str:
     """One audit record as a line: time, type, then what matters for that type."""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("at", 0.0))))
@@ -182,7 +216,7 @@ def audit_line(r: dict[str, Any]) -> str:
         parts.append(f"lead {r.get('lead_name') or str(r['lead'])[:12]}")
     if r.get("task_id"):
         parts.append(f"task {str(r['task_id'])[:12]} {r.get('skill', '')}".rstrip())
-    for key in ("name", "version", "code", "via", "source", "by"):
+    for key in ("name", "version", "code", "via", "source", "by", "table", "address"):
         if r.get(key):
             parts.append(f"{key} {r[key]}")
     for key in ("key", "pack_id", "claimed"):

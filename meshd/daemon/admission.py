@@ -6,10 +6,13 @@ This module checks that proof wherever a member's info arrives (HELLO on a mesh 
 INTRO on the intro socket, an mDNS record, a seed's INTRO_ACK) and, once it verifies,
 lets the member's CURVE key through the transport's ZAP handler (the :class:`Gate` port).
 
-Every refusal is counted (``counters.rejected["admission"]``), logged, and kept as a
-durable ``ADMISSION_REFUSED`` audit record and event, at most one per (channel, claimed
-node) every :data:`AUDIT_REFUSAL_INTERVAL` seconds, so a misconfigured host retrying
-cannot flood the log.
+Every refusal is counted (``counters.rejected["admission"]``; a CURVE handshake the ZAP
+handler refused is counted by the transport, ``zap_refused``), logged, and kept as a
+durable ``ADMISSION_REFUSED`` audit record and event, at most one per (channel, source)
+every :data:`AUDIT_REFUSAL_INTERVAL` seconds, so a misconfigured host retrying cannot
+flood the log. The source is the claimed node id for a refused HELLO, INTRO or mDNS
+record, the client's address for a refused handshake (channel ``handshake``: an outsider
+presents no node id, and could present a fresh key on every try).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from meshd import log
 from meshd.clock import Clock
 from meshd.daemon.events import EventLog
 from meshd.errors import AdmissionError
+from meshd.net.base import Refusal
 from meshd.wire.records import MemberInfo
 
 _log = log.get("meshd.admission")
@@ -118,14 +122,32 @@ class Admission:
         """Count, log and (rate-limited) audit a refusal on channel ``via``."""
         self._gate.reject("admission")
         _log.warning(f"{via}_rejected", claimed=who[:32], reason=reason)
+        self._audit(via, who, {"via": via, "claimed": who, "reason": reason})
+
+    def handshake_refused(self, refusal: Refusal) -> None:
+        """A CURVE handshake the transport's ZAP handler refused (counted there): audit it,
+        at most once per client address a minute. The record names the address
+        (``claimed``: '' - a handshake claims no node id) and the key it presented."""
+        self._audit(
+            "handshake",
+            refusal.source,
+            {
+                "via": "handshake",
+                "claimed": "",
+                "address": refusal.source,
+                "key": refusal.key,
+                "reason": refusal.detail,
+            },
+        )
+
+    def _audit(self, via: str, source: str, fields: dict[str, str]) -> None:
+        """An ADMISSION_REFUSED record, unless (via, source) had one within the interval."""
         now = self._clock.monotonic()
-        key = (via, who)
+        key = (via, source)
         last = self._refusals.get(key)
         if last is not None and now - last < AUDIT_REFUSAL_INTERVAL:
             return
         if len(self._refusals) >= MAX_REFUSAL_SOURCES:
             self._refusals.clear()
         self._refusals[key] = now
-        self._events.append(
-            "ADMISSION_REFUSED", {"via": via, "claimed": who, "reason": reason}, audit=True
-        )
+        self._events.append("ADMISSION_REFUSED", fields, audit=True)

@@ -46,6 +46,9 @@ class Services:
     resolve_peer: Callable[[str], str]
     lead_request: Callable[[str], dict[str, Any]]
     audit: Callable[[float, str | None], list[dict[str, Any]]]
+    #: The records the store quarantined (``Store.quarantine_list``), and clearing them.
+    quarantine: Callable[[], list[dict[str, Any]]]
+    quarantine_clear: Callable[[], int]
     events: EventLog
     delegation: Delegation
     packs: PackManager
@@ -307,6 +310,14 @@ async def _audit(s: Services, r: AuditReq) -> Any:
     return s.audit(r.since, r.type)
 
 
+async def _quarantine_list(s: Services, r: NoArgs) -> Any:
+    return s.quarantine()
+
+
+async def _quarantine_clear(s: Services, r: NoArgs) -> Any:
+    return {"cleared": s.quarantine_clear()}
+
+
 async def _lead_transfer(s: Services, r: LeadTransferReq) -> Any:
     return s.lead_request(r.target)
 
@@ -440,6 +451,8 @@ OPS: Final[Mapping[str, Op]] = {
     "peer_ping": Op(PeerPingReq, _peer_ping),
     "events": Op(EventsReq, _events),
     "audit": Op(AuditReq, _audit),
+    "quarantine_list": Op(NoArgs, _quarantine_list),
+    "quarantine_clear": Op(NoArgs, _quarantine_clear),
     "lead_transfer": Op(LeadTransferReq, _lead_transfer),
     "lead_step_down": Op(NoArgs, _lead_step_down),
     "delegate": Op(DelegateReq, _delegate),

@@ -214,6 +214,7 @@ def collect(
             "dropped_out": c.dropped_out,
             "zap_admitted": c.zap_admitted,
             "zap_refused": c.zap_refused,
+            "handshakes_failed": c.handshakes_failed,
             "rejected": dict(c.rejected),
             "skills": per_skill,
             "tasks_completed": done_here,
@@ -327,7 +328,7 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
         )
         w.counter(
             "messages_in_total",
-            "Frames received by this node's transport.",
+            "Frames received from peers and handed to the node (handshakes never count).",
             [(one, node.get("messages_in"))],
         )
         w.counter(
@@ -354,6 +355,12 @@ def prometheus_text(metrics: Mapping[str, Any]) -> str:
             "zap_refused_total",
             "CURVE handshakes refused by the ZAP handler.",
             [(one, node.get("zap_refused"))],
+        )
+        w.counter(
+            "handshakes_failed_total",
+            "Handshakes on the listening sockets that failed otherwise (timed out, "
+            "malformed, wrong server key, client hung up).",
+            [(one, node.get("handshakes_failed"))],
         )
         skills = sorted(_map(node.get("skills")).items())
         w.counter(

@@ -279,7 +279,8 @@ class Node:
         node_id = self.identity.node_id
         self.store = Store(self.state_dir, cfg.store.map_size, cfg.store.fsync)
         self.store.set_meta("mesh_id", self.mesh.mesh_id)
-        incarnation = self.store.next_incarnation()
+        # A bad stored incarnation (quarantined) gives way to the wall clock in seconds.
+        incarnation = self.store.next_incarnation(fallback=int(clock.wall()))
         self.commit = Commit(self.store)
         self.events = EventLog(clock, node_id, self.commit.audit)
 
@@ -287,6 +288,7 @@ class Node:
             self.identity, self.mesh, cfg.transport, self._on_frame, self._on_intro
         )
         self.admission = Admission(node_id, self.mesh, _Gate(self), self.events, clock)
+        self.transport.on_refused = self.admission.handshake_refused
         rp, pp, ip = await self.transport.start(cfg.node.listen_host, cfg.node.listen_port)
 
         from meshd.net.interfaces import choose_interfaces
@@ -326,7 +328,7 @@ class Node:
             r = roles.get(name)
             return (r.capabilities, r.limits.max_concurrent_tasks) if r else ((), 2)
 
-        term, voted_for = self.store.load_election()
+        election = self.store.load_election(node_id)
         self.core = Core(
             self_info,
             cfg.membership,
@@ -334,8 +336,9 @@ class Node:
             clock.monotonic(),
             random.Random(int.from_bytes(os.urandom(8), "big")),
             verify=self.mesh.verify,
-            term=term,
-            voted_for=voted_for,
+            term=election.term,
+            voted_for=election.voted_for,
+            term_known=election.term_known,
             sign=self.identity.sign,
             agent=AgentSetup(
                 config=cfg.tasks,
@@ -370,9 +373,14 @@ class Node:
         self.packs.on_change = self._skills_changed
         self.packs.start()
         copies, submits, reports = self.store.load_tasks()
-        if self.store.bad_task_records:
-            _log.warning("task_records_skipped", count=self.store.bad_task_records)
         self.apply(self.core.load_tasks(copies, submits, reports, clock.monotonic()))
+        for q in self.store.quarantined:  # bad durable records, set aside by the loaders
+            _log.warning("state_quarantined", table=q.table, key=q.key[:40], reason=q.reason)
+            self.events.append(
+                "STATE_QUARANTINED",
+                {"table": q.table, "key": q.key, "reason": q.reason},
+                audit=True,
+            )
         self.delegation = Delegation(
             self,
             cfg.tasks,
@@ -391,6 +399,8 @@ class Node:
                 self.resolve_peer_or_self(ref) if ref else ""
             ),
             audit=self.store.read_audit,
+            quarantine=self.store.quarantine_list,
+            quarantine_clear=self.clear_quarantine,
             events=self.events,
             delegation=self.delegation,
             packs=self.packs,
@@ -1069,6 +1079,12 @@ class Node:
 
     # ---- figures ------------------------------------------------------------------------------
 
+    def clear_quarantine(self) -> int:
+        """An operator dealt with the quarantined records: delete them (audited)."""
+        n = self.store.quarantine_clear()
+        self.events.append("STATE_QUARANTINE_CLEARED", {"count": n}, audit=True)
+        return n
+
     def healthy(self) -> bool:
         """What ``/healthz`` answers: this node sees a lead (as ``meshctl health``)."""
         return self.core.status(self.now()).lead is not None
@@ -1178,7 +1194,9 @@ class Node:
             "lead": lead,
             "lead_reason": lead_reason,
             "term": st.term,
+            "term_known": self.core.election.term_known,
             "role": st.role.value.lower(),
+            "quarantine": self.store.quarantine_list(),
             "peers": peers,
             "tasks": task_status,
             "metrics": self.metrics(),
@@ -1189,6 +1207,7 @@ class Node:
                 "dropped_out": c.dropped_out,
                 "zap_admitted": c.zap_admitted,
                 "zap_refused": c.zap_refused,
+                "handshakes_failed": c.handshakes_failed,
                 "rejected": dict(c.rejected),
                 "mdns_foreign_records": discovery.foreign_records if discovery else 0,
                 "mdns_bad_records": discovery.bad_records if discovery else 0,

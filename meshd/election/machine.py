@@ -38,6 +38,13 @@ Protocol summary (Raft's election without a log, plus priorities, pre-vote and a
   before it died. A real vote adopts T (Persist, a lead or candidate becomes follower) and
   is granted iff ``voted_for`` is empty or C, with ``Persist(T, C)`` emitted before the
   reply. One vote per term, durable.
+* **Lost term.** A node whose stored term was unusable (quarantined by the store) starts
+  at term 0 with the term *unknown*: it may have voted in any term up to the lost one, so
+  it grants no vote (``term_unknown``) and does not campaign until it accepts a lead's
+  LEAD_HEARTBEAT, whose term it adopts. Exception: a node that knows no other member
+  campaigns (it can only vote for itself). Residual risk, accepted: a vote it cast in a
+  term above that lead's, for a round still running when it learns the lead, could be
+  cast again; such a round is refused by every voter that hears the lead (``have_lead``).
 * **Lead and lease.** A majority of real votes makes the candidate lead: LEAD_ELECTED, a
   LEAD_HEARTBEAT at once and every ``lead_heartbeat_interval``. Followers answer each one
   with LEAD_ACK. When a majority (the lead included) has acknowledged heartbeat ``s``, the
@@ -206,6 +213,7 @@ class Election:
         rng: random.Random,
         term: int = 0,
         voted_for: str | None = None,
+        term_known: bool = True,
         *,
         sign: Signer | None = None,
         check_vote: VoteCheck | None = None,
@@ -225,6 +233,8 @@ class Election:
         self._rng = rng
         self._term = term
         self._voted_for = voted_for
+        # False while the durable term is lost (see "Lost term" above).
+        self._term_known = term_known
         self._role = Role.FOLLOWER
         self._left = False
         self._started = now
@@ -304,6 +314,11 @@ class Election:
     def voted_for(self) -> str | None:
         """The candidate this node voted for in :attr:`term` (durable), or None."""
         return self._voted_for
+
+    @property
+    def term_known(self) -> bool:
+        """False from a start with a lost durable term until a lead's heartbeat."""
+        return self._term_known
 
     @property
     def role(self) -> Role:
@@ -629,6 +644,7 @@ class Election:
         sent before its proof was checked."""
         self._set_role(Event.LEAD_SEEN)  # a candidate gives up: this term has its lead
         self._round_deadline = _INF
+        self._term_known = True  # a lead's term, adopted (and persisted) above if newer
         if self._lead != lead:
             self._lead = lead
             self._lead_since = now
@@ -777,6 +793,8 @@ class Election:
             return "term_jump"
         if req.term == self._term and self._voted_for not in (None, sender):
             return "already_voted"
+        if not self._term_known:
+            return "term_unknown"
         if now < self._guard_until:
             return "starting"
         # Eligibility and rank by the priority the candidate's own member info states
@@ -877,6 +895,8 @@ class Election:
     # ---- internals: campaigning --------------------------------------------------------
 
     def _can_campaign(self, now: float) -> bool:
+        if not self._term_known and self._members:
+            return False  # it may have voted for another in the lost term
         return (
             self._priority > 0 and self._term < MAX_TERM and now >= self._held.get(self._id, -_INF)
         )

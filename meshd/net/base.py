@@ -25,15 +25,43 @@ FrameHandler = Callable[[bytes, str, "str | None", "bytes | None", "bytes | None
 IntroHandler = Callable[[bytes, "str | None"], "bytes | None"]
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A CURVE handshake the ZAP handler refused (already counted in ``zap_refused``).
+
+    ``source``: the client's address as the transport saw it (an IP address for TCP);
+    ``key``: the CURVE public key it presented, hex ('' when it presented none);
+    ``detail``: why, in words."""
+
+    source: str
+    key: str
+    detail: str
+
+
+#: Told of every :class:`Refusal` (to log and audit it, rate-limited).
+RefusalHandler = Callable[[Refusal], None]
+
+
 @dataclass
 class Counters:
-    """What a transport counts: frames in and out, drops, admissions, rejections."""
+    """What a transport counts.
+
+    ``frames_in``: frames handed to the node (well framed, after a completed handshake:
+    what the node then decodes); ``frames_out``: frames queued to a peer;
+    ``dropped_out``: frames that could not be queued; ``zap_admitted`` / ``zap_refused``:
+    CURVE handshakes the ZAP handler admitted / refused; ``handshakes_failed``:
+    handshakes on the listening sockets that ended without completing for another reason
+    (timed out after ``handshake_timeout`` - a partial greeting, or a handshake held for
+    admission -, a malformed greeting, a CURVE failure such as a wrong server key, or the
+    client hung up); ``rejected``: frames and records refused, by reason. A refused or
+    failed handshake never counts as a frame."""
 
     frames_in: int = 0
     frames_out: int = 0
     dropped_out: int = 0
     zap_admitted: int = 0
     zap_refused: int = 0
+    handshakes_failed: int = 0
     rejected: dict[str, int] = field(default_factory=dict)
 
     def reject(self, reason: str) -> None:
@@ -43,6 +71,9 @@ class Counters:
 
 class Transport(Protocol):
     """A node's links to its peers (see the module docstring)."""
+
+    #: Told of refused handshakes (set by the daemon; None: nobody is told).
+    on_refused: RefusalHandler | None
 
     @property
     def counters(self) -> Counters: ...

@@ -10,7 +10,7 @@ with the real transport's semantics, minus encryption:
   the node id it was admitted under, only once the receiver :meth:`admitted
   <MemoryTransport.admit>` its key; until then they are held for up to
   ``admission_wait`` seconds (the two sides of a new link learn of each other at about
-  the same moment), then dropped and counted (``zap_refused``);
+  the same moment), then dropped, counted (``zap_refused``) and told to ``on_refused``;
 - a PUB frame reaches every transport that connected to the publisher and whose key the
   publisher admitted;
 - the intro endpoint answers anyone (as the real one answers anyone holding the mesh key)
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from meshd import clock
-from meshd.net.base import Counters, FrameHandler, IntroHandler
+from meshd.net.base import Counters, FrameHandler, IntroHandler, Refusal, RefusalHandler
 
 #: s. How long frames from a key not admitted yet are held before they are dropped.
 ADMISSION_WAIT: Final = 2.0
@@ -74,6 +74,7 @@ class MemoryTransport:
         self._on_intro = on_intro
         self._wait = admission_wait
         self._counters = Counters()
+        self.on_refused: RefusalHandler | None = None
         self._admitted: dict[bytes, str] = {}
         #: node id -> (peer transport or None for a dead/wrong endpoint, key, host, port)
         self._links: dict[str, tuple[MemoryTransport | None, bytes, str, int]] = {}
@@ -164,6 +165,10 @@ class MemoryTransport:
                     loop.call_later(0.01, self._receive, sender, data, via, topic, until)
                 else:
                     self._counters.zap_refused += 1
+                    if self.on_refused is not None:
+                        host = sender._address[0] if sender._address else ""
+                        key = sender.curve_pk.hex()
+                        self.on_refused(Refusal(host, key, "key not admitted to this mesh"))
                 return
             rid: bytes | None = sender.rid
         else:

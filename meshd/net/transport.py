@@ -8,14 +8,25 @@ Admission is enforced by a ZAP handler before a single byte of a peer reaches us
 
 * domain ``mesh`` (ROUTER and PUB): the client's CURVE key must belong to a member whose
   admission proof we verified. A key we do not know yet is *held* (not refused) for up to
-  ``admission_wait`` seconds, because the two sides of a new link learn about each other at
-  nearly the same moment (mDNS, gossip) and libzmq does not retry a refused handshake.
+  ``admission_wait`` seconds from its first attempt, because the two sides of a new link
+  learn about each other at nearly the same moment (mDNS, gossip) and libzmq does not
+  retry a refused handshake. A held handshake still ends after ``handshake_timeout``
+  (below); the member's libzmq reconnects by itself and that attempt is held in turn, up
+  to the same ``admission_wait`` deadline. A key refused stays refused at once for another
+  ``admission_wait``, unless it is admitted meanwhile. Each refusal is counted
+  (``zap_refused``) and told to :attr:`ZmqTransport.on_refused` once per key and hold.
 * domain ``intro``: any client that completes the handshake is accepted - doing so needs
   the intro public key, which only holders of the mesh key can derive. The INTRO message
   that follows must still carry a valid proof for the very key that did the handshake.
 
 The ZAP reply's user id is the member's node id, so every message read from the ROUTER
 is checked against the sender id in its envelope: a member cannot speak for another.
+
+Every socket has a handshake timeout (``ZMQ_HANDSHAKE_IVL`` = ``handshake_timeout``): a
+connection that has not finished its ZMTP greeting, CURVE handshake and ZAP verdict by
+then is closed, so a host that merely reaches the ports cannot hold connections (and file
+descriptors) open with partial greetings. The listening sockets' monitors count such
+failures (``handshakes_failed``); they never count as frames.
 
 Reading: plain (synchronous) pyzmq sockets whose file descriptor is watched by the
 asyncio loop (``loop.add_reader``); when it fires, the socket is drained in a bounded batch
@@ -35,17 +46,21 @@ from typing import TypeAlias
 
 import zmq
 from zmq.utils import z85
+from zmq.utils.monitor import parse_monitor_message
 
 from meshd import clock, log
 from meshd.config import TransportConfig
 from meshd.identity import Identity, MeshKey
-from meshd.net.base import Counters, FrameHandler, IntroHandler
+from meshd.net.base import Counters, FrameHandler, IntroHandler, Refusal, RefusalHandler
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 DOMAIN_MESH = b"mesh"
 DOMAIN_INTRO = b"intro"
-#: Most handshakes held at once waiting for admission; beyond it the oldest is refused.
+#: Most keys whose handshakes are held at once for admission; beyond it the oldest is refused.
 MAX_PENDING_ZAP = 512
+#: Handshake failures the listening sockets' monitors count (a ZAP refusal, the AUTH
+#: event, is counted by the ZAP handler itself).
+HANDSHAKE_FAILED_EVENTS = zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 #: Most frames read from one socket per wake-up before yielding to the loop (fairness).
 READ_BATCH = 256
 #: ... and most bytes: 256 frames of task copies (up to 1 MiB each) would hold the loop
@@ -114,6 +129,15 @@ class _Reader:
 
 
 @dataclass
+class _Held:
+    """The handshakes of one not-yet-admitted key, held for admission."""
+
+    since: float  # monotonic time of the key's first attempt
+    address: str  # the client's address, from its latest attempt
+    requests: list[tuple[list[bytes], bytes, float]]  # (reply route, request id, asked at)
+
+
+@dataclass
 class _Peer:
     node_id: str
     curve_pk: bytes
@@ -149,9 +173,12 @@ class ZmqTransport:
         self.on_frame = on_frame
         self.on_intro = on_intro
         self.counters = Counters()
+        self.on_refused: RefusalHandler | None = None
         self.ctx = zmq.Context()
         self._admitted: dict[bytes, str] = {}  # curve pk -> node id
-        self._pending: dict[bytes, list[tuple[list[bytes], bytes, float]]] = {}
+        self._held: dict[bytes, _Held] = {}  # curve pk -> its handshakes held for admission
+        self._refused: dict[bytes, float] = {}  # curve pk -> when its hold ran out
+        self._monitors: list[tuple[Socket, Socket]] = []  # (socket, its monitor)
         self._peers: dict[str, _Peer] = {}
         self._readers: dict[int, _Reader] = {}  # by id(socket)
         self._closed = False
@@ -167,6 +194,7 @@ class ZmqTransport:
         sock.setsockopt(zmq.HEARTBEAT_IVL, self.cfg.zmq_heartbeat_ivl)
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.cfg.zmq_heartbeat_timeout)
         sock.setsockopt(zmq.HEARTBEAT_TTL, self.cfg.zmq_heartbeat_timeout)
+        sock.setsockopt(zmq.HANDSHAKE_IVL, self.cfg.handshake_timeout)
 
     def _server(self, kind: int, domain: bytes, secret: bytes) -> Socket:
         sock = self.ctx.socket(kind)
@@ -258,19 +286,41 @@ class ZmqTransport:
             ) from None
         self._read(self.router, self._on_router)
         self._read(self.intro_sock, self._on_intro_frames)
+        for sock in (self.router, self.pub, self.intro_sock):
+            self._monitor(sock)
         return self.router_port, self.pub_port, self.intro_port
+
+    def _monitor(self, sock: Socket) -> None:
+        """Count the failed handshakes of a listening socket (``handshakes_failed``)."""
+        mon = sock.get_monitor_socket(HANDSHAKE_FAILED_EVENTS)
+        self._monitors.append((sock, mon))
+
+        def on_event(frames: list[zmq.Frame]) -> None:
+            try:
+                event = parse_monitor_message([f.bytes for f in frames])
+            except Exception:
+                return
+            if event["event"] & HANDSHAKE_FAILED_EVENTS:
+                self.counters.handshakes_failed += 1
+                _log.debug("handshake_failed", code=int(event["event"]), errno=event["value"])
+
+        self._read(mon, on_event)
 
     # -- admission (ZAP) -----------------------------------------------------------
     def admit(self, curve_pk: bytes, node_id: str) -> None:
         """Allow this key on our mesh sockets; completes handshakes held for it."""
         self._admitted[curve_pk] = node_id
-        for reply_to, req_id, _ in self._pending.pop(curve_pk, []):
-            self._zap_reply(reply_to, req_id, True, node_id)
+        self._refused.pop(curve_pk, None)
+        held = self._held.pop(curve_pk, None)
+        if held is not None:
+            for reply_to, req_id, _ in self._live(held, clock.monotonic()):
+                self._zap_reply(reply_to, req_id, True, node_id)
 
     def is_admitted(self, curve_pk: bytes) -> bool:
         return curve_pk in self._admitted
 
     def _zap_reply(self, reply_to: list[bytes], req_id: bytes, ok: bool, user: str) -> None:
+        """Answer one ZAP request (and count the verdict)."""
         if ok:
             self.counters.zap_admitted += 1
             frames = [b"200", b"OK", user.encode(), b""]
@@ -280,17 +330,38 @@ class ZmqTransport:
         with contextlib.suppress(zmq.ZMQError):
             self._send_now(self._zap, [*reply_to, b"", b"1.0", req_id, *frames])
 
+    def _refuse(self, reply_to: list[bytes], req_id: bytes, address: str, key: bytes,
+                detail: str) -> None:  # fmt: skip
+        """Refuse one handshake and tell :attr:`on_refused`."""
+        self._zap_reply(reply_to, req_id, False, "")
+        self._tell_refused(address, key, detail)
+
+    def _tell_refused(self, address: str, key: bytes, detail: str) -> None:
+        _log.info("admission_refused", address=address, key=key.hex()[:12], reason=detail)
+        if self.on_refused is not None:
+            self.on_refused(Refusal(address, key.hex(), detail))
+
+    def _live(self, held: _Held, now: float) -> list[tuple[list[bytes], bytes, float]]:
+        """The held requests whose connection may still be open: libzmq closed the others
+        when their handshake timed out (a reply to them would go nowhere)."""
+        ivl = self.cfg.handshake_timeout / 1000.0
+        if ivl <= 0:
+            return held.requests
+        return [r for r in held.requests if now - r[2] < ivl]
+
     def _on_zap(self, raw: list[zmq.Frame]) -> None:
         frames = [f.bytes for f in raw]
         try:
             sep = frames.index(b"")
             reply_to = frames[:sep]
-            _ver, req_id, domain, address, _ident, mech = frames[sep + 1 : sep + 7]
+            _ver, req_id, domain, address_b, _ident, mech = frames[sep + 1 : sep + 7]
             creds = frames[sep + 7 :]
         except ValueError:
             return
+        address = address_b.decode(errors="replace")
         if mech != b"CURVE" or not creds or len(creds[0]) != 32:
-            self._zap_reply(reply_to, req_id, False, "")
+            mechanism = mech.decode(errors="replace")
+            self._refuse(reply_to, req_id, address, b"", f"no CURVE key ({mechanism})")
             return
         key = creds[0]
         if domain == DOMAIN_INTRO:
@@ -300,41 +371,52 @@ class ZmqTransport:
         if node_id is not None:
             self._zap_reply(reply_to, req_id, True, node_id)
             return
+        now = clock.monotonic()
+        refused_at = self._refused.get(key)
+        if refused_at is not None and now - refused_at < self.cfg.admission_wait:
+            # Refused a moment ago (its other socket, or a client that retries): at once,
+            # and told again (the daemon's audit is rate-limited per source).
+            self._refuse(reply_to, req_id, address, key, "key not admitted to this mesh")
+            return
         # Unknown yet: hold the handshake until discovery or gossip vouches for the key.
-        if sum(len(v) for v in self._pending.values()) >= MAX_PENDING_ZAP:
-            self._expire_pending(float("inf"))
-        loop = asyncio.get_running_loop()
-        deadline = clock.monotonic() + self.cfg.admission_wait
-        self._pending.setdefault(key, []).append((reply_to, req_id, deadline))
-        loop.call_later(
-            self.cfg.admission_wait + 0.01, lambda: self._expire_pending(clock.monotonic())
-        )
-        _log.debug("zap_held", address=address.decode(errors="replace"), key=key.hex()[:12])
+        held = self._held.get(key)
+        if held is None:
+            if len(self._held) >= MAX_PENDING_ZAP:
+                oldest = min(self._held, key=lambda k: self._held[k].since)
+                self._expire(oldest, now)
+            held = self._held[key] = _Held(now, address, [])
+            asyncio.get_running_loop().call_later(self.cfg.admission_wait + 0.01, self._expire_due)
+        held.address = address
+        held.requests = [*self._live(held, now), (reply_to, req_id, now)]
+        _log.debug("zap_held", address=address, key=key.hex()[:12])
 
-    def _expire_pending(self, now: float) -> None:
+    def _expire_due(self) -> None:
+        """Refuse the keys whose ``admission_wait`` ran out."""
         if self._closed:
             return
-        for key in list(self._pending):
-            keep = []
-            for reply_to, req_id, deadline in self._pending[key]:
-                if deadline <= now or now == float("inf"):
-                    self._zap_reply(reply_to, req_id, False, "")
-                    _log.info("admission_refused", key=key.hex()[:12])
-                else:
-                    keep.append((reply_to, req_id, deadline))
-            if keep:
-                self._pending[key] = keep
-            else:
-                del self._pending[key]
+        now = clock.monotonic()
+        for key in [k for k, h in self._held.items() if now - h.since >= self.cfg.admission_wait]:
+            self._expire(key, now)
+        for key in [k for k, t in self._refused.items() if now - t >= self.cfg.admission_wait]:
+            del self._refused[key]
+
+    def _expire(self, key: bytes, now: float) -> None:
+        """End a key's hold: refuse its handshakes still open, told once."""
+        held = self._held.pop(key)
+        self._refused[key] = now
+        for reply_to, req_id, _ in self._live(held, now):
+            self._zap_reply(reply_to, req_id, False, "")
+        wait = self.cfg.admission_wait
+        self._tell_refused(held.address, key, f"key not admitted to this mesh within {wait} s")
 
     # -- reading ---------------------------------------------------------------------
     def _routed(self, frames: list[zmq.Frame]) -> tuple[bytes, bytes, str | None] | None:
         """[routing id, body] from a ROUTER, with the ZAP user id that the CURVE handshake
         bound to that connection; None (counted) when the framing is wrong."""
-        self.counters.frames_in += 1
         if len(frames) != 2:
             self.counters.reject("framing")
             return None
+        self.counters.frames_in += 1
         rid, body = frames
         try:
             user: str | None = str(body.get("User-Id"))
@@ -364,15 +446,16 @@ class ZmqTransport:
         sub = via == "sub"
 
         def on_frames(frames: list[zmq.Frame]) -> None:
-            self.counters.frames_in += 1
             if sub:
                 if len(frames) != 2:  # [topic, envelope]
                     self.counters.reject("framing")
                     return
+                self.counters.frames_in += 1
                 self.on_frame(frames[1].bytes, via, peer.node_id, None, frames[0].bytes)
             elif len(frames) != 1:
                 self.counters.reject("framing")
             else:
+                self.counters.frames_in += 1
                 self.on_frame(frames[0].bytes, via, peer.node_id, None, None)
 
         return on_frames
@@ -474,6 +557,11 @@ class ZmqTransport:
         for reader in list(self._readers.values()):
             reader.close()
         self._readers.clear()
+        for watched, mon in self._monitors:
+            with contextlib.suppress(zmq.ZMQError):
+                watched.disable_monitor()
+            mon.close(linger=0)
+        self._monitors.clear()
         for name in ("router", "pub", "intro_sock", "_zap"):
             sock = getattr(self, name, None)
             if sock is not None:

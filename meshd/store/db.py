@@ -12,6 +12,15 @@ Tables (LMDB named databases):
   ``report:<id>``), resent after a restart.
 * ``audit`` - the permanent trail of coordination decisions (lead elected, lost, stepped
   down, ...), keyed by time so it reads back in order.
+* ``quarantine`` - records the loaders found bad (undecodable, a counter out of range, a
+  task copy the wire schema refuses), moved there whole - raw bytes, table, key, reason,
+  time - instead of being used or deleted, until an operator clears them.
+
+Every loader run at start (:meth:`Store.next_incarnation`, :meth:`Store.load_election`,
+:meth:`Store.load_peers`, :meth:`Store.load_tasks`) checks every record it reads, moves a
+bad one to ``quarantine`` and goes on with a safe value (see each method), so a node never
+refuses to start over its own durable state; what it moved this run is in
+:attr:`Store.quarantined` (the daemon audits it: ``STATE_QUARANTINED``).
 
 A process lock (``meshd.lock`` with ``flock``) makes a second daemon on the same state
 dir refuse with a clear message; LMDB alone would happily let two writers share it.
@@ -22,10 +31,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 import msgpack
@@ -41,6 +51,7 @@ from meshd.wire.codec import (
 )
 from meshd.wire.messages import MsgType, TaskReport
 from meshd.wire.records import MemberRecord, TaskCopy
+from meshd.wire.schema import MAX_COUNTER
 
 LOCK_FILE = "meshd.lock"
 DB_DIR = "db"
@@ -83,6 +94,54 @@ class StoredPeer:
     last_seen: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A record a loader moved to the ``quarantine`` table: where it was, why, when
+    (wall seconds)."""
+
+    table: str
+    key: str
+    reason: str
+    at: float
+
+
+class StoredElection(NamedTuple):
+    """The election's durable state as read back. ``term_known`` is False when the term
+    record itself was bad (quarantined): ``term`` is then 0 and the node must not vote
+    until it has learnt the mesh's current term (see :class:`meshd.election.Election`)."""
+
+    term: int
+    voted_for: str | None
+    term_known: bool = True
+
+
+def counter_problem(value: object, what: str) -> str | None:
+    """Why ``value`` is not a usable stored counter (an int in 0..MAX_COUNTER whose next
+    value, ``value + 1``, is one too), or None when it is."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{what} is not an integer: {value!r:.40}"
+    if value < 0 or value + 1 > MAX_COUNTER:
+        return f"{what} {value} out of range (0..{MAX_COUNTER - 1})"
+    return None
+
+
+def node_id_problem(value: object, what: str) -> str | None:
+    """Why ``value`` is not a node id (32 lowercase hex digits), or None."""
+    if not isinstance(value, str) or len(value) != 32:
+        return f"{what} is not a node id: {value!r:.40}"
+    if any(c not in "0123456789abcdef" for c in value):
+        return f"{what} is not a node id: {value!r:.40}"
+    return None
+
+
+def _unpack(raw: bytes) -> tuple[object, str | None]:
+    """(value, None), or (None, why) when ``raw`` is not one msgpack value."""
+    try:
+        return msgpack.unpackb(raw, raw=False), None
+    except Exception as exc:
+        return None, f"undecodable: {type(exc).__name__}"
+
+
 class Store:
     """Typed access to the node's LMDB tables. Every write is one durable transaction."""
 
@@ -98,6 +157,12 @@ class Store:
         self._audit = self.env.open_db(b"audit")
         self._tasks = self.env.open_db(b"tasks")
         self._outbox = self.env.open_db(b"outbox")
+        self._quarantine = self.env.open_db(b"quarantine")
+        self._tables = {"meta": self._meta, "peers": self._peers, "tasks": self._tasks,
+                        "outbox": self._outbox}  # fmt: skip
+        #: Records the loaders of this process moved to quarantine, in order.
+        self.quarantined: list[Quarantined] = []
+        self._quarantine_seq = 0
         # Small keyed tables (skill packs, trust, revocations, statistics): see kv_*.
         self._kv = {
             name: self.env.open_db(name.encode())
@@ -139,13 +204,27 @@ class Store:
         with self._write(self._meta) as txn:
             txn.put(key.encode(), msgpack.packb(value, use_bin_type=True))
 
-    def next_incarnation(self) -> int:
-        """Bump and return the node's incarnation: each start outranks the last one."""
-        with self._write(self._meta) as txn:
-            raw = txn.get(b"incarnation")
-            value = (msgpack.unpackb(raw) if raw else 0) + 1
-            txn.put(b"incarnation", msgpack.packb(value))
-        return int(value)
+    def next_incarnation(self, fallback: int = 1) -> int:
+        """Bump and return the node's incarnation: each start outranks the last one.
+
+        A stored value that does not decode, or whose bump would pass MAX_COUNTER, is
+        quarantined and ``fallback`` used instead (the daemon passes the wall clock in
+        seconds: far above any count of restarts and refutations, so the members that
+        remember this node's last incarnation take the new one as newer)."""
+        with self._write(None) as txn:
+            raw = txn.get(b"incarnation", db=self._meta)
+            value = 1
+            if raw is not None:
+                old, why = _unpack(bytes(raw))
+                why = why or counter_problem(old, "incarnation")
+                if why is None:
+                    assert isinstance(old, int)
+                    value = old + 1
+                else:
+                    self._move_to_quarantine(txn, "meta", b"incarnation", bytes(raw), why)
+                    value = max(1, min(fallback, MAX_COUNTER - 1))
+            txn.put(b"incarnation", msgpack.packb(value), db=self._meta)
+        return value
 
     def save_incarnation(self, value: int) -> None:
         """Remember a refutation bump so a restart starts above it."""
@@ -155,14 +234,37 @@ class Store:
                 txn.put(b"incarnation", msgpack.packb(value))
 
     # -- election ----------------------------------------------------------------
-    def load_election(self) -> tuple[int, str | None]:
-        with self.env.begin(db=self._meta) as txn:
-            term = txn.get(b"term")
-            voted = txn.get(b"voted_for")
-        return (
-            int(msgpack.unpackb(term)) if term else 0,
-            msgpack.unpackb(voted, raw=False) if voted else None,
-        )
+    def load_election(self, self_id: str | None = None) -> StoredElection:
+        """The durable term and vote. A bad ``term`` record (undecodable, or a term whose
+        next one would pass MAX_COUNTER) is quarantined with the vote that belongs to it:
+        term 0, ``term_known`` False (the node may have voted in any term up to the lost
+        one, so it votes in none until it has learnt the mesh's term). A bad ``voted_for``
+        under a good term is quarantined and read as a vote for ``self_id``: the node
+        grants nobody else a vote in that term, which is all a vote binds it to (without
+        ``self_id``: as a bad term)."""
+        with self._write(None) as txn:
+            raw_term = txn.get(b"term", db=self._meta)
+            raw_vote = txn.get(b"voted_for", db=self._meta)
+            term, why = (0, None) if raw_term is None else _unpack(bytes(raw_term))
+            why = why or counter_problem(term, "term")
+            if raw_term is not None and why is not None:
+                self._move_to_quarantine(txn, "meta", b"term", bytes(raw_term), why)
+                if raw_vote is not None:
+                    reason = "the vote of a quarantined term"
+                    self._move_to_quarantine(txn, "meta", b"voted_for", bytes(raw_vote), reason)
+                return StoredElection(0, None, term_known=False)
+            assert isinstance(term, int)
+            voted, why = (None, None) if raw_vote is None else _unpack(bytes(raw_vote))
+            if voted is not None or why is not None:
+                why = why or node_id_problem(voted, "voted_for")
+            if why is not None:
+                assert raw_vote is not None
+                self._move_to_quarantine(txn, "meta", b"voted_for", bytes(raw_vote), why)
+                if self_id is None:
+                    return StoredElection(0, None, term_known=False)
+                return StoredElection(term, self_id)
+        assert voted is None or isinstance(voted, str)
+        return StoredElection(term, voted)
 
     def save_election(self, term: int, voted_for: str | None) -> None:
         """One durable transaction: the caller sends its vote only after this returns."""
@@ -219,18 +321,27 @@ class Store:
                         db=self._audit)  # fmt: skip
 
     def load_tasks(self) -> tuple[list[TaskCopy], list[str], list[TaskReport]]:
-        """Every stored copy, pending submit ids and pending reports. A record that does
-        not decode is skipped and kept on disk (counted in ``bad_task_records``)."""
+        """Every stored copy, pending submit ids and pending reports. A copy the wire
+        schema refuses (undecodable, a counter out of range, ...) or stored under another
+        task's id, and an outbox entry that does not decode, is moved to quarantine
+        (counted in ``bad_task_records``); the node goes on without it (a copy is
+        re-learnt from the mesh, an unsent report is lost here)."""
         copies: list[TaskCopy] = []
         submits: list[str] = []
         reports: list[TaskReport] = []
         self.bad_task_records = 0
+        bad: list[tuple[str, bytes, bytes, str]] = []
         with self.env.begin() as txn:
-            for raw in txn.cursor(db=self._tasks).iternext(keys=False, values=True):
+            for key, raw in txn.cursor(db=self._tasks):
                 try:
-                    copies.append(decode_task_copy(bytes(raw)))
-                except Exception:
-                    self.bad_task_records += 1
+                    copy = decode_task_copy(bytes(raw))
+                except Exception as exc:
+                    bad.append(("tasks", bytes(key), bytes(raw), _decode_reason(exc)))
+                    continue
+                if copy.task.task_id.encode() != bytes(key):
+                    bad.append(("tasks", bytes(key), bytes(raw), "stored under another id"))
+                    continue
+                copies.append(copy)
             for key, raw in txn.cursor(db=self._outbox):
                 name = bytes(key).decode(errors="replace")
                 kind, _, task_id = name.partition(":")
@@ -239,8 +350,12 @@ class Store:
                         submits.append(task_id)
                     elif kind == "report":
                         reports.append(_unpack_report(bytes(raw)))
-                except Exception:
-                    self.bad_task_records += 1
+                    else:
+                        raise ValueError(f"unknown outbox entry kind {kind!r:.20}")
+                except Exception as exc:
+                    bad.append(("outbox", bytes(key), bytes(raw), _decode_reason(exc)))
+        self._quarantine_all(bad)
+        self.bad_task_records = len(bad)
         return copies, submits, reports
 
     def _audit_key(self, record: dict[str, Any]) -> bytes:
@@ -292,16 +407,91 @@ class Store:
             txn.delete(node_id.encode())
 
     def load_peers(self) -> list[StoredPeer]:
+        """Every stored member record. One the wire schema refuses (undecodable, an
+        incarnation out of range, ...) or stored under another node id is moved to
+        quarantine; the member is re-learnt from the mesh."""
         out: list[StoredPeer] = []
+        bad: list[tuple[str, bytes, bytes, str]] = []
         with self.env.begin(db=self._peers) as txn:
-            for raw in txn.cursor().iternext(keys=False, values=True):
+            for key, raw in txn.cursor():
                 try:
                     obj = msgpack.unpackb(raw, raw=False)
-                    out.append(StoredPeer(member_record_from_wire(obj["r"]), obj.get("seen")))
-                except Exception:
-                    # Skip it but keep it on disk: nothing stored is ever destroyed by a reader.
+                    record = member_record_from_wire(obj["r"])
+                    seen = obj.get("seen")
+                    if seen is not None and not isinstance(seen, (int, float)):
+                        raise ValueError(f"last_seen is not a time: {seen!r:.40}")
+                    if isinstance(seen, bool):
+                        raise ValueError("last_seen is not a time")
+                except Exception as exc:
+                    bad.append(("peers", bytes(key), bytes(raw), _decode_reason(exc)))
                     continue
+                if record.info.node_id.encode() != bytes(key):
+                    bad.append(("peers", bytes(key), bytes(raw), "stored under another id"))
+                    continue
+                out.append(StoredPeer(record, None if seen is None else float(seen)))
+        self._quarantine_all(bad)
         return out
+
+    # -- quarantine --------------------------------------------------------------
+    def _move_to_quarantine(self, txn: Any, table: str, key: bytes, raw: bytes, why: str) -> None:
+        """Within ``txn``: keep ``raw`` in quarantine, delete it from ``table``."""
+        at = time.time()
+        self._quarantine_seq = (self._quarantine_seq + 1) % 65536
+        qkey = int(at * 1e6).to_bytes(8, "big") + self._quarantine_seq.to_bytes(2, "big")
+        name = key.decode(errors="replace")
+        value = {"table": table, "key": name, "reason": why, "at": at, "raw": raw}
+        txn.put(qkey, msgpack.packb(value, use_bin_type=True), db=self._quarantine)
+        txn.delete(key, db=self._tables[table])
+        self.quarantined.append(Quarantined(table, name, why, at))
+
+    def _quarantine_all(self, bad: list[tuple[str, bytes, bytes, str]]) -> None:
+        if bad:
+            with self._write(None) as txn:
+                for table, key, raw, why in bad:
+                    self._move_to_quarantine(txn, table, key, raw, why)
+
+    def quarantine_list(self) -> list[dict[str, Any]]:
+        """Every quarantined record, oldest first: ``{"table", "key", "reason", "at",
+        "size"}`` (``size``: bytes of the raw record, which stays in the table)."""
+        out: list[dict[str, Any]] = []
+        with self.env.begin(db=self._quarantine) as txn:
+            for _key, raw in txn.cursor():
+                try:
+                    rec = msgpack.unpackb(raw, raw=False)
+                    out.append(
+                        {
+                            "table": str(rec["table"]),
+                            "key": str(rec["key"]),
+                            "reason": str(rec["reason"]),
+                            "at": float(rec["at"]),
+                            "size": len(rec["raw"]),
+                        }
+                    )
+                except Exception:
+                    out.append({"table": "?", "key": "?", "reason": "unreadable", "at": 0.0,
+                                "size": len(raw)})  # fmt: skip
+        return out
+
+    def quarantine_raw(self) -> list[tuple[dict[str, Any], bytes]]:
+        """Every quarantined record with its raw bytes (for inspection and tests)."""
+        out: list[tuple[dict[str, Any], bytes]] = []
+        with self.env.begin(db=self._quarantine) as txn:
+            for _key, raw in txn.cursor():
+                rec = msgpack.unpackb(raw, raw=False)
+                out.append(({k: v for k, v in rec.items() if k != "raw"}, bytes(rec["raw"])))
+        return out
+
+    def quarantine_clear(self) -> int:
+        """Delete every quarantined record (an operator looked at them); returns how many."""
+        with self._write(self._quarantine) as txn:
+            n = int(txn.stat(self._quarantine)["entries"])
+            txn.drop(self._quarantine, delete=False)
+        self.quarantined.clear()
+        return n
+
+
+def _decode_reason(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"[:200]
 
 
 def _pack_report(report: TaskReport) -> bytes:

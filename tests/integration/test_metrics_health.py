@@ -217,7 +217,14 @@ def test_health_without_quorum_exits_1(mesh: Mesh, tmp_path: Path) -> None:
     out = meshctl_health(node.state_dir, "--json")
     assert out.returncode == 1, out
     report = json.loads(out.stdout)
-    assert report == {"healthy": False, "reason": "no lead: no quorum", "lead": None, "members": 1}
+    assert report == {
+        "healthy": False,
+        "degraded": False,
+        "reason": "no lead: no quorum",
+        "lead": None,
+        "members": 1,
+        "warnings": [],
+    }
 
 
 def test_health_of_the_survivor_of_two_exits_1(mesh: Mesh) -> None:

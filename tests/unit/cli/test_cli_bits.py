@@ -66,3 +66,28 @@ def test_status_table_lists_self_and_peers() -> None:
     assert lines[2].split()[:2] == ["NAME", "ID"]
     assert "alpha" in lines[3] and "alive (self)" in lines[3] and "10.0.0.1:7790" in lines[3]
     assert "beta" in lines[4] and "dead" in lines[4] and "10.0s ago" in lines[4]
+
+
+# ---- meshctl health: degraded by quarantined state ----------------------------------------
+
+
+def test_health_is_degraded_by_quarantined_records_only_with_a_lead() -> None:
+    from meshd.cli.health import assess, degraded_reason, warnings
+
+    lead = {"id": "a" * 32, "name": "n0", "term": 3}
+    bad = [
+        {"table": "meta", "key": "term", "reason": "term 9 out of range", "at": 1.0},
+        {"table": "tasks", "key": "t" * 32, "reason": "undecodable", "at": 1.0},
+        {"table": "meta", "key": "incarnation", "reason": "undecodable", "at": 1.0},
+    ]
+    clean = {"lead": lead, "counts": {"alive": 1}, "quarantine": []}
+    assert assess(clean) == (True, None, 2)
+    assert degraded_reason(clean) is None and warnings(clean) == []
+    dirty = {**clean, "quarantine": bad}
+    reason = degraded_reason(dirty)
+    assert reason is not None
+    assert reason.startswith("3 state records quarantined (meta/term: term 9 out of range, ")
+    assert reason.endswith(", ...); see meshctl state quarantine list")
+    assert warnings(dirty)[0] == "state record quarantined: meta/term: term 9 out of range"
+    assert len(warnings(dirty)) == 3
+    assert assess({**dirty, "lead": None, "lead_reason": "no lead: no quorum"})[0] is False

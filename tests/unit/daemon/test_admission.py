@@ -284,3 +284,25 @@ def test_refusal_record_is_an_audited_event_of_this_node(w: World) -> None:
     assert rec["type"] == "ADMISSION_REFUSED"
     assert rec["node"] == w.me.node_id
     assert (rec["via"], rec["claimed"], rec["reason"]) == ("hello", "claimed-id", "why not")
+
+
+# ---- refused handshakes (told by the transport) ----------------------------------------------
+
+
+def test_handshake_refusal_is_audited_once_per_address_a_minute(w: World) -> None:
+    from meshd.net.base import Refusal
+
+    for i in range(5):  # the same outsider retrying, a fresh key each time
+        w.adm.handshake_refused(Refusal("10.0.0.9", f"{i:02x}" * 32, "key not admitted"))
+        w.clock.advance(1.0)
+    w.adm.handshake_refused(Refusal("10.0.0.8", "ab" * 32, "key not admitted"))
+    recs = w.refusals()
+    assert [(r["via"], r["address"]) for r in recs] == [
+        ("handshake", "10.0.0.9"),
+        ("handshake", "10.0.0.8"),
+    ]
+    assert recs[0]["key"] == "00" * 32 and recs[0]["claimed"] == ""
+    assert w.gate.rejected == {}  # counted by the transport (zap_refused), not as a frame
+    w.clock.advance(AUDIT_REFUSAL_INTERVAL)
+    w.adm.handshake_refused(Refusal("10.0.0.9", "cd" * 32, "key not admitted"))
+    assert len(w.refusals()) == 3

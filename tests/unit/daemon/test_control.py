@@ -180,6 +180,14 @@ class Node:
         self.calls.append(("audit", since, kind))
         return []
 
+    def quarantine(self) -> list[dict[str, Any]]:
+        self.calls.append(("quarantine",))
+        return [{"table": "meta", "key": "term"}]
+
+    def quarantine_clear(self) -> int:
+        self.calls.append(("quarantine_clear",))
+        return 1
+
     def services(self) -> Services:
         return Services(
             status=self.status,
@@ -188,6 +196,8 @@ class Node:
             resolve_peer=self.resolve_peer,
             lead_request=self.lead_request,
             audit=self.audit,
+            quarantine=self.quarantine,
+            quarantine_clear=self.quarantine_clear,
             events=cast(Any, self.events),
             delegation=cast(Any, self.delegation),
             packs=cast(Any, self.packs),
@@ -469,6 +479,14 @@ async def test_audit_passes_since_and_type(node: Node) -> None:
     await dispatch(node.services(), "audit", {"since": 3, "type": "LEAD_ELECTED"})
     await dispatch(node.services(), "audit", {})
     assert node.calls == [("audit", 3.0, "LEAD_ELECTED"), ("audit", 0.0, None)]
+
+
+async def test_quarantine_list_and_clear(node: Node) -> None:
+    assert await dispatch(node.services(), "quarantine_list", {}) == [
+        {"table": "meta", "key": "term"}
+    ]
+    assert await dispatch(node.services(), "quarantine_clear", {}) == {"cleared": 1}
+    assert node.calls == [("quarantine",), ("quarantine_clear",)]
 
 
 async def test_lead_transfer_and_step_down(node: Node) -> None:

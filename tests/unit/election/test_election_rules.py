@@ -63,10 +63,11 @@ class Rig:
         term: int = 0,
         voted_for: str | None = None,
         seed: int = 0,
+        term_known: bool = True,
     ) -> None:
         self.now = 0.0
         self.cfg = cfg
-        self.e = Election(ME, priority, cfg, 0.0, random.Random(seed), term, voted_for)
+        self.e = Election(ME, priority, cfg, 0.0, random.Random(seed), term, voted_for, term_known)
         self.views = {
             n: Voter(n, p, ALIVE) for n, p in (PRIO if members is None else members).items()
         }
@@ -329,6 +330,28 @@ def test_one_real_vote_per_term_even_across_requests_and_restart() -> None:
     again.run(0.6)
     assert vote_of(again.recv(P, VoteReq(5, False, 7)), P).granted
     assert again.e.term == 5
+
+
+def test_a_lost_term_means_no_vote_and_no_campaign_until_a_lead_is_heard() -> None:
+    rig = Rig(priority=50, term_known=False)  # ranked first: it would stand at once
+    out = rig.run(5 * TE)
+    assert sends(out, VoteReq) == [] and persists(out) == [] and rig.e.role is Role.FOLLOWER
+    for pre in (True, False):
+        assert vote_of(rig.recv(HI, VoteReq(3, pre, 20)), HI).reason == "term_unknown"
+    assert rig.e.term == 0 and rig.e.voted_for is None
+    out = rig.follow(HI, 6)
+    assert rig.e.term_known and rig.e.term == 6 and rig.e.lead == HI
+    assert persists(out) == [Persist(6, None)]  # the learnt term is durable again
+    assert sends(out, LeadAck)[0].payload == LeadAck(6, 1, True)
+    rig.audible.discard(HI)  # the lead dies: this node may stand again
+    out = rig.run(5 * TE)
+    assert VoteReq(7, True, 50) in [s.payload for s in sends(out, VoteReq)]
+
+
+def test_a_lost_term_alone_still_leads_itself() -> None:
+    rig = Rig(priority=10, members={}, term_known=False)  # nobody else to have voted for
+    rig.run(5 * TE)
+    assert rig.e.role is Role.LEAD and rig.e.term == 1
 
 
 def test_restarted_node_never_goes_back_in_term() -> None:
