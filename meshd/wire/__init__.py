@@ -116,6 +116,8 @@ from meshd.wire.records import (
     MemberRecord,
     MemberState,
     PackInfo,
+    Revocation,
+    RevocationKind,
     TaskCopy,
 )
 
@@ -186,6 +188,8 @@ __all__ = [
     "Ping",
     "PingReq",
     "ReportKind",
+    "Revocation",
+    "RevocationKind",
     "SkillAnnounce",
     "SkillChunk",
     "SkillFetch",
