@@ -78,10 +78,10 @@ from meshd.wire import (  # noqa: E402
 )
 from meshd.wire.records import (  # noqa: E402
     Assignment,
-    Revocation,
-    RevocationKind,
     Progress,
     Requirement,
+    Revocation,
+    RevocationKind,
     Task,
     TaskFailure,
     TaskState,
