@@ -111,6 +111,6 @@ def test_the_readme_config_example_loads_with_its_documented_values(tmp_path: Pa
     path.write_text(block)
     cfg = config.load_file(path)
     defaults = config.lan()
-    for section in ("membership", "election", "tasks"):
+    for section in ("membership", "election", "tasks", "skills"):
         assert getattr(cfg, section) == getattr(defaults, section), section
     assert cfg.discovery.interfaces == ("eth0",)
