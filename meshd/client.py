@@ -345,9 +345,10 @@ class Client:
         result: dict[str, Any] = self.call("skill_revoke", keys=keys or [], packs=packs or [])
         return result
 
-    def trust_add(self, key: str, note: str = "") -> dict[str, Any]:
-        """Trust packs signed by ``key`` (an Ed25519 public key, 64 hex digits)."""
-        result: dict[str, Any] = self.call("skill_trust_add", key=key, note=note)
+    def trust_add(self, key: str, note: str = "", revoker: bool = False) -> dict[str, Any]:
+        """Trust packs signed by ``key`` (an Ed25519 public key, 64 hex digits); with
+        ``revoker``, also accept its revocations of any signer key or pack."""
+        result: dict[str, Any] = self.call("skill_trust_add", key=key, note=note, revoker=revoker)
         return result
 
     def trust_remove(self, key: str) -> dict[str, Any]:

@@ -266,6 +266,33 @@ class SkillsConfig:
     auto_install: bool = True
     #: bytes. Largest pack archive fetched or installed (the format allows 32 MiB).
     max_pack_bytes: int = 32 * 1024 * 1024
+    #: count. Packs one member's announcements may keep in this node's mesh catalog. A
+    #: role carries at most a handful of packs; 64 leaves room for site packs, and bounds
+    #: what one member can make every node hold (each entry up to its manifest, 64 KiB).
+    max_packs_per_member: int = 64
+    #: count. Packs in the mesh catalog in all (every member's announcements together).
+    max_catalog_packs: int = 4096
+    #: bytes. Size of the mesh catalog in all: each entry counts its msgpack-encoded
+    #: manifest plus 512 bytes. A real manifest is 1-4 KiB: 16 MiB holds thousands.
+    max_catalog_bytes: int = 16 * 1024 * 1024
+    #: count. Packs fetched from the mesh at the same time; a publication beyond it is
+    #: refused (and counted) until one finishes. Each fetch holds one chunk in memory.
+    max_fetches: int = 4
+    #: bytes. Announced sizes of the packs being fetched, together: what the partial
+    #: files under <state-dir>/skills/.fetch/ may take on disk. Two full-size packs.
+    max_fetch_bytes: int = 64 * 1024 * 1024
+    #: count. Revocation records this node keeps (signed, about 180 bytes each, sent
+    #: whole to every member that joins).
+    max_revocations: int = 10000
+    #: count. Records one key that is not a revoker here may have in that list (its own
+    #: key and its own packs): one member cannot fill the list for everyone.
+    max_revocations_per_key: int = 1000
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if type(value) is int and value < 1:
+                raise ConfigError(f"[skills] {f.name} must be at least 1, got {value}")
 
 
 @dataclass(frozen=True, slots=True)

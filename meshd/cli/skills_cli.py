@@ -185,22 +185,35 @@ def skill_revoke(
     key: Annotated[list[str] | None, typer.Option("--key", help="A signer key (64 hex).")] = None,
     pack: Annotated[list[str] | None, typer.Option("--pack", help="A pack id (64 hex).")] = None,
 ) -> None:
-    """Revoke signer keys and/or pack ids across the mesh: what they cover stops running
-    everywhere and is never installed again."""
+    """Revoke signer keys and/or pack ids: what they cover stops running and is never
+    installed again. The revocation is signed with this node's key: it applies here, and
+    on every member where that key may revoke it (a revoker there, added with `trust add
+    KEY --revoker`, or revoking its own key or the packs it signed)."""
     if not key and not pack:
         fail("meshctl", "give --key KEY and/or --pack PACK_ID", EXIT_USAGE)
     res = call(lambda c: c.revoke(key, pack))
-    print(f"revoked {len(res['keys'])} key(s), {len(res['packs'])} pack(s); told the mesh")
+    print(
+        f"revoked {len(res['keys'])} key(s), {len(res['packs'])} pack(s), signed by this "
+        f"node's key {res['by']}; told the mesh"
+    )
 
 
 @trust_app.command("add")
 def trust_add(
     key: Annotated[str, typer.Argument(help="An Ed25519 public key, 64 hex digits.")],
     note: Annotated[str, typer.Option("--note", help="Whose key this is.")] = "",
+    revoker: Annotated[
+        bool,
+        typer.Option(
+            "--revoker", help="Also accept this key's revocations of any signer key or pack."
+        ),
+    ] = False,
 ) -> None:
-    """Trust packs signed by KEY (besides the mesh's own members)."""
-    call(lambda c: c.trust_add(key, note))
-    print(f"trusted {key}")
+    """Trust packs signed by KEY (besides the mesh's own members); with --revoker, KEY may
+    also revoke any key or pack on this node (a member's key may otherwise revoke only
+    itself and the packs it signed)."""
+    call(lambda c: c.trust_add(key, note, revoker))
+    print(f"trusted {key}" + (" (revoker)" if revoker else ""))
 
 
 @trust_app.command("remove")
@@ -220,7 +233,7 @@ def trust_list(
         _dump(rows)
         return
     for r in rows:
-        flag = " REVOKED" if r.get("revoked") else ""
+        flag = (" REVOKER" if r.get("revoker") else "") + (" REVOKED" if r.get("revoked") else "")
         print(f"{r['key']}  {r['source']:<9} {r.get('note', '')}{flag}")
 
 

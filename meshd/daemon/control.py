@@ -177,6 +177,7 @@ class NameReq:
 class TrustAddReq:
     key: str = ""
     note: str = ""
+    revoker: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -421,7 +422,7 @@ async def _skill_publish(s: Services, r: NameReq) -> Any:
 
 
 async def _skill_trust_add(s: Services, r: TrustAddReq) -> Any:
-    return s.packs.trust_add(r.key, r.note)
+    return s.packs.trust_add(r.key, r.note, r.revoker)
 
 
 async def _skill_trust_remove(s: Services, r: KeyReq) -> Any:

@@ -184,6 +184,9 @@ class _MeshPort:
     def request(self, to: str, payload: Payload, msg_id: bytes) -> None:
         self._node.send(to, payload, msg_id=msg_id)
 
+    def reject(self, reason: str) -> None:
+        self._node.transport.counters.reject(reason)
+
 
 class _Gate:
     """The transport's admission side, for :class:`Admission`."""

@@ -2,10 +2,11 @@
 the rest of the mesh holds, and how packs travel between nodes.
 
 The I/O edge of the pack format (:mod:`meshd.skills`: manifest, archive, signature,
-verification) and of the sandbox runner (:mod:`meshd.skills.sandbox`). It takes narrow
-ports: a keyed store, the event log, the clock, this node's identity and role, the skill
-registry, a :class:`Mesh` port (who is a member, how to reach them) and a :class:`Runs`
-port (stop the runs of a revoked skill, run statistics).
+verification, revocation records, the catalog, fetch checks) and of the sandbox runner
+(:mod:`meshd.skills.sandbox`). It takes narrow ports: a keyed store, the event log, the
+clock, this node's identity and role, the skill registry, a :class:`Mesh` port (who is a
+member, how to reach them, the refusal counters) and a :class:`Runs` port (stop the runs
+of a revoked skill, run statistics).
 
 - **installed packs** live in ``<state-dir>/skills/<name>/<version>/`` with the archive
   kept beside them (``<version>.pack``) so the node can serve it to others; the index
@@ -13,16 +14,24 @@ port (stop the runs of a revoked skill, run statistics).
   :class:`PackSkill`, which checks the revocation list before every run;
 - **trust**: a pack is trusted when its signer is an admitted member of this mesh (its
   Ed25519 key is in the member view, or is this node's own) or a key the operator added
-  with ``meshctl skill trust add``; **revocations** (keys and pack ids) are kept in LMDB,
-  published to the mesh and sent in full to every member that joins;
-- **the mesh catalog**: every node announces its inventory (SKILL_ANNOUNCE: name,
-  version, pack id, signer, manifest) in full to members that join and in deltas when it
-  changes, so any node can validate a task's parameters against a skill it does not
-  have, and ``meshctl skill list --mesh`` shows which host has which version;
+  with ``meshctl skill trust add``; ``--revoker`` also makes the key a *revoker* here;
+- **revocations** are signed records (:mod:`meshd.skills.revocation`): a signer key may
+  be revoked by its holder or a revoker, a pack by its signer or a revoker. Each record
+  is checked (signature, entitlement, bounds) on arrival, kept in the LMDB table
+  ``revocations``, relayed as it is to every member that joins, and audited with who
+  signed and who sent it; a refused one changes nothing and is counted;
+- **the mesh catalog** (:class:`~meshd.skills.catalog.Catalog`): every node announces its
+  inventory (SKILL_ANNOUNCE) in full to members that join and in deltas when it changes,
+  so any node can validate a task's parameters against a skill it does not have, and
+  ``meshctl skill list --mesh`` shows which host has which version. Packs of untrusted
+  signers are not kept, and the catalog is bounded per member and in all;
 - **sharing**: ``publish`` announces a pack as a delta; nodes that trust its signer and
-  have ``[skills] auto_install`` on fetch it in chunks (SKILL_FETCH / SKILL_CHUNK) from
-  the announcer, check its SHA-256 against the announced pack id, verify it and install
-  it. Every install and every refusal is an audit record.
+  have ``[skills] auto_install`` fetch it in chunks (SKILL_FETCH / SKILL_CHUNK) from
+  the announcer into a file under ``<state-dir>/skills/.fetch/``, checking every chunk
+  against the announced size and the SHA-256 against the pack id as the bytes arrive
+  (:mod:`meshd.skills.fetch`), then verify and install it. At most ``max_fetches``
+  fetches of at most ``max_fetch_bytes`` together run at once. Every install and every
+  refusal is an audit record.
 
 Refusals raise :class:`~meshd.errors.RequestError` with the pack's refusal code.
 """
@@ -31,7 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import shutil
 import stat
@@ -39,7 +47,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from meshd import log
 from meshd.clock import Clock
@@ -48,29 +56,41 @@ from meshd.daemon.events import EventLog
 from meshd.errors import RequestError
 from meshd.identity import Identity
 from meshd.roles import Role
+from meshd.skills import catalog as cat
+from meshd.skills import revocation as rev
 from meshd.skills.api import SkillContext
 from meshd.skills.archive import PackError
 from meshd.skills.build import build_pack
 from meshd.skills.builtin import Registry
+from meshd.skills.catalog import Catalog
 from meshd.skills.executor import SkillStats
+from meshd.skills.fetch import CHUNK_BYTES, Download, FetchRefused
 from meshd.skills.install import install_pack
 from meshd.skills.manifest import Manifest, compare_versions, parse_manifest
+from meshd.skills.revocation import Held, RevocationList, Rules
 from meshd.skills.spec import SkillError, SkillSpec
 from meshd.skills.verify import VerifiedPack, inspect_pack, verify_pack
 from meshd.wire.messages import Payload, SkillAnnounce, SkillChunk, SkillFetch, SkillRevoke
-from meshd.wire.records import MemberInfo, PackInfo
+from meshd.wire.records import MemberInfo, PackInfo, Revocation, RevocationKind
+from meshd.wire.schema import MAX_REVOKED
 
 _log = log.get("meshd.skills")
 
-#: bytes per SKILL_CHUNK (a frame is at most 1 MiB).
-CHUNK_BYTES = 256 * 1024
 #: s a fetcher waits for one chunk before it tries another holder.
 CHUNK_TIMEOUT = 5.0
+#: s. Least time between two logged refusals of one kind from one member (every refusal
+#: is counted; refused revocations are also audited at this rate).
+REFUSAL_LOG_INTERVAL: Final = 60.0
+#: (member, reason) pairs remembered for that rate limit; beyond it the memory starts
+#: afresh.
+MAX_REFUSAL_SOURCES: Final = 1024
+#: Where partial fetches are written, under the packs' root (not a valid skill name).
+FETCH_DIR: Final = ".fetch"
 
 
 class KeyedStore(Protocol):
-    """The store's small keyed tables (``packs``, ``trust``, ``revoked_keys``,
-    ``revoked_packs``)."""
+    """The store's small keyed tables (``packs``, ``trust``, ``revocations``; and the
+    ``revoked_keys`` / ``revoked_packs`` of older versions, migrated at start)."""
 
     def kv_get(self, table: str, key: str) -> Any: ...
 
@@ -97,6 +117,10 @@ class Mesh(Protocol):
     def reply(self, to: str, payload: Payload, correlation_id: bytes) -> None: ...
 
     def request(self, to: str, payload: Payload, msg_id: bytes) -> None: ...
+
+    def reject(self, reason: str) -> None:
+        """Count a refused message (or record) under ``reason``."""
+        ...
 
 
 class Runs(Protocol):
@@ -181,10 +205,24 @@ class PackManager:
         self._bg: set[asyncio.Task[Any]] = set()
         self.scratch_root: Path | None = None
         self.installed: dict[str, Installed] = {}
-        #: node id -> skill name -> what it announced.
-        self.catalog: dict[str, dict[str, PackInfo]] = {}
-        self._fetches: dict[bytes, asyncio.Future[SkillChunk]] = {}
+        #: What the other members announced (trusted signers only, bounded).
+        self.catalog = Catalog(
+            config.max_packs_per_member, config.max_catalog_packs, config.max_catalog_bytes
+        )
+        self.revocations = RevocationList(
+            config.max_revocations,
+            config.max_revocations_per_key,
+            Rules(
+                is_revoker=self._designated_revoker, trusted=self.trusted, signer_of=self._signer_of
+            ),
+        )
+        #: msg id of a SKILL_FETCH in flight -> (the holder asked, the answer).
+        self._fetches: dict[bytes, tuple[str, asyncio.Future[SkillChunk]]] = {}
+        #: pack id -> announced size, of the fetches running (bounded by the config).
+        self._fetching: dict[str, int] = {}
         self._installing: set[str] = set()
+        self._refusals: dict[tuple[str, str], float] = {}
+        self.fetch_dir = root / FETCH_DIR
         # World-readable copies for the sandbox user, one folder per node (several nodes
         # may share a machine); removed when the node stops, and again when it starts.
         self._runtime_base = Path(tempfile.gettempdir()) / f"meshd-packs-{os.getuid()}"
@@ -202,10 +240,12 @@ class PackManager:
             with contextlib.suppress(BaseException):
                 await task
         shutil.rmtree(self._runtime_root, ignore_errors=True)
+        shutil.rmtree(self.fetch_dir, ignore_errors=True)
 
     def start(self) -> None:
         self.root.mkdir(mode=0o700, exist_ok=True)
         shutil.rmtree(self._runtime_root, ignore_errors=True)
+        shutil.rmtree(self.fetch_dir, ignore_errors=True)  # partial fetches of a past run
         for name, rec in self._store.kv_items("packs"):
             try:
                 info = _info_from(rec)
@@ -217,6 +257,8 @@ class PackManager:
                 _log.warning("installed_pack_skipped", name=name, error=str(exc))
                 continue
             self._register(Installed(info, manifest, folder, float(rec.get("at", 0.0))))
+        self._load_revocations()
+        self._disable_revoked()
         self._install_role_packs()
 
     def _install_role_packs(self) -> None:
@@ -252,37 +294,66 @@ class PackManager:
             return True
         return any(m.ed25519_pk == key for m in self._mesh.members())
 
-    def revoked_keys(self) -> set[bytes]:
-        return {bytes.fromhex(k) for k, _ in self._store.kv_items("revoked_keys")}
+    def _designated_revoker(self, key: bytes) -> bool:
+        """This node's own key (it acts for its operator), or one the operator added with
+        ``trust add --revoker``."""
+        if key == self._identity.ed25519_pk:
+            return True
+        rec = self._store.kv_get("trust", key.hex())
+        return isinstance(rec, dict) and bool(rec.get("revoker"))
 
-    def revoked_packs(self) -> set[str]:
-        return {k for k, _ in self._store.kv_items("revoked_packs")}
+    def is_revoker(self, key: bytes) -> bool:
+        """``key`` may revoke any signer key or pack here (and is not revoked itself)."""
+        return self.revocations.is_revoker(key)
+
+    def _signer_of(self, pack_id: str) -> bytes | None:
+        """The verified signer of the installed pack ``pack_id`` (None: not installed)."""
+        for inst in self.installed.values():
+            if inst.info.pack_id == pack_id:
+                return inst.info.signer
+        return None
+
+    def _announced_trusted(self, key: bytes) -> bool:
+        """May the catalog keep a pack signed by ``key``: trusted, and not revoked."""
+        return self.trusted(key) and self.revocations.key_revoked(key) is None
+
+    def revoked_keys(self) -> set[bytes]:
+        return self.revocations.revoked_keys()
 
     def revoked_reason(self, info: PackInfo) -> str:
         """Why a pack may not run any more ('' when it may)."""
-        if self._store.kv_get("revoked_packs", info.pack_id) is not None:
+        held = self.revocations.pack_revoked(info.pack_id, info.signer)
+        if held is not None:
             return f"pack {info.name} {info.version} ({info.pack_id[:12]}) was revoked"
-        if self._store.kv_get("revoked_keys", info.signer.hex()) is not None:
+        if self.revocations.key_revoked(info.signer) is not None:
             return f"the signer of {info.name} ({info.signer.hex()[:12]}) was revoked"
         return ""
 
-    def trust_add(self, key_hex: str, note: str = "") -> dict[str, Any]:
+    def trust_add(self, key_hex: str, note: str = "", revoker: bool = False) -> dict[str, Any]:
         key = _key(key_hex)
-        self._store.kv_put("trust", key.hex(), {"at": self._clock.wall(), "note": note})
-        self._audit("SKILL_TRUST_ADDED", key=key.hex(), note=note)
-        return {"key": key.hex(), "trusted": True}
+        self._store.kv_put(
+            "trust", key.hex(), {"at": self._clock.wall(), "note": note, "revoker": revoker}
+        )
+        self._audit("SKILL_TRUST_ADDED", key=key.hex(), note=note, revoker=revoker)
+        return {"key": key.hex(), "trusted": True, "revoker": self.is_revoker(key)}
 
     def trust_remove(self, key_hex: str) -> dict[str, Any]:
         key = _key(key_hex)
         if not self._store.kv_delete("trust", key.hex()):
             raise RequestError(f"key {key.hex()} is not in the trust store", code="unknown_key")
         self._audit("SKILL_TRUST_REMOVED", key=key.hex())
-        return {"key": key.hex(), "trusted": self.trusted(key)}
+        return {"key": key.hex(), "trusted": self.trusted(key), "revoker": self.is_revoker(key)}
 
     def trust_list(self) -> list[dict[str, Any]]:
         out = [
-            {"key": k, "source": "operator", "note": v.get("note", ""), "at": v.get("at")}
+            {
+                "key": k,
+                "source": "operator",
+                "note": v.get("note", ""),
+                "at": v.get("at"),
+            }
             for k, v in self._store.kv_items("trust")
+            if isinstance(v, dict)
         ]
         me = self._identity.ed25519_pk.hex()
         out.append(
@@ -290,46 +361,180 @@ class PackManager:
         )
         for info in self._mesh.members():
             out.append({"key": info.ed25519_pk.hex(), "source": "member", "note": info.name})
-        revoked = {k for k, _ in self._store.kv_items("revoked_keys")}
+        revoked = {k.hex() for k in self.revoked_keys()}
         for row in out:
             row["revoked"] = row["key"] in revoked
+            row["revoker"] = self.is_revoker(bytes.fromhex(row["key"]))
         return out
 
+    def _key_name(self, key: bytes) -> str:
+        """Whose key ``key`` is, in words ('' when unknown here)."""
+        if key == self._identity.ed25519_pk:
+            return self._mesh.name_of(self._identity.node_id)
+        for info in self._mesh.members():
+            if info.ed25519_pk == key:
+                return info.name
+        rec = self._store.kv_get("trust", key.hex())
+        if isinstance(rec, dict) and rec.get("note"):
+            return f"operator key ({rec['note']})"
+        return ""
+
     def revoke(self, keys: list[str], packs: list[str]) -> dict[str, Any]:
-        """Revoke signer keys and/or pack ids here, disable what they cover, and tell the
-        mesh."""
+        """Revoke signer keys and/or pack ids: signed with this node's key (it acts for
+        its operator, so it applies here), kept, applied, and published to the mesh, where
+        each member applies it if this node's key may revoke the target there (a revoker
+        there, or revoking its own key or packs)."""
         key_bytes = [_key(k) for k in keys]
         pack_ids = [_pack_id(p) for p in packs]
         if not key_bytes and not pack_ids:
             raise RequestError("give a key or a pack id to revoke", code="bad_request")
-        self._apply_revocations(key_bytes, pack_ids, by=self._identity.node_id)
-        self._mesh.publish(SkillRevoke(tuple(key_bytes), tuple(pack_ids)))
-        return {"keys": [k.hex() for k in key_bytes], "packs": pack_ids}
+        me = self._identity
+        at_ms = int(self._clock.wall() * 1000)
+        targets = [(RevocationKind.KEY, k.hex()) for k in key_bytes]
+        targets += [(RevocationKind.PACK, p) for p in pack_ids]
+        records = [rev.sign(kind, t, at_ms, me.ed25519_pk, me.sign) for kind, t in targets]
+        for rec in records:
+            if rec in self.revocations:
+                continue
+            reason = self.revocations.judge(rec)
+            if reason is not None:
+                raise RequestError(
+                    f"cannot revoke {rec.kind.value} {rec.target[:12]}: {reason} "
+                    f"({_REASON_TEXT.get(reason, reason)})",
+                    code=reason,
+                )
+        held = [h for h in (self._hold(rec, sent_by="") for rec in records) if h is not None]
+        if held:
+            self._disable_revoked()
+        # Published even when held already: members that refused it before (this key was
+        # not a revoker there then) judge it again.
+        self._mesh.publish(SkillRevoke(tuple(records)))
+        return {
+            "keys": [k.hex() for k in key_bytes],
+            "packs": pack_ids,
+            "by": me.ed25519_pk.hex(),
+            "new": len(held),
+        }
 
-    def _apply_revocations(self, keys: list[bytes], packs: list[str], by: str) -> None:
-        now = self._clock.wall()
+    def _hold(self, rec: Revocation, sent_by: str, revoker: bool | None = None) -> Held | None:
+        """Keep an accepted record: the list, the store, the audit trail."""
+        held = self.revocations.add(rec, sent_by=sent_by, revoker=revoker)
+        if held is None:
+            return None
+        self._store.kv_put("revocations", _record_key(rec), _record_to(held, self._clock.wall()))
+        sender = sent_by or self._identity.node_id
+        self._audit(
+            "SKILL_KEY_REVOKED" if rec.kind is RevocationKind.KEY else "SKILL_PACK_REVOKED",
+            **{"key" if rec.kind is RevocationKind.KEY else "pack_id": rec.target},
+            by=rec.by.hex(),
+            by_name=self._key_name(rec.by),
+            by_revoker=held.revoker,
+            sent_by=sender,
+            sent_by_name=self._mesh.name_of(sender),
+            at_ms=rec.at_ms,
+        )
+        return held
+
+    def _on_revoke(self, sender: str, msg: SkillRevoke) -> None:
+        """Records from a member: each judged on its own (PROTOCOL.md 13.4); a refused
+        one changes nothing, and is counted (and, at most once a minute per member and
+        reason, logged and audited)."""
         new = False
-        for key in keys:
-            if self._store.kv_get("revoked_keys", key.hex()) is None:
-                self._store.kv_put("revoked_keys", key.hex(), {"at": now, "by": by})
-                self._audit("SKILL_KEY_REVOKED", key=key.hex(), by=by)
-                new = True
-        for pid in packs:
-            if self._store.kv_get("revoked_packs", pid) is None:
-                self._store.kv_put("revoked_packs", pid, {"at": now, "by": by})
-                self._audit("SKILL_PACK_REVOKED", pack_id=pid, by=by)
-                new = True
-        if not new:
-            return
+        for rec in msg.records:
+            if rec in self.revocations:
+                continue
+            reason = self.revocations.judge(rec)
+            if reason is None:
+                new = self._hold(rec, sent_by=sender) is not None or new
+                continue
+            if self._refused(sender, reason, kind=rec.kind.value, target=rec.target[:12]):
+                self._audit(
+                    "SKILL_REVOKE_REFUSED",
+                    kind=rec.kind.value,
+                    target=rec.target,
+                    by=rec.by.hex(),
+                    by_name=self._key_name(rec.by),
+                    sent_by=sender,
+                    sent_by_name=self._mesh.name_of(sender),
+                    reason=reason,
+                )
+        if new:
+            self._disable_revoked()
+
+    def _disable_revoked(self) -> None:
+        """Take every installed pack that is revoked out of the registry (kept on disk:
+        an operator may want to look), and stop its runs."""
+        changed = False
         for inst in list(self.installed.values()):
             why = self.revoked_reason(inst.info)
             if why:
-                # Kept on disk (an operator may want to look), never run again.
                 self.registry.remove(inst.info.name)
                 del self.installed[inst.info.name]
                 stopped = self._runs.stop_skill(inst.info.name)
                 _log.warning("pack_disabled", name=inst.info.name, reason=why, stopped=stopped)
-        self._changed()
+                changed = True
+        if changed:
+            self._changed()
+
+    def _load_revocations(self) -> None:
+        """The kept records; then the unsigned revocations of older versions (tables
+        ``revoked_keys`` / ``revoked_packs``): those this node's operator made are signed
+        again with this node's key and kept; those received from other members are dropped
+        with an audit record (nobody can tell any more whether their sender was entitled:
+        that was the flaw). Nothing here stops a start."""
+        for key, value in self._store.kv_items("revocations"):
+            try:
+                rec = _record_from(value)
+                self.revocations.add(
+                    rec, sent_by=str(value.get("sent_by", "")), revoker=bool(value["revoker"])
+                )
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                _log.warning("revocation_skipped", key=key, error=str(exc))
+        me = self._identity
+        for table, kind in (
+            ("revoked_keys", RevocationKind.KEY),
+            ("revoked_packs", RevocationKind.PACK),
+        ):
+            for target, value in self._store.kv_items(table):
+                by = value.get("by") if isinstance(value, dict) else None
+                at = value.get("at") if isinstance(value, dict) else None
+                ok_target = len(target) == 64 and all(c in "0123456789abcdef" for c in target)
+                if by == me.node_id and ok_target:
+                    at_ms = int(at * 1000) if isinstance(at, int | float) and at >= 0 else 0
+                    rec = rev.sign(kind, target, at_ms, me.ed25519_pk, me.sign)
+                    self._hold(rec, sent_by="", revoker=True)
+                    self._audit("SKILL_REVOCATION_MIGRATED", kind=kind.value, target=target)
+                else:
+                    self._audit(
+                        "SKILL_REVOCATION_DROPPED",
+                        kind=kind.value,
+                        target=target,
+                        sent_by=str(by),
+                        reason="unsigned revocation of an older version, received from "
+                        "another member: its entitlement cannot be checked",
+                    )
+                    _log.warning("legacy_revocation_dropped", kind=kind.value, target=target[:12])
+                self._store.kv_delete(table, target)
+
+    def _refused(self, sender: str, reason: str, **detail: Any) -> bool:
+        """Count a refused message or record from ``sender``; log it if it is the first of
+        its kind from that member in :data:`REFUSAL_LOG_INTERVAL` (then True)."""
+        self._mesh.reject(reason)
+        now = self._clock.monotonic()
+        last = self._refusals.get((sender, reason))
+        if last is not None and now - last < REFUSAL_LOG_INTERVAL:
+            return False
+        if len(self._refusals) >= MAX_REFUSAL_SOURCES:
+            self._refusals.clear()
+        self._refusals[(sender, reason)] = now
+        _log.warning(
+            "skill_message_refused",
+            peer=sender[:12],
+            name=self._mesh.name_of(sender),
+            reason=reason,
+            **detail,
+        )
+        return True
 
     # ---- install / remove / build -----------------------------------------------------------
 
@@ -343,8 +548,8 @@ class PackManager:
             pack = verify_pack(
                 data,
                 trusted=self.trusted,
-                revoked_keys=self.revoked_keys(),
-                revoked_packs=self.revoked_packs(),
+                revoked_keys=self.revocations.revoked_keys(),
+                revoked_packs=self.revocations.revoked_packs_for(probe.signer),
                 installed_version=have.info.version if have else None,
                 installed_pack_id=have.info.pack_id if have else None,
                 now=self._clock.wall(),
@@ -459,11 +664,8 @@ class PackManager:
         if inst is not None:
             return inst.manifest.spec
         best: PackInfo | None = None
-        for packs in self.catalog.values():
-            info = packs.get(name)
-            if info is not None and (
-                best is None or compare_versions(info.version, best.version) > 0
-            ):
+        for _, info in self.catalog.announced(name):
+            if best is None or compare_versions(info.version, best.version) > 0:
                 best = info
         if best is None:
             return None
@@ -476,7 +678,7 @@ class PackManager:
         the mesh announces is revoked ('' when it may be delegated)."""
         if name in self.installed or name in self.registry:
             return ""
-        infos = [p[name] for p in self.catalog.values() if name in p]
+        infos = [info for _, info in self.catalog.announced(name)]
         reasons = [self.revoked_reason(i) for i in infos]
         return reasons[0] if infos and all(reasons) else ""
 
@@ -484,11 +686,9 @@ class PackManager:
         inst = self.installed.get(name)
         if inst is not None:
             return inst.manifest.permissions.needs_approval
-        for packs in self.catalog.values():
-            info = packs.get(name)
-            if info is not None:
-                with contextlib.suppress(PackError):
-                    return Manifest.from_dict(info.manifest).permissions.needs_approval
+        for _, info in self.catalog.announced(name):
+            with contextlib.suppress(PackError):
+                return Manifest.from_dict(info.manifest).permissions.needs_approval
         return False
 
     def runnable_here(self, name: str) -> bool:
@@ -505,7 +705,7 @@ class PackManager:
 
     def known_names(self) -> list[str]:
         names = set(self.registry.names())
-        for packs in self.catalog.values():
+        for _, packs in self.catalog.items():
             names.update(packs)
         return sorted(names)
 
@@ -555,7 +755,7 @@ class PackManager:
                 runnable_here=self.runnable_here(name),
             )
         out["holders"] = sorted(
-            self._mesh.name_of(node) for node, packs in self.catalog.items() if name in packs
+            self._mesh.name_of(node) for node, _ in self.catalog.announced(name)
         )
         return out
 
@@ -603,15 +803,14 @@ class PackManager:
         return SkillAnnounce(tuple(i.info for i in self.installed.values()), True)
 
     def member_joined(self, node_id: str) -> None:
-        """Tell a member that joined what we hold and what is revoked."""
-        keys = tuple(self.revoked_keys())
-        packs = tuple(self.revoked_packs())
+        """Tell a member that joined what we hold and every revocation we keep."""
         self._mesh.send(node_id, self.inventory())
-        if keys or packs:
-            self._mesh.send(node_id, SkillRevoke(keys, packs))
+        records = self.revocations.records()
+        for i in range(0, len(records), MAX_REVOKED):
+            self._mesh.send(node_id, SkillRevoke(tuple(records[i : i + MAX_REVOKED])))
 
     def member_gone(self, node_id: str) -> None:
-        self.catalog.pop(node_id, None)
+        self.catalog.forget(node_id)
 
     def _announce_delta(self, infos: tuple[PackInfo, ...]) -> None:
         self._mesh.publish(SkillAnnounce(infos, False))
@@ -622,28 +821,35 @@ class PackManager:
         elif isinstance(payload, SkillFetch):
             self._on_fetch(sender, payload, msg_id)
         elif isinstance(payload, SkillChunk):
-            fut = self._fetches.pop(corr or b"", None)
-            if fut is not None and not fut.done():
-                fut.set_result(payload)
+            waiting = self._fetches.get(corr or b"")
+            if waiting is None or waiting[0] != sender:
+                # Late (after a timeout) or never asked for from this member.
+                self._refused(sender, "chunk_unsolicited")
+                return
+            del self._fetches[corr or b""]
+            if not waiting[1].done():
+                waiting[1].set_result(payload)
         elif isinstance(payload, SkillRevoke):
-            self._apply_revocations(list(payload.keys), list(payload.packs), by=sender)
+            self._on_revoke(sender, payload)
 
     def _on_announce(self, sender: str, msg: SkillAnnounce) -> None:
-        packs = self.catalog.setdefault(sender, {})
-        if msg.full:
-            packs.clear()
-        for name in msg.removed:
-            packs.pop(name, None)
-        for info in msg.packs:
-            packs[info.name] = info
+        update = self.catalog.apply(
+            sender, msg.packs, full=msg.full, removed=msg.removed, trusted=self._announced_trusted
+        )
+        for name, reason in update.refused:
+            self._refused(sender, reason, pack=name)
         if not self._cfg.auto_install:
             return
-        for info in msg.packs:
+        for info in update.kept:
             have = self.installed.get(info.name)
             newer = have is None or compare_versions(info.version, have.info.version) > 0
             # A delta is a publication: install it. A full inventory only updates what we
             # already have (a joiner installs others on request).
             if newer and (not msg.full or have is not None) and self._worth_fetching(info):
+                busy = self._reserve_fetch(info)
+                if busy is not None:
+                    self._refused(sender, busy, pack=info.name, size=info.size)
+                    continue
                 task = asyncio.get_running_loop().create_task(self._auto_install(info, sender))
                 self._bg.add(task)
                 task.add_done_callback(self._bg.discard)
@@ -651,40 +857,60 @@ class PackManager:
     def _worth_fetching(self, info: PackInfo) -> bool:
         return (
             info.name not in self._installing
+            and info.pack_id not in self._fetching
             and self.trusted(info.signer)
             and not self.revoked_reason(info)
         )
 
+    def _reserve_fetch(self, info: PackInfo) -> str | None:
+        """Take a fetch slot for ``info`` (released when its fetch ends), or say why not
+        (a refusal reason): it is larger than a pack may be, or there is no room among
+        the fetches running (``max_fetches``, ``max_fetch_bytes``)."""
+        if info.size > self._cfg.max_pack_bytes:
+            return "fetch_too_large"
+        if info.pack_id in self._fetching or len(self._fetching) >= self._cfg.max_fetches:
+            return "fetch_busy"
+        if sum(self._fetching.values()) + info.size > self._cfg.max_fetch_bytes:
+            return "fetch_busy"
+        self._fetching[info.pack_id] = info.size
+        return None
+
     def _on_fetch(self, sender: str, req: SkillFetch, msg_id: bytes) -> None:
-        data = self._archive(req.pack_id)
-        if data is None:
-            chunk = SkillChunk(req.pack_id, req.offset, 0, b"", "no such pack here")
-        else:
+        """Serve one chunk of a pack we hold: only the bytes asked for are read."""
+        chunk = SkillChunk(req.pack_id, req.offset, 0, b"", "no such pack here")
+        path = self._archive_path(req.pack_id)
+        if path is not None:
             length = max(0, min(req.length, CHUNK_BYTES))
-            chunk = SkillChunk(
-                req.pack_id, req.offset, len(data), data[req.offset : req.offset + length]
-            )
+            try:
+                with path.open("rb") as f:
+                    total = os.fstat(f.fileno()).st_size
+                    f.seek(min(req.offset, total))
+                    chunk = SkillChunk(req.pack_id, req.offset, total, f.read(length))
+            except OSError:
+                pass
         self._mesh.reply(sender, chunk, msg_id)
 
-    def _archive(self, pack_id: str) -> bytes | None:
+    def _archive_path(self, pack_id: str) -> Path | None:
         for inst in self.installed.values():
             if inst.info.pack_id == pack_id:
-                path = self.root / inst.info.name / f"{inst.info.version}.pack"
-                with contextlib.suppress(OSError):
-                    return path.read_bytes()
+                return self.root / inst.info.name / f"{inst.info.version}.pack"
         return None
 
     async def install_from_mesh(self, name: str) -> dict[str, Any]:
         """``meshctl skill install NAME``: fetch the newest announced version."""
         best: tuple[PackInfo, str] | None = None
-        for node, packs in self.catalog.items():
-            info = packs.get(name)
-            if info is not None and (
-                best is None or compare_versions(info.version, best[0].version) > 0
-            ):
+        for node, info in self.catalog.announced(name):
+            if best is None or compare_versions(info.version, best[0].version) > 0:
                 best = (info, node)
         if best is None:
             raise RequestError(f"no member announces a skill {name!r}", code="unknown_skill")
+        reason = self._reserve_fetch(best[0])
+        if reason is not None:
+            raise RequestError(
+                f"cannot fetch {name} {best[0].version} ({best[0].size} bytes) now: "
+                + _REASON_TEXT[reason],
+                code="too_large" if reason == "fetch_too_large" else "busy",
+            )
         return await self._fetch_install(best[0], best[1], raise_errors=True)
 
     async def _auto_install(self, info: PackInfo, holder: str) -> None:
@@ -693,12 +919,16 @@ class PackManager:
     async def _fetch_install(
         self, info: PackInfo, holder: str, raise_errors: bool = False
     ) -> dict[str, Any]:
+        """Fetch and install ``info`` (its fetch slot taken: :meth:`_reserve_fetch`)."""
         self._installing.add(info.name)
+        path: Path | None = None
         try:
             holders = [holder] + [
                 n for n, p in self.catalog.items() if n != holder and p.get(info.name) == info
             ]
-            data = await self.fetch(info, holders)
+            path = await self.fetch(info, holders)
+            # Whole, and its SHA-256 is the pack id: the announced (bounded) size.
+            data = path.read_bytes()
             return self.install_bytes(data, source=f"mesh {self._mesh.name_of(holder)}")
         except RequestError as exc:
             _log.warning("pack_fetch_failed", name=info.name, error=str(exc))
@@ -707,40 +937,53 @@ class PackManager:
             return {}
         finally:
             self._installing.discard(info.name)
+            self._fetching.pop(info.pack_id, None)
+            if path is not None:
+                path.unlink(missing_ok=True)
 
-    async def fetch(self, info: PackInfo, holders: list[str]) -> bytes:
-        """The archive, in chunks from the first holder that serves it all; its SHA-256
-        must equal the announced pack id."""
-        max_bytes = self._cfg.max_pack_bytes
-        if info.size > max_bytes:
-            raise RequestError(
-                f"pack {info.name} is {info.size} bytes, over {max_bytes}", code="too_large"
-            )
+    async def fetch(self, info: PackInfo, holders: list[str]) -> Path:
+        """The archive, streamed into a file under :attr:`fetch_dir` from the first holder
+        that serves it all, every chunk checked as it arrives and the SHA-256 against the
+        pack id at the end (:class:`~meshd.skills.fetch.Download`). The caller removes
+        the file; a refused fetch leaves none."""
         last = "no holder"
+        self.fetch_dir.mkdir(mode=0o700, exist_ok=True)
+        path = self.fetch_dir / f"{info.pack_id}.part"
         for node in holders:
-            buf = bytearray()
-            total = info.size
             try:
-                while len(buf) < total or total == 0:
-                    chunk = await self._request(
-                        node, SkillFetch(info.pack_id, len(buf), CHUNK_BYTES)
-                    )
-                    if chunk.error:
-                        raise RequestError(chunk.error, code="fetch_failed")
-                    if chunk.offset != len(buf) or chunk.total > max_bytes or not chunk.data:
-                        raise RequestError("bad chunk", code="fetch_failed")
-                    total = chunk.total
-                    buf += chunk.data
-            except RequestError as exc:
+                download = Download(info, self._cfg.max_pack_bytes)
+                with path.open("wb") as f:
+                    while not download.done:
+                        chunk = await self._request(node, download.request())
+                        f.write(download.accept(chunk))
+                download.finish()
+                return path
+            except FetchRefused as exc:
+                path.unlink(missing_ok=True)
                 last = f"{self._mesh.name_of(node)}: {exc}"
-                continue
-            if hashlib.sha256(buf).hexdigest() != info.pack_id:
-                last = f"{self._mesh.name_of(node)}: the data does not match the pack id"
+                self._refused(node, f"fetch_{exc.code}", pack=info.name)
                 self._audit(
-                    "SKILL_REFUSED", source=f"mesh {node}", code="hash_mismatch", reason=last
+                    "SKILL_REFUSED",
+                    source=f"mesh {node}",
+                    source_name=self._mesh.name_of(node),
+                    name=info.name,
+                    pack_id=info.pack_id,
+                    code=exc.code,
+                    reason=str(exc),
                 )
-                continue
-            return bytes(buf)
+                if exc.code == "too_large" and info.size > self._cfg.max_pack_bytes:
+                    break  # no holder can help
+            except RequestError as exc:
+                path.unlink(missing_ok=True)
+                last = f"{self._mesh.name_of(node)}: {exc}"
+            except OSError as exc:
+                path.unlink(missing_ok=True)
+                raise RequestError(
+                    f"cannot write {path}: {exc.strerror}", code="fetch_failed"
+                ) from None
+            except BaseException:
+                path.unlink(missing_ok=True)
+                raise
         raise RequestError(
             f"could not fetch {info.name} {info.version}: {last}", code="fetch_failed"
         )
@@ -748,7 +991,7 @@ class PackManager:
     async def _request(self, node: str, req: SkillFetch) -> SkillChunk:
         msg_id = os.urandom(16)
         fut: asyncio.Future[SkillChunk] = asyncio.get_running_loop().create_future()
-        self._fetches[msg_id] = fut
+        self._fetches[msg_id] = (node, fut)
         try:
             self._mesh.request(node, req, msg_id)
             return await asyncio.wait_for(fut, CHUNK_TIMEOUT)
@@ -757,8 +1000,8 @@ class PackManager:
         finally:
             self._fetches.pop(msg_id, None)
 
-    def _audit(self, kind: str, **fields: Any) -> None:
-        self._events.append(kind, fields, audit=True)
+    def _audit(self, event: str, /, **fields: Any) -> None:
+        self._events.append(event, fields, audit=True)
 
     # ---- local files --------------------------------------------------------------------
 
@@ -781,6 +1024,52 @@ class PackManager:
             return inspect_pack(data)
         except PackError as exc:
             raise RequestError(f"not a valid pack ({exc.code}): {exc}", code=exc.code) from None
+
+
+#: What a refusal reason means, for an operator.
+_REASON_TEXT: Final = {
+    rev.BAD_SIGNATURE: "the signature does not verify",
+    rev.NOT_ENTITLED: "the signer may not revoke that",
+    rev.UNKNOWN_SIGNER: "the signer is not a key this node trusts",
+    rev.LIST_FULL: "the revocation list is full ([skills] max_revocations)",
+    rev.OVER_KEY_LIMIT: "too many revocations by that key ([skills] max_revocations_per_key)",
+    cat.UNTRUSTED: "the pack's signer is not trusted here",
+    cat.MEMBER_LIMIT: "that member announced too many packs ([skills] max_packs_per_member)",
+    cat.CATALOG_FULL: "the mesh catalog is full ([skills] max_catalog_packs/_bytes)",
+    "fetch_too_large": "the pack is larger than [skills] max_pack_bytes",
+    "fetch_busy": "too many fetches at once ([skills] max_fetches, max_fetch_bytes)",
+}
+
+
+def _record_key(rec: Revocation) -> str:
+    return f"{rec.kind.value}:{rec.target}:{rec.by.hex()}"
+
+
+def _record_to(held: Held, now: float) -> dict[str, Any]:
+    rec = held.record
+    return {
+        "kind": rec.kind.value,
+        "target": rec.target,
+        "by": rec.by,
+        "at_ms": rec.at_ms,
+        "sig": rec.sig,
+        "revoker": held.revoker,
+        "sent_by": held.sent_by,
+        "kept_at": now,
+    }
+
+
+def _record_from(value: dict[str, Any]) -> Revocation:
+    rec = Revocation(
+        RevocationKind(value["kind"]),
+        str(value["target"]),
+        bytes(value["by"]),
+        int(value["at_ms"]),
+        bytes(value["sig"]),
+    )
+    if len(rec.by) != 32 or len(rec.sig) != 64 or len(rec.target) != 64:
+        raise ValueError("a malformed revocation record")
+    return rec
 
 
 def _info_to(info: PackInfo) -> dict[str, Any]:

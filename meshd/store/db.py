@@ -166,7 +166,14 @@ class Store:
         # Small keyed tables (skill packs, trust, revocations, statistics): see kv_*.
         self._kv = {
             name: self.env.open_db(name.encode())
-            for name in ("packs", "trust", "revoked_keys", "revoked_packs", "skill_stats")
+            for name in (
+                "packs",
+                "trust",
+                "revocations",
+                "revoked_keys",  # of older versions: migrated, then emptied
+                "revoked_packs",  # same
+                "skill_stats",
+            )
         }
         self._audit_seq = 0
         self.fsync = fsync

@@ -119,6 +119,8 @@ from meshd.wire.records import (
     MemberRecord,
     MemberState,
     PackInfo,
+    Revocation,
+    RevocationKind,
     TaskCopy,
 )
 
@@ -192,6 +194,8 @@ __all__ = [
     "Ping",
     "PingReq",
     "ReportKind",
+    "Revocation",
+    "RevocationKind",
     "SkillAnnounce",
     "SkillChunk",
     "SkillFetch",

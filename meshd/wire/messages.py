@@ -17,6 +17,7 @@ from meshd.wire.records import (
     MemberInfo,
     MemberRecord,
     PackInfo,
+    Revocation,
     TaskCopy,
 )
 
@@ -512,12 +513,12 @@ class SkillChunk:
 
 @dataclass(frozen=True, slots=True)
 class SkillRevoke:
-    """Revoked signer keys (Ed25519 public keys) and pack ids. Published when an
-    operator revokes, and sent in full to a member that joins; every node refuses to
-    install or run what is revoked."""
+    """Signed revocations of signer keys and pack ids. Published when an operator
+    revokes, and the whole list sent to a member that joins; a receiver applies each
+    record whose signature verifies and whose signer was entitled to it (PROTOCOL.md
+    13.4), then refuses to install or run what is revoked."""
 
-    keys: tuple[bytes, ...]
-    packs: tuple[str, ...]
+    records: tuple[Revocation, ...]
 
 
 Payload = (

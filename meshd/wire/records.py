@@ -234,3 +234,27 @@ class PackInfo:
     size: int
     signer: bytes
     manifest: dict[str, Any]
+
+
+class RevocationKind(enum.StrEnum):
+    """What a revocation names: a signer key or one pack."""
+
+    KEY = "key"
+    PACK = "pack"
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """One revocation as it travels (SKILL_REVOKE) and is kept: ``target`` (a signer's
+    Ed25519 public key, or a pack id, as 64 lowercase hex chars) is revoked by the holder
+    of key ``by``, at ``at_ms`` (wall-clock epoch milliseconds, the revoker's), and
+    ``sig`` is ``by``'s Ed25519 signature of the record (see
+    :mod:`meshd.skills.revocation`). Whether ``by`` was entitled to revoke ``target`` is
+    for each receiver to judge: the record is self-contained, so a relayed copy is checked
+    as the original."""
+
+    kind: RevocationKind
+    target: str
+    by: bytes
+    at_ms: int
+    sig: bytes

@@ -12,7 +12,7 @@ tables; ``proto/PROTOCOL.md`` documents them (sections 5, 6, 12 and 13) and
 * records: :data:`MEMBER_INFO`, :data:`MEMBER_RECORD`, :data:`TASK` (with its parts
   :data:`REQUIREMENT`, :data:`TRANSITION`, :data:`PROGRESS`, :data:`TASK_FAILURE` and
   :data:`ASSIGNMENT`, which travel as fixed-length arrays), :data:`TASK_COPY`,
-  :data:`PACK_INFO`;
+  :data:`PACK_INFO`, :data:`REVOCATION` (a fixed-length array);
 * message bodies, by family: :data:`MEMBERSHIP`, :data:`ELECTION`, :data:`TASKS`,
   :data:`SKILL_PACKS`; all of them in :data:`BODIES`.
 """
@@ -56,6 +56,8 @@ from meshd.wire.records import (
     PackInfo,
     Progress,
     Requirement,
+    Revocation,
+    RevocationKind,
     Task,
     TaskCopy,
     TaskFailure,
@@ -140,8 +142,10 @@ MAX_MANIFEST_BYTES: Final = 64 * 1024
 MAX_CHUNK_ERROR_CHARS: Final = 500
 #: Packs, and removed names, in one SKILL_ANNOUNCE.
 MAX_ANNOUNCED_PACKS: Final = 1000
-#: Signer keys, and pack ids, in one SKILL_REVOKE.
-MAX_REVOKED: Final = 10000
+#: Revocation records in one SKILL_REVOKE (about 180 bytes each: 4096 fit a 1 MiB frame).
+MAX_REVOKED: Final = 4096
+#: Length of a revocation's ``sig`` (an Ed25519 signature).
+SIGNATURE_BYTES: Final = 64
 
 # ---- field types used more than once -------------------------------------------------
 
@@ -293,6 +297,17 @@ PACK_INFO: Final = Record(
     label="pack",
 )
 
+REVOCATION: Final = Record(
+    Revocation,
+    ("kind", Choice(RevocationKind)),
+    ("target", HexId("signer key or pack id", PACK_ID_CHARS)),
+    ("by", KEY),
+    ("at", "at_ms", U63),
+    ("sig", Bin(SIGNATURE_BYTES, SIGNATURE_BYTES)),
+    label="revocation",
+    array=True,
+)
+
 # ---- message bodies, by family --------------------------------------------------------
 
 _PAYLOAD_CLASSES: Final = {msg_type: cls for cls, msg_type in PAYLOAD_TYPES.items()}
@@ -326,8 +341,6 @@ MEMBERSHIP: Final = _bodies(
     }
 )
 
-#: Length of an Ed25519 signature.
-SIGNATURE_BYTES: Final = 64
 #: Signed votes in one LEAD_CERT (a quorum of at most MAX_MEMBERS voters; ~100 bytes each).
 MAX_CERT_VOTES: Final = MAX_MEMBERS
 SIG: Final = Bin(SIGNATURE_BYTES)
@@ -445,10 +458,7 @@ SKILL_PACKS: Final = _bodies(
             ("data", Bin(MAX_CHUNK_BYTES)),
             ("error", Str(MAX_CHUNK_ERROR_CHARS)),
         ],
-        MsgType.SKILL_REVOKE: [
-            ("keys", List(KEY, MAX_REVOKED)),
-            ("packs", List(PACK_ID, MAX_REVOKED)),
-        ],
+        MsgType.SKILL_REVOKE: [("records", List(REVOCATION, MAX_REVOKED))],
     }
 )
 

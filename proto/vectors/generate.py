@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import msgpack  # type: ignore[import-untyped, unused-ignore]  # noqa: E402
+from nacl.signing import SigningKey  # noqa: E402
 
 from meshd.wire import (  # noqa: E402
     Ack,
@@ -82,6 +83,8 @@ from meshd.wire.records import (  # noqa: E402
     Assignment,
     Progress,
     Requirement,
+    Revocation,
+    RevocationKind,
     Task,
     TaskFailure,
     TaskState,
@@ -249,7 +252,32 @@ PACK_SCAN = hashlib.sha256(ARCHIVE_SCAN).hexdigest()
 PACK_ECHO = hashlib.sha256(ARCHIVE_ECHO).hexdigest()
 PACK_OLD = hashlib.sha256(ARCHIVE_OLD).hexdigest()
 SIGNER = fixed_bytes("signer/ops-team/ed25519", 32)
-SIGNER_LEAKED = fixed_bytes("signer/leaked/ed25519", 32)
+
+
+def revocation(kind: RevocationKind, target: str, seed_label: str, at_ms: int) -> Revocation:
+    """A revocation signed by the Ed25519 key whose seed is ``fixed_bytes(seed_label)``,
+    over the signing bytes of PROTOCOL.md 13.4 (Ed25519 signatures are deterministic)."""
+    key = SigningKey(fixed_bytes(seed_label, 32))
+    by = bytes(key.verify_key)
+    signed = (
+        b"meshd/skill-revoke/v1\x00"
+        + kind.value.encode("ascii")
+        + b"\x00"
+        + target.encode("ascii")
+        + by
+        + at_ms.to_bytes(8, "big")
+    )
+    return Revocation(kind, target, by, at_ms, key.sign(signed).signature)
+
+
+SIGNER_LEAKED = bytes(SigningKey(fixed_bytes("signer/leaked/seed", 32)).verify_key)
+#: The leaked key revoked by its holder; an old pack revoked by a revoker's key.
+REVOKE_LEAKED = revocation(
+    RevocationKind.KEY, SIGNER_LEAKED.hex(), "signer/leaked/seed", int(T0 * 1000) + 46
+)
+REVOKE_OLD_PACK = revocation(
+    RevocationKind.PACK, PACK_OLD, "signer/revoker/seed", int(T0 * 1000) + 47
+)
 
 #: A manifest as a pack's holder announces it (``SkillSpec.to_dict`` plus limits and
 #: permissions), written out here so that the vector does not follow later changes.
@@ -662,10 +690,11 @@ VALID: list[tuple[str, str, Envelope]] = [
     ),
     (
         "skill_revoke",
-        "SKILL_REVOKE published by C: one leaked signer key and one pack id",
+        "SKILL_REVOKE published by C: a leaked signer key revoked by its holder, and a pack "
+        "id revoked by another key (a revoker)",
         env(
             MsgType.SKILL_REVOKE,
-            SkillRevoke((SIGNER_LEAKED,), (PACK_OLD,)),
+            SkillRevoke((REVOKE_LEAKED, REVOKE_OLD_PACK)),
             n=46,
             sender=NODE_C,
             term=9,

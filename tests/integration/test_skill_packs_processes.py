@@ -55,6 +55,17 @@ def write_skill(
     return folder
 
 
+def rejected(d: Daemon) -> dict[str, int]:
+    """The daemon's refusal counters (``frames_rejected_total`` by reason)."""
+    return dict(d.status()["counters"]["rejected"])
+
+
+def own_key(d: Daemon) -> str:
+    """The daemon's own Ed25519 key (it signs its packs and revocations)."""
+    rows = json.loads(ctl(d, "skill", "trust", "list", "--json").stdout)
+    return str(next(r["key"] for r in rows if r["source"] == "this node"))
+
+
 def names(d: Daemon) -> dict[str, str]:
     rows = json.loads(ctl(d, "skill", "list", "--json").stdout)
     return {r["name"]: r["version"] for r in rows if r["node"] == d.name}
@@ -106,11 +117,27 @@ def test_pack_publish_install_and_run_on_another_host(mesh: Mesh, tmp_path: Path
     # describe shows the parameters and, after the run, the statistics on b.
     info = json.loads(ctl(b, "skill", "describe", "hello", "--json").stdout)
     assert "who" in [p["name"] for p in info["params"]] and info["stats"]["runs"] == 1
-    # A revocation stops it everywhere: b refuses to run it, origins refuse to send it.
+    # c neither signed the pack nor is a revoker on a and b: its revocation applies on c
+    # (its operator's node) only; a and b refuse it, and count and audit the refusal.
     pack_id = info["pack_id"]
+    assert ctl(c, "skill", "revoke", "--pack", pack_id).returncode == 0
+    wait_for(lambda: rejected(b).get("revoke_not_entitled", 0) >= 1
+             and rejected(a).get("revoke_not_entitled", 0) >= 1,
+             what="a and b to refuse c's revocation")  # fmt: skip
+    assert "hello" not in names(c)
+    assert "hello" in names(a) and "hello" in names(b)
+    refused = [r for r in b.client().audit() if r["type"] == "SKILL_REVOKE_REFUSED"]
+    assert refused and refused[0]["sent_by_name"] == "c" and refused[0]["target"] == pack_id
+    # Once a and b take c's key as a revoker, c's revocation (published again) applies:
+    # it stops the pack everywhere; b refuses to run it, origins refuse to send it.
+    c_key = own_key(c)
+    for d in (a, b):
+        assert ctl(d, "skill", "trust", "add", c_key, "--revoker").returncode == 0
     assert ctl(c, "skill", "revoke", "--pack", pack_id).returncode == 0
     wait_for(lambda: "hello" not in names(b) and "hello" not in names(a),
              what="the revoked pack disabled on a and b")  # fmt: skip
+    revoked = [r for r in b.client().audit() if r["type"] == "SKILL_PACK_REVOKED"]
+    assert revoked[-1]["by"] == c_key and revoked[-1]["by_revoker"] is True
     out = ctl(c, "delegate", "hello", "who=x")
     assert out.returncode != 0
     assert "revoked" in out.stderr or "unknown skill" in out.stderr, out.stderr

@@ -70,6 +70,18 @@ def test_config_file_overrides_and_rejects_unknown(tmp_path: Path) -> None:
         config.load_file(tmp_path / "missing.toml")
 
 
+def test_skills_bounds_are_read_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "meshd.toml"
+    path.write_text("[skills]\nmax_packs_per_member = 8\nmax_fetches = 1\n")
+    cfg = config.load_file(path)
+    assert cfg.skills.max_packs_per_member == 8 and cfg.skills.max_fetches == 1
+    assert cfg.skills.max_catalog_packs == config.SkillsConfig().max_catalog_packs
+    for name in ("max_revocations", "max_fetch_bytes", "max_catalog_bytes"):
+        path.write_text(f"[skills]\n{name} = 0\n")
+        with pytest.raises(ConfigError, match=name):
+            config.load_file(path)
+
+
 def test_default_state_dir_follows_xdg(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("MESHD_STATE_DIR", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
@@ -99,6 +111,6 @@ def test_the_readme_config_example_loads_with_its_documented_values(tmp_path: Pa
     path.write_text(block)
     cfg = config.load_file(path)
     defaults = config.lan()
-    for section in ("membership", "election", "tasks"):
+    for section in ("membership", "election", "tasks", "skills"):
         assert getattr(cfg, section) == getattr(defaults, section), section
     assert cfg.discovery.interfaces == ("eth0",)

@@ -129,8 +129,8 @@ class FakePacks:
     def publish(self, name: str) -> Any:
         return self._rec("publish", name)
 
-    def trust_add(self, key: str, note: str = "") -> Any:
-        return self._rec("trust_add", key, note)
+    def trust_add(self, key: str, note: str = "", revoker: bool = False) -> Any:
+        return self._rec("trust_add", key, note, revoker)
 
     def trust_remove(self, key: str) -> Any:
         return self._rec("trust_remove", key)
@@ -538,7 +538,12 @@ async def test_task_get_watch_list_resolve_the_id(node: Node) -> None:
         ("skill_install", {"name": "demo"}, ("install_from_mesh", "demo")),
         ("skill_remove", {"name": "demo"}, ("remove", "demo")),
         ("skill_publish", {"name": "demo"}, ("publish", "demo")),
-        ("skill_trust_add", {"key": "k", "note": "n"}, ("trust_add", "k", "n")),
+        ("skill_trust_add", {"key": "k", "note": "n"}, ("trust_add", "k", "n", False)),
+        (
+            "skill_trust_add",
+            {"key": "k", "revoker": True},
+            ("trust_add", "k", "", True),
+        ),
         ("skill_trust_remove", {"key": "k"}, ("trust_remove", "k")),
         ("skill_trust_list", {}, ("trust_list",)),
         ("skill_revoke", {"keys": ["k"]}, ("revoke", ["k"], [])),

@@ -46,6 +46,8 @@ from meshd.wire import (
     Ping,
     PingReq,
     ReportKind,
+    Revocation,
+    RevocationKind,
     SkillAnnounce,
     SkillChunk,
     SkillFetch,
@@ -166,7 +168,9 @@ PAYLOADS: dict[MsgType, Any] = {
     MsgType.SKILL_ANNOUNCE: SkillAnnounce((PACK,), False, ("old",)),
     MsgType.SKILL_FETCH: SkillFetch(PACK_ID, 0, 256 * 1024),
     MsgType.SKILL_CHUNK: SkillChunk(PACK_ID, 0, 1234, b"\x05" * 1234),
-    MsgType.SKILL_REVOKE: SkillRevoke((b"\x06" * 32,), (PACK_ID,)),
+    MsgType.SKILL_REVOKE: SkillRevoke(
+        (Revocation(RevocationKind.PACK, PACK_ID, b"\x06" * 32, 1, b"\x07" * 64),)
+    ),
 }
 
 BODY_KEYS: dict[MsgType, list[str]] = {
@@ -206,7 +210,7 @@ BODY_KEYS: dict[MsgType, list[str]] = {
     MsgType.SKILL_ANNOUNCE: ["packs", "full", "removed"],
     MsgType.SKILL_FETCH: ["pack_id", "offset", "length"],
     MsgType.SKILL_CHUNK: ["pack_id", "offset", "total", "data", "error"],
-    MsgType.SKILL_REVOKE: ["keys", "packs"],
+    MsgType.SKILL_REVOKE: ["records"],
 }
 INFO_KEYS = [
     *("id", "name", "role", "pri", "tier", "ek", "ck", "proof"),

@@ -33,6 +33,8 @@ from meshd.wire import (
     MsgType,
     PackInfo,
     Payload,
+    Revocation,
+    RevocationKind,
     SkillAnnounce,
     SkillChunk,
     SkillFetch,
@@ -49,13 +51,18 @@ PID = hashlib.sha256(ARCHIVE).hexdigest()
 PID2 = hashlib.sha256(b"other pack").hexdigest()
 SIGNER = b"\x11" * KEY_BYTES
 REVOKED_KEY = b"\x22" * KEY_BYTES
+SIG = b"\x33" * 64
+#: A key revoked by its holder, and a pack revoked by (say) a revoker.
+REC_KEY = Revocation(RevocationKind.KEY, REVOKED_KEY.hex(), REVOKED_KEY, 1_767_225_600_000, SIG)
+REC_PACK = Revocation(RevocationKind.PACK, PID, SIGNER, 2**63 - 1, SIG)
+REC_KEYS = ["kind", "target", "by", "at", "sig"]
 
 PACK_KEYS = ["name", "version", "pack_id", "size", "signer", "manifest"]
 BODY_KEYS: dict[MsgType, list[str]] = {
     MsgType.SKILL_ANNOUNCE: ["packs", "full", "removed"],
     MsgType.SKILL_FETCH: ["pack_id", "offset", "length"],
     MsgType.SKILL_CHUNK: ["pack_id", "offset", "total", "data", "error"],
-    MsgType.SKILL_REVOKE: ["keys", "packs"],
+    MsgType.SKILL_REVOKE: ["records"],
 }
 
 #: A manifest with values of every msgpack kind.
@@ -83,8 +90,8 @@ PAYLOADS: list[tuple[str, Payload]] = [
     ("chunk", SkillChunk(PID, 256, len(ARCHIVE), ARCHIVE[256:512])),
     ("chunk_last_empty", SkillChunk(PID, len(ARCHIVE), len(ARCHIVE), b"")),
     ("chunk_error", SkillChunk(PID, 0, 0, b"", "pack not held")),
-    ("revoke", SkillRevoke((REVOKED_KEY, SIGNER), (PID, PID2))),
-    ("revoke_empty", SkillRevoke((), ())),
+    ("revoke", SkillRevoke((REC_KEY, REC_PACK))),
+    ("revoke_empty", SkillRevoke(())),
 ]
 
 
@@ -169,7 +176,10 @@ def test_wire_form() -> None:
         "full": False,
         "removed": ["old"],
     }
-    assert encode_payload(SkillRevoke((SIGNER,), (PID,)))[1] == {"keys": [SIGNER], "packs": [PID]}
+    # a revocation travels as a fixed-length array: kind, target, by, at, sig
+    assert encode_payload(SkillRevoke((REC_PACK,)))[1] == {
+        "records": [["pack", PID, SIGNER, 2**63 - 1, SIG]]
+    }
     # bytes are msgpack bin, the pack id a msgpack str of 64 chars
     data = encode(make(SkillFetch(PID, 0, 1)))
     assert b"\xd9\x40" + PID.encode() in data
@@ -209,8 +219,10 @@ def test_extremes_accepted() -> None:
         make(SkillChunk(PID, 0, 0, b"", "e" * MAX_CHUNK_ERROR_CHARS)),
         make(
             SkillRevoke(
-                tuple(i.to_bytes(KEY_BYTES, "big") for i in range(MAX_REVOKED)),
-                tuple(f"{i:064x}" for i in range(MAX_REVOKED)),
+                tuple(
+                    Revocation(RevocationKind.PACK, f"{i:064x}", SIGNER, 2**63 - 1, SIG)
+                    for i in range(MAX_REVOKED)
+                )
             )
         ),
     ]
@@ -372,7 +384,7 @@ ANN, FET, CHU, REV = (
     SkillAnnounce((PACK, PACK_MIN), False, ("old",)),
     SkillFetch(PID, 256, 1024),
     SkillChunk(PID, 256, len(ARCHIVE), ARCHIVE[256:512]),
-    SkillRevoke((REVOKED_KEY, SIGNER), (PID, PID2)),
+    SkillRevoke((REC_KEY, REC_PACK)),
 )
 P0 = ["packs", 0]
 BP = "body.packs[0]"
@@ -452,17 +464,22 @@ CASES: list[tuple[Payload, list[Any], Any, str]] = [
     (CHU, ["error"], b"oops", "body.error"),
     *[(CHU, [k], DELETE, f"body.{k}") for k in BODY_KEYS[MsgType.SKILL_CHUNK]],
     # SKILL_REVOKE
-    (REV, ["keys"], None, "body.keys"),
-    (REV, ["keys"], REVOKED_KEY, "body.keys"),
-    (REV, ["keys"], [REVOKED_KEY] * (MAX_REVOKED + 1), "body.keys"),
-    (REV, ["keys"], [REVOKED_KEY, SIGNER[:31]], "body.keys[1]"),
-    (REV, ["keys"], [REVOKED_KEY + b"\x00"], "body.keys[0]"),
-    (REV, ["keys"], [REVOKED_KEY.hex()], "body.keys[0]"),
-    (REV, ["keys"], [None], "body.keys[0]"),
-    (REV, ["packs"], None, "body.packs"),
-    (REV, ["packs"], PID, "body.packs"),
-    (REV, ["packs"], [PID] * (MAX_REVOKED + 1), "body.packs"),
-    *[(REV, ["packs"], [PID, v], "body.packs[1]") for v in BAD_PACK_IDS],
+    (REV, ["records"], None, "body.records"),
+    (REV, ["records"], {}, "body.records"),
+    (REV, ["records"], [encode_payload(REV)[1]["records"][0]] * (MAX_REVOKED + 1), "body.records"),
+    (REV, ["records"], [None], "body.records[0]"),
+    (REV, ["records"], [{}], "body.records[0]"),
+    (REV, ["records", 0], ["key", REVOKED_KEY.hex(), REVOKED_KEY, 1], "body.records[0]"),
+    (REV, ["records", 1, 0], "signer", "body.records[1].kind"),
+    (REV, ["records", 1, 0], None, "body.records[1].kind"),
+    *[(REV, ["records", 1, 1], v, "body.records[1].target") for v in BAD_PACK_IDS],
+    (REV, ["records", 0, 2], REVOKED_KEY[:31], "body.records[0].by"),
+    (REV, ["records", 0, 2], REVOKED_KEY.hex(), "body.records[0].by"),
+    (REV, ["records", 0, 3], -1, "body.records[0].at"),
+    (REV, ["records", 0, 3], 1.5, "body.records[0].at"),
+    (REV, ["records", 0, 4], SIG[:63], "body.records[0].sig"),
+    (REV, ["records", 0, 4], SIG + b"\x00", "body.records[0].sig"),
+    (REV, ["records", 0, 4], SIG.hex(), "body.records[0].sig"),
     *[(REV, [k], DELETE, f"body.{k}") for k in BODY_KEYS[MsgType.SKILL_REVOKE]],
 ]
 
@@ -522,10 +539,12 @@ def test_missing_is_named_as_missing() -> None:
         SkillChunk(PID, 0, 1, "text"),  # type: ignore[arg-type]
         SkillChunk(PID, 0, 0, b"", "e" * (MAX_CHUNK_ERROR_CHARS + 1)),
         SkillChunk(PID, 0, 0, b"", None),  # type: ignore[arg-type]
-        SkillRevoke((SIGNER[:31],), ()),
-        SkillRevoke((), ("x",)),
-        SkillRevoke((), tuple(PID for _ in range(MAX_REVOKED + 1))),
-        SkillRevoke(None, ()),  # type: ignore[arg-type]
+        SkillRevoke((dataclasses.replace(REC_KEY, by=SIGNER[:31]),)),
+        SkillRevoke((dataclasses.replace(REC_KEY, target="x"),)),
+        SkillRevoke((dataclasses.replace(REC_KEY, sig=SIG[:63]),)),
+        SkillRevoke((dataclasses.replace(REC_KEY, at_ms=-1),)),
+        SkillRevoke(tuple(REC_PACK for _ in range(MAX_REVOKED + 1))),
+        SkillRevoke(None),  # type: ignore[arg-type]
     ],
 )
 def test_encode_rejects_invalid_payloads(payload: Payload) -> None:

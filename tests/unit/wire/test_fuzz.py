@@ -29,6 +29,8 @@ from meshd.wire import (
     Payload,
     Ping,
     PingReq,
+    Revocation,
+    RevocationKind,
     SkillAnnounce,
     SkillChunk,
     SkillFetch,
@@ -137,8 +139,17 @@ PAYLOADS: st.SearchStrategy[Payload] = st.one_of(
     ),
     st.builds(
         SkillRevoke,
-        keys=st.lists(KEYS, max_size=3).map(tuple),
-        packs=st.lists(PACK_IDS, max_size=3).map(tuple),
+        records=st.lists(
+            st.builds(
+                Revocation,
+                kind=st.sampled_from(RevocationKind),
+                target=PACK_IDS,
+                by=KEYS,
+                at_ms=st.integers(0, 2**63 - 1),
+                sig=st.binary(min_size=64, max_size=64),
+            ),
+            max_size=3,
+        ).map(tuple),
     ),
 )
 

@@ -40,6 +40,8 @@ from meshd.wire import (
     Ping,
     PingReq,
     ReportKind,
+    Revocation,
+    RevocationKind,
     SkillAnnounce,
     SkillChunk,
     SkillFetch,
@@ -250,7 +252,16 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
             p["pack_id"], p["offset"], p["total"], bytes.fromhex(p["data"]), p["error"]
         ),
         MsgType.SKILL_REVOKE: lambda: SkillRevoke(
-            tuple(bytes.fromhex(k) for k in p["keys"]), tuple(p["packs"])
+            tuple(
+                Revocation(
+                    RevocationKind(r["kind"]),
+                    r["target"],
+                    bytes.fromhex(r["by"]),
+                    r["at_ms"],
+                    bytes.fromhex(r["sig"]),
+                )
+                for r in p["records"]
+            )
         ),
     }
     payload: Payload = builders[msg_type]()
