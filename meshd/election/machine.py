@@ -274,15 +274,14 @@ class Election:
         #: Signatures of the real votes of this round (voter -> sig), ours included.
         self._vote_sigs: dict[str, bytes] = {}
         self._round_deadline = _INF
-        # Certificates: ours while we lead; heartbeats of leads not yet proven (sender ->
-        # (term, seq), answered once their certificate checks out); when we last asked a
-        # node for its certificate, or answered one's request.
-        self._cert: LeadCert | None = None
         #: The proof of our current term we hold (a lead or term certificate, ours or
         #: received), shown to stale leads we refuse; None after a restart.
         self._term_proof: LeadCert | None = None
         #: Signatures of the pre-votes of this round (voter -> sig), ours included.
         self._pre_sigs: dict[str, bytes] = {}
+        # Heartbeats of leads not yet proven (sender -> (term, seq), acknowledged once
+        # their certificate checks out); when we last asked a node for its certificate,
+        # or answered one's request.
         self._unproven: dict[str, tuple[int, int]] = {}
         self._cert_asked: dict[str, float] = {}
         self._cert_answered: dict[str, float] = {}
@@ -834,12 +833,12 @@ class Election:
         if (real or vote.pre) and check is not None and not check(sender, signed, vote.sig):
             out.append(Refused("bad_vote_signature", sender, f"term {vote.term}"))
             return
-        if self._role is Role.LEAD and real and self._cert is not None:
+        if self._role is Role.LEAD and real:
             # A late vote: the certificate grows (a node that counts more voters than we
             # did still finds a quorum in it).
             if sender not in self._vote_sigs:
                 self._vote_sigs[sender] = vote.sig
-                self._cert = self._term_proof = self._make_cert()
+                self._term_proof = self._make_cert()
             return
         if self._role is not Role.CANDIDATE:
             return
@@ -982,9 +981,8 @@ class Election:
         self._unproven.clear()
         out.append(ElectionEvent(LEAD_ELECTED, self._term, self._id, "won"))
         # The proof first: on each link it arrives before anything else this lead sends.
-        self._cert = self._make_cert()
-        self._term_proof = self._cert
-        self._send_all(self._cert, out)
+        cert = self._term_proof = self._make_cert()
+        self._send_all(cert, out)
         self._heartbeat(now, out)
 
     def _make_cert(self) -> LeadCert:
@@ -1054,7 +1052,6 @@ class Election:
         self._lead = None
         self._lead_since = None
         self._lease_start = None
-        self._cert = None
         self._next_hb = _INF
         self._sent_at = {}
         self._acked = {}
@@ -1101,7 +1098,6 @@ class Election:
             self._lead = None
             self._lead_since = None
             self._lease_start = None
-            self._cert = None
             self._next_hb = _INF
             out.append(ElectionEvent(STEPPED_DOWN, old_term, self._id, "higher_term"))
             self._arm(now, self._cfg.election_timeout)

@@ -548,8 +548,7 @@ class TaskMachine:
         fresh = [c for c in msg.copies if self._newer(c)]
         for copy in fresh:
             self._take(copy, out)
-        from_lead = True
-        held = [c for c in msg.copies if from_lead and self._to_confirm(c)]
+        held = [c for c in msg.copies if self._to_confirm(c)]
         lazy = [c for c in fresh if c not in held]
         if lazy:
             out.append(StoreCopies(tuple(lazy), durable=False))
@@ -559,22 +558,21 @@ class TaskMachine:
             out.append(StoreCopies(tuple(c for c in held if c in fresh), durable=True))
             for copy in held:
                 out.append(Send(sender, TaskAck(copy.task.task_id, True, f"held:{copy.seq}")))
-        if from_lead:
-            wm = self._wm
-            if wm.term != self.term:
-                self._wm = wm = _Watermark(self.term)
-            for copy in msg.copies:
-                if copy.term == self.term:
-                    self._mark(copy.seq)
-            wm.hi = max(wm.hi, msg.seq_hi)
-            if not msg.copies and now - wm.asked_at > 1.0:
-                # A beacon: ask for what we missed in this term (a gap below seq_hi),
-                # and for unfinished tasks whose copies are from an older term.
-                stale = self._stale_ids()
-                if wm.hi > wm.hw or stale:
-                    wm.asked_at = now if wm.hi > wm.hw else now + 4.0
-                    wm.asked_hi = wm.hi
-                    out.append(Send(sender, TaskSyncReq(self.term, wm.hw, stale)))
+        wm = self._wm
+        if wm.term != self.term:
+            self._wm = wm = _Watermark(self.term)
+        for copy in msg.copies:
+            if copy.term == self.term:
+                self._mark(copy.seq)
+        wm.hi = max(wm.hi, msg.seq_hi)
+        if not msg.copies and now - wm.asked_at > 1.0:
+            # A beacon: ask for what we missed in this term (a gap below seq_hi),
+            # and for unfinished tasks whose copies are from an older term.
+            stale = self._stale_ids()
+            if wm.hi > wm.hw or stale:
+                wm.asked_at = now if wm.hi > wm.hw else now + 4.0
+                wm.asked_hi = wm.hi
+                out.append(Send(sender, TaskSyncReq(self.term, wm.hw, stale)))
 
     def _to_confirm(self, copy: TaskCopy) -> bool:
         """A non-idempotent assignment of the current term that we hold (this copy or a
