@@ -29,6 +29,7 @@ periods (never below ``election_timeout``), so that big meshes do not look unrea
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from typing import Any, Final, TypeAlias
 from meshd.config import ElectionConfig, MembershipConfig, TaskConfig
 from meshd.effects import Effect, MemberChanged
 from meshd.election import Election, LeadStatus, Voter
-from meshd.election.cert import Signer, verify_signature
+from meshd.election.cert import Signer
 from meshd.membership import Membership, MemberView
 from meshd.tasks.machine import Member, TaskMachine
 from meshd.wire.messages import (
@@ -55,6 +56,7 @@ from meshd.wire.messages import (
     VoteReq,
 )
 from meshd.wire.records import MemberInfo, MemberRecord, MemberState, Task, TaskCopy
+from meshd.wire.signing import sign_info, verify_signature
 
 __all__ = ["ELECTION_PAYLOADS", "AgentSetup", "Core", "CoreEffect"]
 
@@ -102,6 +104,10 @@ class Core:
     term was lost (see :class:`~meshd.election.machine.Election`). ``rng`` seeds the machines.
     ``wall_offset``: wall-clock seconds minus monotonic seconds at start (see the module
     docstring). Without ``agent`` there is no task machine (membership and election only).
+    ``sign``: this node's key (signs its member info and its votes; the daemon and the
+    simulator always pass it). ``verify``: checks a member's info as it arrives (admission
+    proof and signature); ``admit``: the check for discovered candidates (mDNS records
+    carry no signature; default ``verify``).
     """
 
     def __init__(
@@ -119,10 +125,19 @@ class Core:
         agent: AgentSetup | None = None,
         wall_offset: float = 0.0,
         sign: Signer | None = None,
+        admit: Callable[[MemberInfo], bool] | None = None,
     ) -> None:
         self._mcfg = membership_config
         self.wall_offset = wall_offset
-        self.membership = Membership(self_info, membership_config, now, rng, verify)
+        self.membership = Membership(
+            self_info,
+            membership_config,
+            now,
+            rng,
+            verify,
+            admit=admit,
+            sign=functools.partial(sign_info, sign) if sign is not None else None,
+        )
         self.election = Election(
             self_info.node_id,
             self_info.priority,
@@ -293,12 +308,14 @@ class Core:
     def set_priority(self, priority: int, now: float) -> list[CoreEffect]:
         """This node's lead priority changed (see :meth:`Election.set_priority`).
 
-        Other nodes learn priorities from membership (``MemberInfo.priority``) and from
-        VOTE_REQs; announcing a new priority mesh-wide needs a new incarnation of the
-        member info, which is membership's to publish.
+        Voters read a candidate's priority from its member info, so the new priority
+        goes out as a new incarnation of this node's info (signed, published).
         """
         self._now = now
-        return list(self.election.set_priority(priority, now))
+        out: list[CoreEffect] = list(self.membership.update_self(now, priority=priority))
+        self._sync(out, now)
+        out.extend(self.election.set_priority(priority, now))
+        return out
 
     def request_transfer(self, target: str, now: float) -> list[CoreEffect]:
         """Hand the lead to ``target`` ("": step down), here or through the lead

@@ -32,6 +32,7 @@ from nacl.signing import SigningKey
 
 from meshd.errors import AdmissionError, TokenError
 from meshd.wire.records import MemberInfo
+from meshd.wire.signing import info_signed, sign_info
 
 TOKEN_PREFIX = "meshd1-"
 _ADMIT_CONTEXT = b"meshd/admit/v1"
@@ -72,6 +73,10 @@ class Identity:
 
     def sign(self, data: bytes) -> bytes:
         return bytes(self.signing_key.sign(data).signature)
+
+    def sign_info(self, info: MemberInfo) -> MemberInfo:
+        """``info`` (this node's own) with its signature (:mod:`meshd.wire.signing`)."""
+        return sign_info(self.sign, info)
 
     @classmethod
     def generate(cls) -> Identity:
@@ -132,7 +137,15 @@ class MeshKey:
         return hmac.new(self.key, msg, hashlib.sha256).digest()
 
     def check(self, info: MemberInfo) -> None:
-        """Raise AdmissionError unless ``info`` is a consistent, admitted member."""
+        """Raise AdmissionError unless ``info`` is a consistent, admitted member's info,
+        signed by that member (what every HELLO, INTRO and gossiped record carries)."""
+        self.check_proof(info)
+        if not info_signed(info):
+            raise AdmissionError(f"node {info.node_id[:12]}: info is not signed by its node")
+
+    def check_proof(self, info: MemberInfo) -> None:
+        """Raise AdmissionError unless ``info``'s keys are consistent and its admission
+        proof is valid (an mDNS record: it carries no signature)."""
         if len(info.ed25519_pk) != 32:
             raise AdmissionError("ed25519 key must be 32 bytes")
         if node_id_for(info.ed25519_pk) != info.node_id:
@@ -143,8 +156,17 @@ class MeshKey:
             raise AdmissionError(f"node {info.node_id[:12]}: admission proof is not valid")
 
     def verify(self, info: MemberInfo) -> bool:
+        """:meth:`check` as a bool."""
         try:
             self.check(info)
+        except AdmissionError:
+            return False
+        return True
+
+    def verify_proof(self, info: MemberInfo) -> bool:
+        """:meth:`check_proof` as a bool."""
+        try:
+            self.check_proof(info)
         except AdmissionError:
             return False
         return True

@@ -152,19 +152,21 @@ def fake_info(
     node_id = hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
     ident = sim_identity(name)
     _SIM_SIGNERS[ident.ed25519_pk] = ident.sign
-    return MemberInfo(
-        node_id=node_id,
-        name=name,
-        role=role,
-        priority=0,
-        ed25519_pk=ident.ed25519_pk,
-        curve_pk=hashlib.blake2b(b"cv" + name.encode(), digest_size=32).digest(),
-        proof=hashlib.blake2b(b"pf" + name.encode(), digest_size=32).digest(),
-        addresses=("10.0.0.1",),
-        router_port=port,
-        pub_port=port + 1,
-        intro_port=port + 2,
-        incarnation=incarnation,
+    return ident.sign_info(
+        MemberInfo(
+            node_id=node_id,
+            name=name,
+            role=role,
+            priority=0,
+            ed25519_pk=ident.ed25519_pk,
+            curve_pk=hashlib.blake2b(b"cv" + name.encode(), digest_size=32).digest(),
+            proof=hashlib.blake2b(b"pf" + name.encode(), digest_size=32).digest(),
+            addresses=("10.0.0.1",),
+            router_port=port,
+            pub_port=port + 1,
+            intro_port=port + 2,
+            incarnation=incarnation,
+        )
     )
 
 

@@ -38,10 +38,14 @@ class Proof(Protocol):
     """The mesh key's side of admission (:class:`meshd.identity.MeshKey`)."""
 
     def check(self, info: MemberInfo) -> None:
-        """Raise AdmissionError when ``info``'s proof does not verify."""
+        """Raise AdmissionError unless ``info``'s proof and its node's signature verify."""
         ...
 
     def verify(self, info: MemberInfo) -> bool: ...
+
+    def verify_proof(self, info: MemberInfo) -> bool:
+        """The admission proof only (an mDNS record carries no signature)."""
+        ...
 
 
 class Gate(Protocol):
@@ -68,8 +72,9 @@ class Admission:
         self._refusals: dict[tuple[str, str], float] = {}
 
     def admit(self, info: MemberInfo) -> bool:
-        """Let ``info``'s CURVE key through if its proof verifies (never our own)."""
-        if info.node_id == self._self_id or not self._proof.verify(info):
+        """Let ``info``'s CURVE key through if its proof verifies (never our own); an
+        mDNS record carries no signature, so only the proof is checked here."""
+        if info.node_id == self._self_id or not self._proof.verify_proof(info):
             return False
         self._gate.admit(info.curve_pk, info.node_id)
         return True

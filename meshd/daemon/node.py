@@ -339,6 +339,7 @@ class Node:
             clock.monotonic(),
             random.Random(int.from_bytes(os.urandom(8), "big")),
             verify=self.mesh.verify,
+            admit=self.mesh.verify_proof,
             term=election.term,
             voted_for=election.voted_for,
             term_known=election.term_known,

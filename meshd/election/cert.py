@@ -20,20 +20,13 @@ signature made with a node's key (a skill pack's is ``meshd/skill-pack/v1\\0``).
 key belongs to one state dir, and a state dir to one mesh, so the mesh id is not part of
 the signed bytes.
 
-:func:`verify_signature` checks one signature against a public key. It is a pure
-function of its arguments, so its results are cached: the same certificate reaches a node
-once per election, but its votes are the same bytes at every node of a simulation and in
-every answer to a LEAD_CERT_REQ.
+:func:`~meshd.wire.signing.verify_signature` (cached) checks each vote.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Final, TypeAlias
-
-from nacl.exceptions import BadSignatureError, CryptoError
-from nacl.signing import VerifyKey
 
 from meshd.wire.schema import MAX_COUNTER
 
@@ -64,15 +57,3 @@ def vote_bytes(term: int, candidate: str, pre: bool = False) -> bytes:
     8 big-endian bytes, the candidate's node id (32 ASCII hex chars)."""
     context = PRE_VOTE_CONTEXT if pre else VOTE_CONTEXT
     return context + term.to_bytes(8, "big") + candidate.encode("ascii")
-
-
-@lru_cache(maxsize=8192)
-def verify_signature(public_key: bytes, data: bytes, sig: bytes) -> bool:
-    """True when ``sig`` is ``public_key``'s Ed25519 signature of ``data``."""
-    if len(public_key) != 32 or len(sig) != 64:
-        return False
-    try:
-        VerifyKey(public_key).verify(data, sig)
-    except (BadSignatureError, CryptoError, ValueError):
-        return False
-    return True

@@ -246,12 +246,18 @@ class Membership:
         now: float,
         rng: random.Random,
         verify: Callable[[MemberInfo], bool] = lambda i: True,
+        *,
+        admit: Callable[[MemberInfo], bool] | None = None,
+        sign: Callable[[MemberInfo], MemberInfo] | None = None,
     ) -> None:
         _validate(config)
-        self._info = self_info
+        self._sign = sign
+        self._info = sign(self_info) if sign is not None else self_info
         self._cfg = config
         self._rng = rng
         self._verify_fn = verify
+        # Discovered candidates (mDNS records carry no signature): the proof only.
+        self._admit_fn = admit if admit is not None else verify
         self._peers: dict[str, _Peer] = {}
         self._left = False
         # Random phase: nodes started together do not heartbeat in lockstep.
@@ -621,8 +627,20 @@ class Membership:
         return dataclasses.replace(old, incarnation=info.incarnation) != info
 
     def _set_self(self, info: MemberInfo) -> None:
-        self._info = info
+        self._info = self._sign(info) if self._sign is not None else info
         self._changed()
+
+    def update_self(self, now: float, **changes: object) -> list[Effect]:
+        """Change this node's own info (e.g. ``priority``): a new incarnation, signed,
+        published so that every member (and every voter) sees it."""
+        if self._left:
+            return []
+        info = dataclasses.replace(self._info, **changes)  # type: ignore[arg-type]
+        if info == self._info:
+            return []
+        self._set_self(dataclasses.replace(info, incarnation=self._info.incarnation + 1))
+        mine = MemberRecord(self._info, MemberState.ALIVE)
+        return [MemberChanged(mine, MemberState.ALIVE, "updated"), Publish(MemberUpdate((mine,)))]
 
     def _ensure_link(self, p: _Peer, now: float, out: list[Effect]) -> None:
         """Connect (+ HELLO) if not connected. A link to a DEAD/LEFT peer is a contact
@@ -702,7 +720,7 @@ class Membership:
 
     def _discover(self, info: MemberInfo, now: float, out: list[Effect], p: _Peer | None) -> None:
         if p is None:
-            if not self._verify_fn(info):
+            if not self._admit_fn(info):
                 return
             p = self._add(info, now)
             self._move(p, Event.DISCOVERED, now, "discovered", out)
@@ -711,7 +729,7 @@ class Membership:
             p.contact_deadline = now + self._cfg.candidate_timeout
             self._ensure_link(p, now, out)
         elif p.state is _CANDIDATE:
-            if info.incarnation < p.info.incarnation or not self._verify(info, p):
+            if info.incarnation < p.info.incarnation or not self._admit_fn(info):
                 return
             self._move(p, Event.DISCOVERED, now, "discovered", out)
             self._set_info(p, info, out)
@@ -720,7 +738,7 @@ class Membership:
             # A newer one means the host restarted: open a contact window so its HELLO
             # (with that newer incarnation) can revive it. The stored record keeps the old
             # incarnation until then, or the revival would not look newer.
-            if info.incarnation <= p.info.incarnation or not self._verify(info, p):
+            if info.incarnation <= p.info.incarnation or not self._admit_fn(info):
                 return
             self._move(p, Event.DISCOVERED, now, "discovered", out)
             if not p.connected:
@@ -903,10 +921,16 @@ class Membership:
                     # relayed about a member we hold live, "left" is a verdict like
                     # "dead" - the dead guard applies and the subject can refute it.
                     rec = MemberRecord(rec.info, MemberState.DEAD)
+            if node_id != me and not (trusted or node_id == sender.node_id):
+                continue
+            q = self._peers.get(node_id)
+            if not self._verify(rec.info, q):
+                # Not what that member said (no valid signature or proof): refused.
+                out.append(Refused("bad_member_info", sender.node_id, f"about {node_id}"))
+                continue
             if node_id == me:
                 self._merge_self(rec, sender, now, out)
-            elif trusted or node_id == sender.node_id:
-                q = self._peers.get(node_id)
+            else:
                 if (
                     q is not None
                     and node_id != sender.node_id

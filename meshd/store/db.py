@@ -416,13 +416,19 @@ class Store:
     def load_peers(self) -> list[StoredPeer]:
         """Every stored member record. One the wire schema refuses (undecodable, an
         incarnation out of range, ...) or stored under another node id is moved to
-        quarantine; the member is re-learnt from the mesh."""
+        quarantine; the member is re-learnt from the mesh. A record written before member
+        info was signed (no ``sig``) is dropped quietly: it is re-learnt the same way, and
+        it is no sign of damage."""
         out: list[StoredPeer] = []
         bad: list[tuple[str, bytes, bytes, str]] = []
+        unsigned: list[bytes] = []
         with self.env.begin(db=self._peers) as txn:
             for key, raw in txn.cursor():
                 try:
                     obj = msgpack.unpackb(raw, raw=False)
+                    if _unsigned_peer(obj):
+                        unsigned.append(bytes(key))
+                        continue
                     record = member_record_from_wire(obj["r"])
                     seen = obj.get("seen")
                     if seen is not None and not isinstance(seen, (int, float)):
@@ -437,6 +443,10 @@ class Store:
                     continue
                 out.append(StoredPeer(record, None if seen is None else float(seen)))
         self._quarantine_all(bad)
+        if unsigned:
+            with self._write(self._peers, sync=False) as txn:
+                for key in unsigned:
+                    txn.delete(key)
         return out
 
     # -- quarantine --------------------------------------------------------------
@@ -499,6 +509,15 @@ class Store:
 
 def _decode_reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"[:200]
+
+
+def _unsigned_peer(obj: Any) -> bool:
+    """A stored member record from before member info carried a signature."""
+    if not isinstance(obj, dict):
+        return False
+    record = obj.get("r")
+    info = record.get("m") if isinstance(record, dict) else None
+    return isinstance(info, dict) and "sig" not in info
 
 
 def _pack_report(report: TaskReport) -> bytes:

@@ -39,7 +39,10 @@ class MemberInfo:
     ``incarnation`` is owned by the node itself: it only ever increases, and a node
     bumps it to refute a suspicion or after a restart. ``proof`` is the admission
     HMAC (see ``meshd.identity``); it binds the node's Ed25519 key to the mesh and is
-    not secret.
+    not secret. ``sig`` is the node's own Ed25519 signature of every other field
+    (:func:`meshd.wire.signing.info_signing_bytes`): relayed by anyone, the info still says
+    only what its node said. Empty only in a candidate learnt from an mDNS record (TXT
+    records carry no signature; such info is replaced by the node's HELLO).
     """
 
     node_id: str
@@ -57,6 +60,7 @@ class MemberInfo:
     protocol_version: int = PROTOCOL_VERSION
     tier: int = 0
     started_at: float = 0.0
+    sig: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,6 +211,7 @@ MEMBER_INFO: Final = Record(
     ("inc", "incarnation", COUNTER),
     ("pv", "protocol_version", U63),
     ("start", "started_at", Float()),
+    ("sig", "sig", Bin(SIGNATURE_BYTES)),
     label="member info",
 )
 

@@ -126,6 +126,7 @@ def info(label: str, nid: str, *, name: str, role: str, priority: int, tier: int
         incarnation=3,
         tier=tier,
         started_at=1767225000.25,
+        sig=fixed_bytes(f"{label}/sig", 64),
     )
 
 

@@ -19,18 +19,20 @@ from meshd.wire.records import MemberInfo
 
 
 def info_for(ident: Identity, mesh: MeshKey) -> MemberInfo:
-    return MemberInfo(
-        node_id=ident.node_id,
-        name="n1",
-        role="observer",
-        priority=0,
-        ed25519_pk=ident.ed25519_pk,
-        curve_pk=ident.curve_pk,
-        proof=mesh.proof_for(ident.ed25519_pk),
-        addresses=("127.0.0.1",),
-        router_port=1,
-        pub_port=2,
-        intro_port=3,
+    return ident.sign_info(
+        MemberInfo(
+            node_id=ident.node_id,
+            name="n1",
+            role="observer",
+            priority=0,
+            ed25519_pk=ident.ed25519_pk,
+            curve_pk=ident.curve_pk,
+            proof=mesh.proof_for(ident.ed25519_pk),
+            addresses=("127.0.0.1",),
+            router_port=1,
+            pub_port=2,
+            intro_port=3,
+        )
     )
 
 

@@ -56,7 +56,7 @@ def info_for(ident: Identity, mesh: MeshKey, **changes: Any) -> MemberInfo:
         pub_port=7791,
         intro_port=7792,
     )
-    return dataclasses.replace(info, **changes)
+    return ident.sign_info(dataclasses.replace(info, **changes))
 
 
 def fake_info(node_id: str) -> MemberInfo:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import pytest
 
 from meshd.config import MembershipConfig
-from meshd.effects import Connect, Disconnect, MemberChanged, Send
+from meshd.effects import Connect, Disconnect, MemberChanged, Refused, Send
 from meshd.errors import LocalProtocolError
 from meshd.membership import Effect, Membership, PeerState
 from meshd.membership.merge import MERGE, Action, Order, merge_action, order_of
@@ -324,7 +324,8 @@ def test_info_failing_verification_changes_nothing(key: Key) -> None:
     held, incoming, order = key
     r = Rig(held, verify=lambda info: info.proof != b"forged")
     before = (r.held(), r.held_info(), r.m.snapshot(), r.m.candidates())
-    assert r.recv(VOUCHER, MemberUpdate((record(incoming, order, proof=b"forged"),))) == []
+    out = r.recv(VOUCHER, MemberUpdate((record(incoming, order, proof=b"forged"),)))
+    assert out == [Refused("bad_member_info", VOUCHER.node_id, f"about {TARGET.node_id}")]
     assert (r.held(), r.held_info(), r.m.snapshot(), r.m.candidates()) == before
 
 

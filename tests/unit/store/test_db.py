@@ -7,6 +7,7 @@ import pytest
 
 from meshd.errors import StateLockedError
 from meshd.store.db import StateLock, Store, StoredPeer
+from meshd.wire.codec import member_record_to_wire
 from meshd.wire.records import MemberInfo, MemberRecord, MemberState
 from meshd.wire.schema import MAX_COUNTER
 
@@ -41,6 +42,22 @@ def test_peers_survive_reopen(tmp_path: Path) -> None:
     again.delete_peer(f"{1:032x}")
     assert [p.record.info.name for p in again.load_peers()] == ["n2"]
     again.close()
+
+
+def test_a_peer_record_from_before_signed_info_is_dropped_quietly(tmp_path: Path) -> None:
+    # Written by an older version (member info without "sig"): re-learnt from the mesh,
+    # neither loaded nor quarantined (it is no sign of damage).
+    store = Store(tmp_path)
+    store.save_peers([StoredPeer(record(1), None), StoredPeer(record(2), None)])
+    old = record(2)
+    wire = member_record_to_wire(old)
+    del wire["m"]["sig"]
+    with store.env.begin(db=store._peers, write=True) as txn:
+        txn.put(old.info.node_id.encode(), msgpack.packb({"r": wire, "seen": None}))
+    assert [p.record.info.name for p in store.load_peers()] == ["n1"]
+    assert store.quarantined == []
+    with store.env.begin(db=store._peers) as txn:
+        assert txn.get(old.info.node_id.encode()) is None
 
 
 def test_a_corrupt_peer_record_is_quarantined_not_destroyed(tmp_path: Path) -> None:

@@ -214,7 +214,7 @@ BODY_KEYS: dict[MsgType, list[str]] = {
 }
 INFO_KEYS = [
     *("id", "name", "role", "pri", "tier", "ek", "ck", "proof"),
-    *("addrs", "rp", "pp", "ip", "inc", "pv", "start"),
+    *("addrs", "rp", "pp", "ip", "inc", "pv", "start", "sig"),
 ]
 
 

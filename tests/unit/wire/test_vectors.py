@@ -111,6 +111,7 @@ def info_from_json(j: dict[str, Any]) -> MemberInfo:
         protocol_version=j["protocol_version"],
         tier=j["tier"],
         started_at=j["started_at"],
+        sig=bytes.fromhex(j["sig"]),
     )
 
 
