@@ -48,6 +48,12 @@ class MembershipConfig:
     sync_interval: float = 1.0
     #: s. Dead and left members are kept (shown in status, used for rejoin) this long.
     forget_after: float = 24 * 3600.0
+    #: links. Links open at once to members known only from others' gossip (never heard
+    #: from, not found by mDNS or a seed): a member holding the mesh key can gossip any
+    #: number of members, and this bounds the sockets and file descriptors they cost. A real
+    #: member says HELLO itself (its own link) within a heartbeat, so 32 is plenty while a
+    #: mesh forms.
+    max_unheard_links: int = 32
     #: s. A member learned only from mDNS/a static seed and never heard from is dropped
     #: from the candidate list after this long (mDNS records of crashed hosts linger ~19 min).
     candidate_timeout: float = 5.0
@@ -120,10 +126,18 @@ class ElectionConfig:
     #: s. After `lead transfer`, automatic priority takeover is suspended this long, so the
     #: operator's choice sticks (5 minutes) unless the chosen lead dies.
     manual_hold: float = 300.0
-    #: votes. 0 = a majority of the members (floor(n/2) + 1, n = every member not LEFT,
-    #: dead ones included, plus this node). A positive number: exactly that many votes
-    #: (e.g. 1 lets any single node lead alone; unsafe against partitions).
+    #: votes. 0 = a majority of the voters: the voter set the lead decided (see
+    #: ``voter_dead_after``), or before there is one every member not LEFT, dead ones
+    #: included, plus this node. A positive number: exactly that many votes (e.g. 1 lets
+    #: any single node lead alone; unsafe against partitions).
     quorum: int = 0
+    #: s. A voter that membership has held DEAD this long is removed from the voter set by
+    #: the lead (one change at a time, committed by a majority of the new set), so that
+    #: it no longer counts toward the quorum. Members heard by gossip only never become
+    #: voters: the lead adds a member once it follows the lead. 10 minutes: a reboot or a
+    #: network blip never shrinks the quorum, a host that is gone for good stops counting
+    #: long before ``[membership] forget_after`` (24 h) forgets it.
+    voter_dead_after: float = 600.0
 
 
 @dataclass(frozen=True, slots=True)

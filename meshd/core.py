@@ -54,6 +54,7 @@ from meshd.wire.messages import (
     TransferReq,
     Vote,
     VoteReq,
+    Voters,
 )
 from meshd.wire.records import MemberInfo, MemberRecord, MemberState, Task, TaskCopy
 from meshd.wire.signing import sign_info, verify_signature
@@ -63,6 +64,7 @@ __all__ = ["ELECTION_PAYLOADS", "AgentSetup", "Core", "CoreEffect"]
 #: Payload types the election machine handles.
 ELECTION_PAYLOADS: Final = (
     VoteReq, Vote, LeadHeartbeat, LeadAck, StepDown, TransferReq, LeadCert, LeadCertReq,
+    Voters,
 )  # fmt: skip
 
 #: Everything a Core step may return: the whole effect vocabulary.
@@ -126,6 +128,7 @@ class Core:
         wall_offset: float = 0.0,
         sign: Signer | None = None,
         admit: Callable[[MemberInfo], bool] | None = None,
+        voters: tuple[int, tuple[str, ...]] = (0, ()),
     ) -> None:
         self._mcfg = membership_config
         self.wall_offset = wall_offset
@@ -149,6 +152,7 @@ class Core:
             term_known,
             sign=sign,
             check_vote=self._check_vote if sign is not None else None,
+            voters=voters,
         )
         #: The ``now`` of the step in progress (the task machine asks for the lease).
         self._now = now
@@ -233,10 +237,15 @@ class Core:
     def voters(self) -> list[Voter]:
         """The election's view of the members (this node included; restored members that
         have not answered yet count as DEAD)."""
-        out = [Voter(v.info.node_id, v.info.priority, v.state) for v in self.membership.members()]
+        members = self.membership.members()
+        out = [
+            Voter(v.info.node_id, v.info.priority, v.state, v.state_since, v.last_heard is not None)
+            for v in members
+        ]
         # Members before a restart that have not answered yet count, as DEAD ones do: a
         # node restarted while cut off must not lead a mesh of one.
-        out += [Voter(i.node_id, i.priority, MemberState.DEAD) for i in self.membership.restored()]
+        dead = MemberState.DEAD
+        out += [Voter(i.node_id, i.priority, dead, self._now) for i in self.membership.restored()]
         out.append(Voter(self.self_id, self.election.priority, MemberState.ALIVE))
         return out
 

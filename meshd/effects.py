@@ -98,12 +98,14 @@ class Disconnect:
 
 @dataclass(frozen=True, slots=True)
 class Persist:
-    """Store the election's ``term`` and ``voted_for`` durably (synchronously) before
-    carrying out the effects that follow it in the same list: a vote or a term adoption
-    is only answered once it would survive a crash. Always the full durable state."""
+    """Store the election's ``term``, ``voted_for`` and voter set (``voters``: version
+    and node ids; version 0: none decided yet) durably (synchronously) before carrying
+    out the effects that follow it in the same list: a vote or a term adoption is only
+    answered once it would survive a crash. Always the full durable state."""
 
     term: int
     voted_for: str | None
+    voters: tuple[int, tuple[str, ...]] = (0, ())
 
 
 @dataclass(frozen=True, slots=True)

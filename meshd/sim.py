@@ -482,7 +482,17 @@ class FakeNetwork:
         def factory(info: MemberInfo, now: float, rng: random.Random) -> SimHost:
             p = store.persist
             core = Core(
-                info, mcfg, ecfg, now, rng, check, p.term, p.voted_for, agent=agent, sign=signer
+                info,
+                mcfg,
+                ecfg,
+                now,
+                rng,
+                check,
+                p.term,
+                p.voted_for,
+                agent=agent,
+                sign=signer,
+                voters=p.voters,
             )
             return SimHost(core, store, skills, now)
 

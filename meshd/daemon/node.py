@@ -343,6 +343,7 @@ class Node:
             term=election.term,
             voted_for=election.voted_for,
             term_known=election.term_known,
+            voters=election.voters,
             sign=self.identity.sign,
             agent=AgentSetup(
                 config=cfg.tasks,
@@ -746,7 +747,7 @@ class Node:
 
     def _do_persist(self, eff: Persist) -> None:
         # Synchronous and durable before the next effect (a vote) is sent.
-        self.store.save_election(eff.term, eff.voted_for)
+        self.store.save_election(eff.term, eff.voted_for, eff.voters)
 
     def _do_election_event(self, eff: ElectionEvent) -> None:
         lead_name = self.core.name_of(eff.lead) if eff.lead else None
@@ -783,6 +784,18 @@ class Node:
                 self.failed_here += 1
         if eff.kind == "TASKS_RESUMED":
             _log.info("tasks_resumed", **{k: eff.fields[k] for k in ("unfinished", "sources")})
+
+    def _voters_status(self) -> dict[str, Any]:
+        """The voter set as this node holds it (``version`` 0: none decided yet, every
+        member counts), how many votes make a quorum, and the voters' names."""
+        election = self.core.election
+        version, ids = election.voter_set
+        return {
+            "version": version,
+            "count": election.member_count(),
+            "quorum": election.quorum(),
+            "names": sorted(self.core.name_of(n) for n in ids),
+        }
 
     def _do_refused(self, eff: Refused) -> None:
         self.transport.counters.reject(eff.reason)
@@ -1199,6 +1212,7 @@ class Node:
             "lead_reason": lead_reason,
             "term": st.term,
             "term_known": self.core.election.term_known,
+            "voters": self._voters_status(),
             "role": st.role.value.lower(),
             "quarantine": self.store.quarantine_list(),
             "peers": peers,

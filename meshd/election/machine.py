@@ -96,6 +96,7 @@ from meshd.wire.messages import (
     TransferReq,
     Vote,
     VoteReq,
+    Voters,
 )
 from meshd.wire.records import MemberState
 
@@ -118,6 +119,7 @@ _INF = math.inf
 LEAD_ELECTED: Final = "LEAD_ELECTED"
 LEAD_LOST: Final = "LEAD_LOST"
 STEPPED_DOWN: Final = "STEPPED_DOWN"
+VOTERS_CHANGED: Final = "VOTERS_CHANGED"
 
 _LIVE = (MemberState.ALIVE, MemberState.SUSPECT)
 
@@ -138,6 +140,11 @@ class Voter:
     node_id: str
     priority: int
     state: MemberState
+    #: Monotonic time of its last state change (how long a DEAD voter has been dead).
+    since: float = 0.0
+    #: This node has heard the member itself (or knew it before a restart); False for a
+    #: member known only from others' gossip, which never counts as a voter.
+    direct: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +179,7 @@ def validate_config(cfg: ElectionConfig) -> None:
         "quorum",
         "lease_grace",
         "max_defer",
+        "voter_dead_after",
     )
     for name in non_negative:
         value = getattr(cfg, name)
@@ -217,6 +225,7 @@ class Election:
         *,
         sign: Signer | None = None,
         check_vote: VoteCheck | None = None,
+        voters: tuple[int, tuple[str, ...]] = (0, ()),
     ) -> None:
         validate_config(config)
         if priority < 0:
@@ -228,6 +237,16 @@ class Election:
         self._id = self_id
         self._sign = sign
         self._check_vote = check_vote
+        # The voter set the lead decided (version 0: none yet, the member view counts).
+        self._voters_version = voters[0]
+        self._voter_ids: frozenset[str] = frozenset(voters[1])
+        # Lead: the version of a change not yet held by a majority of the new set; the
+        # voter version each follower's LEAD_ACK showed; when we last sent one VOTERS.
+        self._voters_pending: int | None = None
+        self._voters_acked: dict[str, int] = {}
+        self._voters_sent: dict[str, float] = {}
+        #: Since when the conditions for the first voter set have held (see _plan_voters).
+        self._voters_settled = _INF
         self._priority = priority
         self._cfg = config
         self._rng = rng
@@ -333,8 +352,22 @@ class Election:
         return self._left
 
     def member_count(self) -> int:
-        """``n`` of the quorum: members not LEFT (dead ones included) plus this node."""
-        return 1 + sum(1 for v in self._members.values() if v.state is not MemberState.LEFT)
+        """``n`` of the quorum: the voters (see :meth:`_is_voter`)."""
+        return len(self._voter_list())
+
+    def _voter_list(self) -> frozenset[str]:
+        if self._voters_version:
+            return self._voter_ids
+        return frozenset({self._id, *(n for n in self._members if self._is_voter(n))})
+
+    @property
+    def voter_set(self) -> tuple[int, tuple[str, ...]]:
+        """(version, sorted node ids) of the decided voter set; (0, ()) before one."""
+        return self._voters_version, tuple(sorted(self._voter_ids))
+
+    def voters_committed(self) -> bool:
+        """On the lead: no voter change is waiting for a majority of the new set."""
+        return self._voters_pending is None
 
     def quorum(self) -> int:
         """Votes (this node's included) needed to elect, and acks needed for the lease."""
@@ -449,6 +482,8 @@ class Election:
             self._unproven.pop(nid, None)
             self._cert_asked.pop(nid, None)
             self._cert_answered.pop(nid, None)
+            self._voters_acked.pop(nid, None)
+            self._voters_sent.pop(nid, None)
         out: list[Effect] = []
         lead = self._lead
         if lead is not None and lead != self._id:
@@ -483,6 +518,8 @@ class Election:
             self._on_cert(sender, payload, now, out)
         elif isinstance(payload, LeadCertReq):
             self._on_cert_req(sender, payload, now, out)
+        elif isinstance(payload, Voters):
+            self._on_voters(sender, payload, out)
         return out
 
     def tick(self, now: float) -> list[Effect]:
@@ -496,6 +533,8 @@ class Election:
             elif now >= self._next_hb:
                 self._heartbeat(now, out)
                 self._check_takeover(now, out)
+                if self._role is Role.LEAD and self.has_lease(now):
+                    self._plan_voters(now, out)
         elif self._role is Role.CANDIDATE:
             if now >= self._round_deadline:
                 if self._can_campaign(now) and not self._defers(now):
@@ -537,6 +576,8 @@ class Election:
             raise LocalProtocolError(f"{target} has priority 0 and can never lead")
         if not self.reachable(target, now):
             raise LocalProtocolError(f"{target} is not reachable")
+        if not self._is_voter(target):
+            raise LocalProtocolError(f"{target} is not a voter yet")
         out: list[Effect] = []
         self._takeover_hold_until = now + self._cfg.manual_hold
         self._step_down("transfer", target, now, out)
@@ -607,7 +648,7 @@ class Election:
         if hb.term < self._term:
             # A stale lead: tell it our term, and show it the proof of our term (it moves
             # on only with one).
-            self._send(sender, LeadAck(self._term, hb.seq, False), out)
+            self._send(sender, LeadAck(self._term, hb.seq, False, self._voters_version), out)
             proof = self._term_proof
             if proof is not None and now - self._cert_answered.get(sender, -_INF) >= _CERT_INTERVAL:
                 self._cert_answered[sender] = now
@@ -616,7 +657,7 @@ class Election:
         if hb.term == self._term and self._lead == sender and self._role is Role.FOLLOWER:
             self._lead_contact = now
             self._arm(now, self._cfg.election_timeout, watch=sender)
-            self._send(sender, LeadAck(self._term, hb.seq, True), out)
+            self._send(sender, LeadAck(self._term, hb.seq, True, self._voters_version), out)
             return
         if hb.term == self._term and (self._role is Role.LEAD or self._lead is not None):
             # A second lead of our term: a forged claim (two certificates for one term
@@ -654,7 +695,7 @@ class Election:
         self._arm(now, self._cfg.election_timeout, watch=lead)
         pending = self._unproven.pop(lead, None)
         if pending is not None and pending[0] == self._term:
-            self._send(lead, LeadAck(self._term, pending[1], True), out)
+            self._send(lead, LeadAck(self._term, pending[1], True, self._voters_version), out)
 
     def _on_cert(self, sender: str, cert: LeadCert, now: float, out: list[Effect]) -> None:
         """A lead or term certificate (it proves itself, whoever relays it)."""
@@ -721,7 +762,7 @@ class Election:
         voters: set[str] = set()
         q = self._cert_quorum()
         for v in cert.votes:
-            if v.voter in voters or not (v.voter == self._id or self._is_voter(v.voter)):
+            if v.voter in voters or not self._is_voter(v.voter):
                 continue
             if check is not None and not check(v.voter, data, v.sig):
                 return f"bad signature of {v.voter}"
@@ -738,6 +779,8 @@ class Election:
         keep it passing as members join."""
         if self._cfg.quorum > 0:
             return self._cfg.quorum
+        if self._voters_version:
+            return self.quorum()
         live = 1 + sum(1 for v in self._members.values() if v.state in _LIVE)
         return live // 2 + 1
 
@@ -756,12 +799,107 @@ class Election:
         # loses its lease meanwhile, as a majority no longer acknowledges it).
         if self._role is not Role.LEAD or ack.term != self._term or not ack.ok:
             return
+        if not self._is_live(sender):
+            return
+        self._acked_at[sender] = now  # it follows us (a joiner: the voter set may add it)
+        self._voters_acked[sender] = ack.voters_version
+        if ack.voters_version < self._voters_version:
+            self._send_voters(sender, now, out)
+        self._check_voters_commit()
         if not self._is_voter(sender):
             return
-        self._acked_at[sender] = now
         if ack.seq > self._acked.get(sender, 0):
             self._acked[sender] = ack.seq
             self._update_lease()
+
+    def _on_voters(self, sender: str, msg: Voters, out: list[Effect]) -> None:
+        if sender != self._lead or msg.term != self._term or self._role is not Role.FOLLOWER:
+            out.append(Refused("voters_not_lead", sender, f"version {msg.version}"))
+            return
+        if msg.version <= self._voters_version:
+            return
+        self._voters_version = msg.version
+        self._voter_ids = frozenset(msg.voters)
+        self._persist(out)  # held durably before our next LEAD_ACK says so
+
+    # ---- internals: the voter set (lead) -----------------------------------------------
+
+    def _send_voters(self, to: str, now: float, out: list[Effect]) -> None:
+        if now - self._voters_sent.get(to, -_INF) < _CERT_INTERVAL or not self._voters_version:
+            return
+        self._voters_sent[to] = now
+        self._send(to, Voters(self._term, *self.voter_set), out)
+
+    def _check_voters_commit(self) -> None:
+        """A change is committed once a majority of the new set holds its version."""
+        pending = self._voters_pending
+        if pending is None:
+            return
+        have = sum(
+            1 for n in self._voter_ids if n == self._id or self._voters_acked.get(n, 0) >= pending
+        )
+        if have >= len(self._voter_ids) // 2 + 1:
+            self._voters_pending = None
+
+    def _voter_gone(self, node_id: str, now: float) -> bool:
+        v = self._members.get(node_id)
+        if v is None or v.state is MemberState.LEFT:
+            return True
+        return v.state is MemberState.DEAD and now - v.since >= self._cfg.voter_dead_after
+
+    def _plan_voters(self, now: float, out: list[Effect]) -> None:
+        """On the lead, with its lease: one change of the voter set at a time (Raft's
+        single-server changes, so any two majorities of consecutive sets meet).
+
+        The first set is decided once every member this node has heard itself and holds
+        live follows it (acknowledged it within ``election_timeout``), at least one does,
+        and that has held for ``stability_window``: this node, those members, and the
+        members it heard before that are dead now (not for ``voter_dead_after``). Then a
+        member that follows this lead is added, and a voter LEFT, forgotten or DEAD for
+        ``voter_dead_after`` is removed. Members known only by gossip never become voters.
+        """
+        if self._voters_pending is not None or self._cfg.quorum > 0:
+            return
+        timeout = self._cfg.election_timeout
+        follows = {
+            n
+            for n, v in self._members.items()
+            if v.state in _LIVE and now - self._acked_at.get(n, -_INF) < timeout
+        }
+        if not self._voters_version:
+            direct_live = {n for n, v in self._members.items() if v.state in _LIVE and v.direct}
+            if not follows or not direct_live <= follows:
+                self._voters_settled = _INF
+                return
+            if self._voters_settled == _INF:
+                self._voters_settled = now
+            if now - self._voters_settled < self._cfg.stability_window:
+                return
+            dead = {
+                n
+                for n, v in self._members.items()
+                if v.direct and v.state is MemberState.DEAD and not self._voter_gone(n, now)
+            }
+            new = frozenset({self._id} | follows | dead)
+        else:
+            ids = self._voter_ids
+            gone = sorted(n for n in ids if n != self._id and self._voter_gone(n, now))
+            if gone:
+                new = ids - {gone[0]}
+            else:
+                joiners = sorted(n for n in follows - ids if self._members[n].direct)
+                if not joiners:
+                    return
+                new = ids | {joiners[0]}
+        self._voters_version += 1
+        self._voter_ids = new
+        self._voters_pending = self._voters_version
+        self._persist(out)
+        out.append(ElectionEvent(VOTERS_CHANGED, self._term, self._id, f"{len(new)} voters"))
+        for nid, v in self._members.items():
+            if v.state in _LIVE:
+                self._send_voters(nid, now, out)
+        self._check_voters_commit()
 
     def _on_vote_req(self, sender: str, req: VoteReq, now: float, out: list[Effect]) -> None:
         if not self._is_live(sender):
@@ -897,7 +1035,10 @@ class Election:
         if not self._term_known and self._members:
             return False  # it may have voted for another in the lost term
         return (
-            self._priority > 0 and self._term < MAX_TERM and now >= self._held.get(self._id, -_INF)
+            self._priority > 0
+            and self._term < MAX_TERM
+            and self._is_voter(self._id)
+            and now >= self._held.get(self._id, -_INF)
         )
 
     def _campaign(self, now: float, out: list[Effect]) -> None:
@@ -963,7 +1104,7 @@ class Election:
         return True
 
     def _count_grants(self) -> int:
-        return sum(1 for g in self._grants if g == self._id or self._is_voter(g))
+        return sum(1 for g in self._grants if self._is_voter(g))
 
     def _become_lead(self, now: float, out: list[Effect]) -> None:
         self._set_role(Event.ELECTED)
@@ -979,6 +1120,11 @@ class Election:
         self._acked = {}
         self._acked_at = {}
         self._unproven.clear()
+        # A voter set of an earlier lead may not be held by a majority yet: no change of
+        # ours until it is (so two changes are never outstanding at once).
+        self._voters_acked = {}
+        self._voters_sent = {}
+        self._voters_pending = self._voters_version or None
         out.append(ElectionEvent(LEAD_ELECTED, self._term, self._id, "won"))
         # The proof first: on each link it arrives before anything else this lead sends.
         cert = self._term_proof = self._make_cert()
@@ -1035,6 +1181,8 @@ class Election:
                 continue
             if now - self._acked_at.get(nid, -_INF) >= cfg.election_timeout:
                 continue  # not following us: it might not hear the hand-over
+            if not self._is_voter(nid):
+                continue  # not a voter yet: it could not stand
             stable_since = max(self._reach_since.get(nid, now), self._held.get(nid, -_INF))
             if now - stable_since < cfg.stability_window:
                 continue
@@ -1080,7 +1228,7 @@ class Election:
 
     def _persist(self, out: list[Effect]) -> None:
         """Emit the durable state; a Persist directly before is superseded (same write)."""
-        p = Persist(self._term, self._voted_for)
+        p = Persist(self._term, self._voted_for, self.voter_set)
         if out and isinstance(out[-1], Persist):
             out[-1] = p
         else:
@@ -1154,6 +1302,13 @@ class Election:
         return n is not None and n[0] == node_id and term <= n[1] + 2 and now < n[2]
 
     def _is_voter(self, node_id: str) -> bool:
+        """Whether its vote and its acknowledgements count: a member of the decided voter
+        set (dead ones too, until the lead removes them); before there is one, any member
+        not LEFT and this node (a crashed member keeps counting: a minority never elects)."""
+        if self._voters_version:
+            return node_id in self._voter_ids
+        if node_id == self._id:
+            return True
         v = self._members.get(node_id)
         return v is not None and v.state is not MemberState.LEFT
 
@@ -1194,11 +1349,7 @@ class Election:
         return self._count_above(_key(self._priority, self._id), now, exclude=self._id)
 
     def _reachable_voters(self, now: float) -> int:
-        return 1 + sum(
-            1
-            for nid, v in self._members.items()
-            if v.state is not MemberState.LEFT and self.reachable(nid, now)
-        )
+        return sum(1 for n in self._voter_list() if self.reachable(n, now))
 
     def _no_lead_reason(self, now: float) -> str:
         if not self._ever_lead and now < self._started + self._cfg.election_timeout:

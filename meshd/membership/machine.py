@@ -216,6 +216,7 @@ def _validate(config: MembershipConfig) -> None:
         "reconnect_first",
         "reconnect_fast_for",
         "reconnect_window",
+        "max_unheard_links",
     )
     for name in positive:
         if not getattr(config, name) > 0:
@@ -259,6 +260,8 @@ class Membership:
         # Discovered candidates (mDNS records carry no signature): the proof only.
         self._admit_fn = admit if admit is not None else verify
         self._peers: dict[str, _Peer] = {}
+        #: Peers linked while known only by gossip (see _ensure_link).
+        self._unheard_links: set[str] = set()
         self._left = False
         # Random phase: nodes started together do not heartbeat in lockstep.
         self._next_hb = now + rng.uniform(0.0, config.heartbeat_interval)
@@ -642,10 +645,19 @@ class Membership:
         mine = MemberRecord(self._info, MemberState.ALIVE)
         return [MemberChanged(mine, MemberState.ALIVE, "updated"), Publish(MemberUpdate((mine,)))]
 
-    def _ensure_link(self, p: _Peer, now: float, out: list[Effect]) -> None:
+    def _ensure_link(self, p: _Peer, now: float, out: list[Effect]) -> bool:
         """Connect (+ HELLO) if not connected. A link to a DEAD/LEFT peer is a contact
-        window: closed again after ``reconnect_window`` unless the peer comes back."""
+        window: closed again after ``reconnect_window`` unless the peer comes back.
+
+        Links to members known only from others' gossip (never heard, not discovered or
+        restored) are bounded by ``max_unheard_links``: a member holding the mesh key can
+        gossip any number of members, and none of them costs more than one of those
+        slots. Beyond, the link is not opened now (the retry timers try it again when a
+        slot is free). Returns whether the peer is linked."""
         if not p.connected:
+            unheard = p.last_heard is None and p.state is not _CANDIDATE and not p.restored
+            if unheard and not self._unheard_slot(p.node_id):
+                return False
             p.connected = True
             out.append(Connect(p.info))
             out.append(Send(p.node_id, Hello(self._info)))
@@ -653,6 +665,20 @@ class Membership:
             end = now + self._cfg.reconnect_window
             if p.contact_deadline == _INF or p.contact_deadline < end:
                 p.contact_deadline = end
+        return True
+
+    def _unheard_slot(self, node_id: str) -> bool:
+        """Take one of the ``max_unheard_links`` slots for ``node_id`` (freed once the
+        peer is heard, disconnected or removed)."""
+        held = self._unheard_links
+        for n in list(held):
+            q = self._peers.get(n)
+            if q is None or not q.connected or q.last_heard is not None:
+                held.discard(n)
+        if len(held) >= self._cfg.max_unheard_links:
+            return False
+        held.add(node_id)
+        return True
 
     def _send(
         self,
@@ -662,8 +688,8 @@ class Membership:
         out: list[Effect],
         correlation_id: bytes | None = None,
     ) -> None:
-        self._ensure_link(p, now, out)
-        out.append(Send(p.node_id, payload, correlation_id))
+        if self._ensure_link(p, now, out):
+            out.append(Send(p.node_id, payload, correlation_id))
 
     def _disconnect(self, p: _Peer, out: list[Effect]) -> None:
         if p.connected:

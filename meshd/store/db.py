@@ -113,6 +113,10 @@ class StoredElection(NamedTuple):
     term: int
     voted_for: str | None
     term_known: bool = True
+    #: The voter set (version, node ids); (0, ()) when none was decided or its record
+    #: was bad (quarantined: the node then counts the member view until the lead sends
+    #: the set again).
+    voters: tuple[int, tuple[str, ...]] = (0, ())
 
 
 def counter_problem(value: object, what: str) -> str | None:
@@ -242,7 +246,7 @@ class Store:
 
     # -- election ----------------------------------------------------------------
     def load_election(self, self_id: str | None = None) -> StoredElection:
-        """The durable term and vote. A bad ``term`` record (undecodable, or a term whose
+        """The durable term, vote and voter set. A bad ``term`` record (undecodable, or a term whose
         next one would pass MAX_COUNTER) is quarantined with the vote that belongs to it:
         term 0, ``term_known`` False (the node may have voted in any term up to the lost
         one, so it votes in none until it has learnt the mesh's term). A bad ``voted_for``
@@ -250,6 +254,7 @@ class Store:
         grants nobody else a vote in that term, which is all a vote binds it to (without
         ``self_id``: as a bad term)."""
         with self._write(None) as txn:
+            voters = self._load_voters(txn)
             raw_term = txn.get(b"term", db=self._meta)
             raw_vote = txn.get(b"voted_for", db=self._meta)
             term, why = (0, None) if raw_term is None else _unpack(bytes(raw_term))
@@ -259,7 +264,7 @@ class Store:
                 if raw_vote is not None:
                     reason = "the vote of a quarantined term"
                     self._move_to_quarantine(txn, "meta", b"voted_for", bytes(raw_vote), reason)
-                return StoredElection(0, None, term_known=False)
+                return StoredElection(0, None, term_known=False, voters=voters)
             assert isinstance(term, int)
             voted, why = (None, None) if raw_vote is None else _unpack(bytes(raw_vote))
             if voted is not None or why is not None:
@@ -268,16 +273,37 @@ class Store:
                 assert raw_vote is not None
                 self._move_to_quarantine(txn, "meta", b"voted_for", bytes(raw_vote), why)
                 if self_id is None:
-                    return StoredElection(0, None, term_known=False)
-                return StoredElection(term, self_id)
+                    return StoredElection(0, None, term_known=False, voters=voters)
+                return StoredElection(term, self_id, voters=voters)
         assert voted is None or isinstance(voted, str)
-        return StoredElection(term, voted)
+        return StoredElection(term, voted, voters=voters)
 
-    def save_election(self, term: int, voted_for: str | None) -> None:
+    def save_election(
+        self, term: int, voted_for: str | None, voters: tuple[int, tuple[str, ...]] = (0, ())
+    ) -> None:
         """One durable transaction: the caller sends its vote only after this returns."""
         with self._write(self._meta) as txn:
             txn.put(b"term", msgpack.packb(term))
             txn.put(b"voted_for", msgpack.packb(voted_for))
+            txn.put(b"voters", msgpack.packb([voters[0], list(voters[1])]))
+
+    def _load_voters(self, txn: Any) -> tuple[int, tuple[str, ...]]:
+        """The stored voter set; a bad record is quarantined and read as none."""
+        raw = txn.get(b"voters", db=self._meta)
+        if raw is None:
+            return (0, ())
+        value, why = _unpack(bytes(raw))
+        if why is None:
+            if not (isinstance(value, list) and len(value) == 2 and isinstance(value[1], list)):
+                why = f"voters is not [version, ids]: {value!r:.40}"
+            else:
+                why = counter_problem(value[0], "voters version")
+                for nid in value[1]:
+                    why = why or node_id_problem(nid, "voter")
+        if why is not None or not isinstance(value, list):
+            self._move_to_quarantine(txn, "meta", b"voters", bytes(raw), why or "not a list")
+            return (0, ())
+        return (int(value[0]), tuple(str(n) for n in value[1]))
 
     # -- audit -------------------------------------------------------------------
     def append_audit(self, record: dict[str, Any]) -> None:

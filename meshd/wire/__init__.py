@@ -112,6 +112,7 @@ from meshd.wire.messages import (
     TransferReq,
     Vote,
     VoteReq,
+    Voters,
 )
 from meshd.wire.records import (
     PROTOCOL_VERSION,
@@ -221,6 +222,7 @@ __all__ = [
     "TransferReq",
     "Vote",
     "VoteReq",
+    "Voters",
     "decode",
     "decode_member_info",
     "decode_member_record",

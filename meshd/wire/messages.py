@@ -72,6 +72,7 @@ class MsgType(enum.IntEnum):
     TASK_KEYS = 35
     LEAD_CERT = 36
     LEAD_CERT_REQ = 37
+    VOTERS = 38
 
 
 # ---- payloads ---------------------------------------------------------------------
@@ -216,11 +217,14 @@ class LeadHeartbeat:
 @dataclass(frozen=True, slots=True)
 class LeadAck:
     """A follower's direct answer to LEAD_HEARTBEAT ``seq``. ``ok`` False: the follower
-    is at a newer ``term`` and refuses the sender as lead (the stale lead steps down)."""
+    is at a newer ``term`` and refuses the sender as lead (it moves on only with a proof of
+    that term). ``voters_version``: the version of the voter set the follower holds (the
+    lead commits a change once a majority of the new set holds it)."""
 
     term: int
     seq: int
     ok: bool
+    voters_version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +269,18 @@ class LeadCertReq:
     not verified one yet and does not follow it meanwhile)."""
 
     term: int
+
+
+@dataclass(frozen=True, slots=True)
+class Voters:
+    """The voter set the lead of ``term`` decided: the members whose votes and
+    acknowledgements count, at ``version`` (one member added or removed per version). Sent
+    by the lead to every live member (again to one whose LEAD_ACK shows an older version);
+    a node takes a newer version only from its proven lead."""
+
+    term: int
+    version: int
+    voters: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,6 +558,7 @@ Payload = (
     | TransferReq
     | LeadCert
     | LeadCertReq
+    | Voters
     | TaskSubmit
     | TaskAssign
     | TaskReport
@@ -591,6 +608,7 @@ PAYLOAD_TYPES: dict[type[object], MsgType] = {
     TransferReq: MsgType.TRANSFER_REQ,
     LeadCert: MsgType.LEAD_CERT,
     LeadCertReq: MsgType.LEAD_CERT_REQ,
+    Voters: MsgType.VOTERS,
     TaskSubmit: MsgType.TASK_SUBMIT,
     TaskAssign: MsgType.TASK_ASSIGN,
     TaskReport: MsgType.TASK_REPORT,

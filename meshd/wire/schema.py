@@ -361,7 +361,12 @@ ELECTION: Final = _bodies(
             ("sig", SIG),
         ],
         MsgType.LEAD_HEARTBEAT: [("term", COUNTER), ("lead", NODE_ID), ("seq", COUNTER)],
-        MsgType.LEAD_ACK: [("term", COUNTER), ("seq", COUNTER), ("ok", BOOL)],
+        MsgType.LEAD_ACK: [
+            ("term", COUNTER),
+            ("seq", COUNTER),
+            ("ok", BOOL),
+            ("vv", "voters_version", COUNTER),
+        ],
         MsgType.STEP_DOWN: [("term", COUNTER), ("successor", NODE_ID_OR_EMPTY), ("reason", REASON)],
         MsgType.TRANSFER_REQ: [("target", NODE_ID_OR_EMPTY)],
         MsgType.LEAD_CERT: [
@@ -371,6 +376,11 @@ ELECTION: Final = _bodies(
             ("pre", BOOL),
         ],
         MsgType.LEAD_CERT_REQ: [("term", COUNTER)],
+        MsgType.VOTERS: [
+            ("term", COUNTER),
+            ("version", COUNTER),
+            ("voters", List(NODE_ID, MAX_MEMBERS)),
+        ],
     }
 )
 

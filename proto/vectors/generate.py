@@ -77,6 +77,7 @@ from meshd.wire import (  # noqa: E402
     TransferReq,
     Vote,
     VoteReq,
+    Voters,
     encode,
 )
 from meshd.wire.records import (  # noqa: E402
@@ -437,7 +438,7 @@ VALID: list[tuple[str, str, Envelope]] = [
     (
         "lead_ack",
         "LEAD_ACK from A for heartbeat 1 of term 8",
-        env(MsgType.LEAD_ACK, LeadAck(8, 1, True), n=20, term=8),
+        env(MsgType.LEAD_ACK, LeadAck(8, 1, True, 3), n=20, term=8),
     ),
     (
         "lead_ack_refused",
@@ -758,6 +759,11 @@ VALID: list[tuple[str, str, Envelope]] = [
         "lead_cert_req",
         "LEAD_CERT_REQ: C asks B for its certificate of term 8",
         env(MsgType.LEAD_CERT_REQ, LeadCertReq(8), n=52, sender=NODE_C, term=7),
+    ),
+    (
+        "voters",
+        "VOTERS: lead B's voter set of term 8, version 3: A, B and C",
+        env(MsgType.VOTERS, Voters(8, 3, (NODE_A, NODE_B, NODE_C)), n=53, sender=NODE_B, term=8),
     ),
 ]
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from typing import Any
 
 import pytest
 from harness import Daemon, Mesh
 from test_skill_packs_insider import insider, rejected, start_daemons, until
 
+from meshd.identity import Identity
 from meshd.wire.messages import (
     CertVote,
     LeadAck,
@@ -27,7 +29,7 @@ from meshd.wire.messages import (
     TaskUpdate,
     VoteReq,
 )
-from meshd.wire.records import MemberRecord, MemberState, TaskState
+from meshd.wire.records import MemberInfo, MemberRecord, MemberState, TaskState
 from meshd.wire.schema import MAX_COUNTER
 
 pytestmark = pytest.mark.integration
@@ -64,7 +66,13 @@ async def test_an_insider_cannot_lead_wedge_terms_rewrite_tasks_or_speak_for_oth
     daemons = await start_daemons(
         mesh, [("a", "team-lead"), ("b", "network-admin"), ("c", "network-admin")]
     )
-    before = await until(lambda: agreed(daemons), "one lead")
+    # The team-lead (highest priority) leads once the mesh has settled (a takeover
+    # otherwise changes the term on its own during the test).
+    top = daemons[0].node_id
+    before = await until(
+        lambda: (got := agreed(daemons)) is not None and got[0] == top and got,
+        "the team-lead to lead",
+    )
     lead_id, term = before
     lead = next(d for d in daemons if d.node_id == lead_id)
     follower = next(d for d in daemons if d.node_id != lead_id)
@@ -171,3 +179,71 @@ async def test_an_insider_cannot_lead_wedge_terms_rewrite_tasks_or_speak_for_oth
         assert done == {"message": "still here"} or "still here" in str(done)
         for d in daemons:
             assert d.proc is not None and d.proc.poll() is None
+
+
+def open_fds(d: Daemon) -> int:
+    assert d.proc is not None
+    return len(os.listdir(f"/proc/{d.proc.pid}/fd"))
+
+
+async def test_fake_members_take_neither_quorum_nor_file_descriptors(mesh: Mesh) -> None:
+    # 300 members with valid admission proofs and signed info that nobody can reach (the
+    # insider made their keys): gossip only, so they never become voters, and the links
+    # a node opens to members never heard from are bounded.
+    daemons = await start_daemons(
+        mesh, [("a", "team-lead"), ("b", "network-admin"), ("c", "network-admin")]
+    )
+    top = daemons[0].node_id
+    async with insider(mesh, daemons[0], daemons) as mallory:
+        await until(
+            lambda: all(d.status()["voters"]["version"] >= 1 for d in daemons),
+            "the lead to decide the voter set",
+        )
+        before = await until(
+            lambda: (got := agreed(daemons)) is not None and got[0] == top and got,
+            "the team-lead to lead",
+        )
+        voters = {d.name: d.status()["voters"]["count"] for d in daemons}
+        fds = {d.name: open_fds(d) for d in daemons}
+        fakes = []
+        for i in range(300):
+            ident = Identity.generate()
+            info = MemberInfo(
+                node_id=ident.node_id,
+                name=f"fake{i}",
+                role="team-lead",
+                priority=100,
+                ed25519_pk=ident.ed25519_pk,
+                curve_pk=ident.curve_pk,
+                proof=mallory.mesh.proof_for(ident.ed25519_pk),
+                addresses=("127.0.0.1",),
+                router_port=9,
+                pub_port=9,
+                intro_port=9,
+            )
+            fakes.append(MemberRecord(ident.sign_info(info), MemberState.ALIVE))
+        for d in daemons:
+            for i in range(0, 300, 100):
+                mallory.send(d.node_id, MemberUpdate(tuple(fakes[i : i + 100])))
+        await until(
+            lambda: all(len(d.peer_states()) >= 300 for d in daemons),
+            "the daemons to list the fake members",
+        )
+        # Long enough for the fakes to be suspected and declared dead.
+        await asyncio.sleep(0)  # let the insider's loop run between polls
+        await until(
+            lambda: all(
+                sum(1 for s in d.peer_states().values() if s == "dead") >= 300 for d in daemons
+            ),
+            "the fake members to be declared dead",
+            timeout=120,
+        )
+        after = await until(lambda: agreed(daemons), "one lead")
+        assert after == before
+        for d in daemons:
+            st = d.status()["voters"]
+            assert st["count"] == voters[d.name], st
+            assert open_fds(d) < fds[d.name] + 80, (d.name, fds[d.name], open_fds(d))
+        with daemons[1].client() as cl:
+            done = cl.delegate("echo", {"message": "quorum kept"}).result(60.0)
+        assert "quorum kept" in str(done)

@@ -42,7 +42,7 @@ def test_member_changes_reach_the_election() -> None:
     assert any(isinstance(e, Connect) for e in out)
     assert c.election.member_count() == 2
     assert c.election.reachable(peer.node_id, 0.1)
-    assert Voter(peer.node_id, 42, MemberState.ALIVE) in c.voters()
+    assert Voter(peer.node_id, 42, MemberState.ALIVE, 0.1, True) in c.voters()
 
 
 def test_election_messages_go_to_the_election_and_count_as_life() -> None:

@@ -161,7 +161,7 @@ class Rig:
 
     def ack_all(self, seq: int | None = None) -> None:
         for n in self.voters():
-            self.recv(n, LeadAck(self.e.term, seq or self.hb_seq(), True))
+            self.recv(n, LeadAck(self.e.term, seq or self.hb_seq(), True, self.e.voter_set[0]))
 
     def hb_seq(self) -> int:
         hbs = [e.payload for _, e in self.log if isinstance(e, Publish)]

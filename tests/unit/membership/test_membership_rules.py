@@ -1082,3 +1082,19 @@ def test_tick_before_next_deadline_does_nothing() -> None:
         assert r.m.tick(early) == []
         r.at(due)
     assert r.now > 3.0
+
+
+def test_links_to_members_known_only_by_gossip_are_bounded() -> None:
+    # A member holding the mesh key can gossip any number of members: at most
+    # max_unheard_links links are opened to members nobody has heard from itself; a
+    # member that speaks for itself (its HELLO) is linked whatever the count.
+    r = Rig()
+    r.hello(B)
+    many = tuple(rec(fake_info(f"ghost{i}"), ALIVE) for i in range(100))
+    out = r.recv(B, MemberUpdate(many))
+    linked = {e.info.node_id for e in out if isinstance(e, Connect)}
+    assert len(linked) == MembershipConfig().max_unheard_links
+    assert len(r.m.members()) == 101  # listed all the same
+    assert not any(isinstance(e, Send) and e.to not in linked | {B.node_id} for e in out)
+    out = r.recv(C, Hello(C))
+    assert any(isinstance(e, Connect) and e.info.node_id == C.node_id for e in out)

@@ -101,14 +101,29 @@ def test_second_lock_on_a_state_dir_is_refused(tmp_path: Path) -> None:
     second.release()
 
 
+def test_the_voter_set_is_durable_and_a_bad_one_is_quarantined(tmp_path: Path) -> None:
+    store = Store(tmp_path, map_size=8 << 20)
+    assert store.load_election().voters == (0, ())
+    store.save_election(4, None, (2, ("a" * 32, "b" * 32)))
+    store.close()
+    store = Store(tmp_path, map_size=8 << 20)
+    assert store.load_election().voters == (2, ("a" * 32, "b" * 32))
+    with store.env.begin(db=store._meta, write=True) as txn:
+        txn.put(b"voters", msgpack.packb([3, ["not a node id"]]))
+    loaded = store.load_election()
+    assert loaded.voters == (0, ()) and loaded[:3] == (4, None, True)
+    assert [(q.table, q.key) for q in store.quarantined] == [("meta", "voters")]
+    store.close()
+
+
 def test_election_state_is_durable(tmp_path: Path) -> None:
     store = Store(tmp_path, map_size=8 << 20)
-    assert store.load_election() == (0, None, True)
+    assert store.load_election()[:3] == (0, None, True)
     store.save_election(3, "a" * 32)
     store.save_election(4, None)
     store.close()
     store = Store(tmp_path, map_size=8 << 20)
-    assert store.load_election() == (4, None, True)
+    assert store.load_election()[:3] == (4, None, True)
     assert store.quarantined == []
     store.close()
 
@@ -194,21 +209,21 @@ def test_a_bad_term_is_quarantined_with_its_vote_and_the_term_is_unknown(
     store = Store(tmp_path, map_size=8 << 20)
     store.save_election(5, "a" * 32)
     _put_meta(store, b"term", raw)
-    assert store.load_election("b" * 32) == (0, None, False)
+    assert store.load_election("b" * 32)[:3] == (0, None, False)
     reasons = _reasons(store)
     assert why in reasons[("meta", "term")]
     assert ("meta", "voted_for") in reasons
     raws = {rec["key"]: r for rec, r in store.quarantine_raw()}
     assert raws["term"] == raw and raws["voted_for"] == msgpack.packb("a" * 32)
     # Nothing bad left: the next start reads an empty (known) state until a term is saved.
-    assert Store.load_election(store, "b" * 32) == (0, None, True)
+    assert Store.load_election(store, "b" * 32)[:3] == (0, None, True)
     store.close()
 
 
 def test_the_largest_usable_term_loads(tmp_path: Path) -> None:
     store = Store(tmp_path, map_size=8 << 20)
     store.save_election(MAX_COUNTER - 1, None)
-    assert store.load_election() == (MAX_COUNTER - 1, None, True)
+    assert store.load_election()[:3] == (MAX_COUNTER - 1, None, True)
     assert store.quarantined == []
     store.close()
 
@@ -220,12 +235,12 @@ def test_a_bad_vote_under_a_good_term_reads_as_a_vote_for_ourselves(
     store = Store(tmp_path, map_size=8 << 20)
     store.save_election(5, None)
     _put_meta(store, b"voted_for", raw)
-    assert store.load_election("b" * 32) == (5, "b" * 32, True)  # grants nobody else in 5
+    assert store.load_election("b" * 32)[:3] == (5, "b" * 32, True)  # grants nobody else in 5
     assert list(_reasons(store)) == [("meta", "voted_for")]
     store.close()
     store = Store(tmp_path, map_size=8 << 20)
     _put_meta(store, b"voted_for", raw)
-    assert store.load_election() == (0, None, False)  # no id to vote for: as a bad term
+    assert store.load_election()[:3] == (0, None, False)  # no id to vote for: as a bad term
     store.close()
 
 

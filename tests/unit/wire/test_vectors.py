@@ -67,6 +67,7 @@ from meshd.wire import (
     TransferReq,
     Vote,
     VoteReq,
+    Voters,
     decode,
     encode,
 )
@@ -199,7 +200,7 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
             p["term"], p["granted"], p["pre"], p["reason"], bytes.fromhex(p["sig"])
         ),
         MsgType.LEAD_HEARTBEAT: lambda: LeadHeartbeat(p["term"], p["lead"], p["seq"]),
-        MsgType.LEAD_ACK: lambda: LeadAck(p["term"], p["seq"], p["ok"]),
+        MsgType.LEAD_ACK: lambda: LeadAck(p["term"], p["seq"], p["ok"], p["voters_version"]),
         MsgType.STEP_DOWN: lambda: StepDown(p["term"], p["successor"], p["reason"]),
         MsgType.TRANSFER_REQ: lambda: TransferReq(p["target"]),
         MsgType.LEAD_CERT: lambda: LeadCert(
@@ -209,6 +210,7 @@ def payload_from_json(msg_type: MsgType, p: dict[str, Any]) -> Payload:
             p["pre"],
         ),
         MsgType.LEAD_CERT_REQ: lambda: LeadCertReq(p["term"]),
+        MsgType.VOTERS: lambda: Voters(p["term"], p["version"], tuple(p["voters"])),
         MsgType.TASK_SUBMIT: lambda: TaskSubmit(copy_from_json(p["copy"])),
         MsgType.TASK_ASSIGN: lambda: TaskAssign(copy_from_json(p["copy"])),
         MsgType.TASK_REPORT: lambda: TaskReport(
