@@ -623,6 +623,8 @@ class Membership:
         old = p.info
         if old == info:
             return False
+        if not info.sig and old.sig and old.incarnation >= info.incarnation:
+            return False  # never trade a node's signed info for an unsigned (mDNS) copy
         p.info = info
         self._changed()
         if p.connected and _endpoints(old) != _endpoints(info):
@@ -950,7 +952,9 @@ class Membership:
             if node_id != me and not (trusted or node_id == sender.node_id):
                 continue
             q = self._peers.get(node_id)
-            if not self._verify(rec.info, q):
+            # About us: our own incarnation rules (bounded in _merge_self), so even a
+            # record carrying an unsigned copy of our info (an mDNS one) gets refuted.
+            if node_id != me and not self._verify(rec.info, q):
                 # Not what that member said (no valid signature or proof): refused.
                 out.append(Refused("bad_member_info", sender.node_id, f"about {node_id}"))
                 continue
